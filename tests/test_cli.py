@@ -1,0 +1,140 @@
+"""The CLI end to end: arguments, the one-shot outputs, error lines and exit codes."""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+
+import pynvml
+import pytest
+
+from tests.fakes.fake_nvml import MiB, two_gpu_box
+from vramtop import __version__
+from vramtop.cli import main
+from vramtop.errors import EXIT_NO_DRIVER, EXIT_NO_GPU, EXIT_NVML, EXIT_USAGE
+from vramtop.protocol import SAMPLE_SCHEMA, SchemaError, sample_from_document
+
+HAS_NVML = ctypes.util.find_library("nvidia-ml") is not None
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramtop", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_once_json_is_a_versioned_document_with_exact_bytes(fake_pynvml, capsys):
+    fake = fake_pynvml()
+    assert main(["--once", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == SAMPLE_SCHEMA and doc["version"] == 1 and doc["vramtop"] == __version__
+    gpu0 = doc["gpus"][0]
+    assert gpu0["memory_used"] == fake.gpus[0].used and gpu0["memory_reserved"] == 480 * MiB
+    assert gpu0["uuid"] == fake.gpus[0].uuid
+    assert gpu0["processes"][0]["pid"] == os.getpid()
+    assert gpu0["processes"][0]["used_memory"] == 39800 * MiB
+    # The document reads back into the same sample type.
+    sample = sample_from_document(doc)
+    assert sample.gpus[0].memory_used == fake.gpus[0].used
+
+
+def test_once_text_prints_mib_the_way_nvidia_smi_does(fake_pynvml, capsys):
+    fake_pynvml()
+    assert main(["--once"]) == 0
+    out = capsys.readouterr().out
+    # 40123 MiB + 200 KiB used: nvidia-smi rounds up to 40124 MiB.
+    assert "used 40124 MiB / 81559 MiB" in out
+    assert "free 40956 MiB" in out  # 81559 - 40123.2 - 480 = 40955.8 -> rounded up
+    assert "reserved 480 MiB" in out
+    assert "GPU 1" in out and "no processes" in out
+
+
+def test_gpu_filter_applies_to_once(fake_pynvml, capsys):
+    fake_pynvml()
+    assert main(["--once", "--json", "--gpu", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [g["index"] for g in doc["gpus"]] == [1]
+
+
+def test_unknown_gpu_is_a_clear_error(fake_pynvml, capsys):
+    fake_pynvml()
+    assert main(["--once", "--gpu", "5"]) == EXIT_NO_GPU
+    err = capsys.readouterr().err
+    assert err.startswith("vramtop: no GPU matches --gpu '5'") and err.count("\n") == 1
+
+
+def test_lost_gpu_in_once_prints_what_it_can_and_fails(fake_pynvml, capsys):
+    fake = fake_pynvml()
+    fake.gpus[1].lost = True
+    assert main(["--once"]) == EXIT_NVML
+    captured = capsys.readouterr()
+    assert "GPU 0" in captured.out and "lost" in captured.out
+    assert "GPU 1" in captured.err and "lost" in captured.err
+
+
+def test_driver_not_loaded(fake_pynvml, capsys):
+    fake_pynvml(two_gpu_box(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    assert main(["--once"]) == EXIT_NO_DRIVER
+    assert "driver is not loaded" in capsys.readouterr().err
+
+
+def test_hung_nvml_in_once_times_out_with_a_message(fake_pynvml, capsys, monkeypatch):
+    from vramtop.commands import once
+
+    monkeypatch.setattr(once, "ONCE_DEADLINE_S", 0.2)
+    fake = fake_pynvml()
+    fake.hang.set()
+    assert main(["--once"]) == EXIT_NVML
+    assert "has not answered" in capsys.readouterr().err
+    fake.release.set()
+
+
+@pytest.mark.skipif(HAS_NVML, reason="this machine has an NVIDIA driver")
+def test_no_driver_for_real_is_one_line_and_exit_3():
+    result = run_cli("--once")
+    assert result.returncode == EXIT_NO_DRIVER
+    assert result.stdout == ""
+    assert result.stderr.startswith("vramtop: NVIDIA driver not found")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_help_and_version_do_not_import_textual_or_pynvml():
+    code = (
+        "import sys\nfrom vramtop.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('textual', 'pynvml', 'psutil', 'rich', 'torch') if m in sys.modules]\n"
+        "print('IMPORTED', bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "IMPORTED []" in out
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"vramtop {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--json"], "--json needs --once"),
+        (["--interval", "0"], "between 0.05 and 3600"),
+        (["--interval", "fast"], "not a number"),
+        (["--gpu", ","], "expected GPU indices"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args, message):
+    result = run_cli(*args)
+    assert result.returncode == EXIT_USAGE and message in result.stderr
+
+
+def test_monitor_without_a_terminal_says_so():
+    result = subprocess.run([sys.executable, "-m", "vramtop"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == EXIT_USAGE and "needs a terminal" in result.stderr
+
+
+def test_newer_schema_is_refused_clearly():
+    with pytest.raises(SchemaError, match="newer than this vramtop"):
+        sample_from_document({"schema": SAMPLE_SCHEMA, "version": 2})
+    with pytest.raises(SchemaError, match="not a vramtop.sample"):
+        sample_from_document({"schema": "other"})

@@ -1,0 +1,224 @@
+"""NvmlSource against FakeNvml: every number, every fallback, every failure NVML can produce."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pynvml
+import pytest
+
+from tests.fakes.fake_nvml import FakeGpu, FakeMig, FakeNvml, FakeProc, MiB, two_gpu_box
+from vramtop.errors import EXIT_NO_DRIVER, EXIT_NO_GPU, EXIT_NVML, VramtopError
+from vramtop.model import MISMATCH, NOT_VISIBLE, VISIBLE
+from vramtop.sources.hostinfo import HostInfo
+from vramtop.sources.nvml import NvmlSource, NvmlUnavailable
+from vramtop.sources.poller import DeadlineReader
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def source(fake: FakeNvml, **kwargs) -> NvmlSource:
+    kwargs.setdefault("host", HostInfo(holds_gpu=lambda pid: True))
+    return NvmlSource(nvml=fake, **kwargs)
+
+
+def test_memory_fields_are_the_exact_bytes_nvml_reports():
+    fake = two_gpu_box()
+    sample = source(fake).read()
+    gpu = sample.gpus[0]
+    real = fake.gpus[0]
+    assert (gpu.memory_total, gpu.memory_used, gpu.memory_free, gpu.memory_reserved) == (
+        real.total, real.used, real.free, real.reserved)
+    assert gpu.uuid == real.uuid and gpu.index == 0 and gpu.name == "NVIDIA H100 80GB HBM3"
+    assert (gpu.utilization_gpu, gpu.utilization_memory) == (97, 61)
+    assert (gpu.pcie_tx, gpu.pcie_rx) == (1000 * 1024, 2000 * 1024)  # KB/s -> bytes/s
+    assert (gpu.temperature, gpu.power_usage, gpu.power_limit) == (36, 104_000, 700_000)
+    assert sample.driver_version == "580.159.04" and sample.cuda_driver_version == "13.0"
+    assert sample.host.memory_total > 0 and sample.host.hostname
+
+
+def test_memory_falls_back_to_v1_without_reserved_when_driver_lacks_v2():
+    fake = two_gpu_box(memory_v2=False)
+    gpu = source(fake).read().gpus[0]
+    assert gpu.memory_reserved is None
+    assert gpu.memory_used == fake.gpus[0].used + fake.gpus[0].reserved  # v1's meaning of used
+
+
+@pytest.mark.parametrize("api", ["v3", "v2", "v1"])
+def test_process_list_falls_back_across_api_versions(api):
+    fake = two_gpu_box(process_api=api)
+    procs = source(fake).read().gpus[0].processes
+    assert [(p.pid, p.used_memory, p.kind) for p in procs] == [(os.getpid(), 39800 * MiB, "C")]
+
+
+def test_process_in_both_lists_is_c_plus_g_and_na_memory_is_none():
+    fake = FakeNvml([FakeGpu(uuid="GPU-a", compute=[FakeProc(os.getpid(), None)],
+                             graphics=[FakeProc(os.getpid(), None)])])
+    (proc,) = source(fake).read().gpus[0].processes
+    assert proc.kind == "C+G" and proc.used_memory is None
+
+
+def test_process_identity_comes_from_the_host():
+    fake = two_gpu_box()
+    (proc,) = source(fake).read().gpus[0].processes
+    assert proc.visibility == VISIBLE
+    assert "pytest" in (proc.command or "") or "python" in (proc.command or "")
+    assert proc.host_rss and proc.host_rss > 0 and proc.user and proc.create_time
+
+
+def test_pid_missing_here_is_shown_as_not_visible_not_dropped():
+    fake = FakeNvml([FakeGpu(uuid="GPU-a", compute=[FakeProc(4_000_000, 100 * MiB)])])
+    (proc,) = source(fake).read().gpus[0].processes
+    assert proc.visibility == NOT_VISIBLE and proc.used_memory == 100 * MiB and proc.command is None
+
+
+def test_pid_of_a_local_process_without_gpu_devices_is_a_mismatch():
+    # The real check: this test process holds no /dev/nvidia*, so NVML's PID is someone else's.
+    fake = two_gpu_box()
+    (proc,) = NvmlSource(nvml=fake).read().gpus[0].processes
+    assert proc.visibility == MISMATCH
+
+
+def test_slow_queries_are_polled_less_often_than_memory():
+    fake = two_gpu_box()
+    clock = Clock()
+    src = source(fake, clock=clock, process_interval=1.0, pcie_interval=2.0)
+    for _ in range(10):  # 10 reads in 1 s
+        src.read()
+        clock.now += 0.1
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 20  # every read, both GPUs
+    assert fake.calls["nvmlDeviceGetPcieThroughput"] == 4  # once per GPU, TX and RX
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 2
+    clock.now += 2.0
+    src.read()
+    assert fake.calls["nvmlDeviceGetPcieThroughput"] == 8
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "words"),
+    [
+        (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, EXIT_NO_DRIVER, "driver not found"),
+        (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, EXIT_NO_DRIVER, "driver is not loaded"),
+        (pynvml.NVML_ERROR_NO_PERMISSION, EXIT_NVML, "permission denied"),
+        (pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, EXIT_NO_DRIVER, "versions differ"),
+        (pynvml.NVML_ERROR_UNKNOWN, EXIT_NVML, "NVML could not start"),
+    ],
+)
+def test_init_failures_are_one_clear_line_with_an_exit_code(code, exit_code, words):
+    with pytest.raises(NvmlUnavailable) as info:
+        source(two_gpu_box(init_error=code)).open()
+    assert info.value.exit_code == exit_code
+    assert words in info.value.message and "\n" not in info.value.message
+
+
+def test_no_gpu_is_its_own_error():
+    with pytest.raises(NvmlUnavailable) as info:
+        source(FakeNvml([])).open()
+    assert info.value.exit_code == EXIT_NO_GPU and "no NVIDIA GPU" in info.value.message
+
+
+def test_gpu_selection_by_index_and_uuid_prefix():
+    fake = two_gpu_box()
+    assert [g.index for g in source(fake, gpus=["1"]).read().gpus] == [1]
+    assert [g.index for g in source(fake, gpus=["gpu-c597"]).read().gpus] == [0]
+    with pytest.raises(NvmlUnavailable) as info:
+        source(fake, gpus=["7"]).open()
+    assert info.value.exit_code == EXIT_NO_GPU and "GPU-0b7e13d2" in info.value.message
+
+
+def test_a_lost_gpu_is_reported_on_that_gpu_and_the_others_still_read():
+    fake = two_gpu_box()
+    src = source(fake)
+    src.read()
+    fake.gpus[1].lost = True
+    sample = src.read()
+    assert sample.gpus[1].error and "lost" in sample.gpus[1].error
+    assert sample.gpus[1].memory_used is None
+    assert sample.gpus[0].error is None and sample.gpus[0].memory_used == fake.gpus[0].used
+
+
+@pytest.mark.parametrize("code", [pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_NO_PERMISSION])
+def test_unsupported_fields_are_none_not_zero(code):
+    fake = two_gpu_box(fail={"nvmlDeviceGetPowerUsage": code, "nvmlDeviceGetPcieThroughput": code,
+                             "nvmlDeviceGetUtilizationRates": code})
+    gpu = source(fake).read().gpus[0]
+    assert gpu.power_usage is None and gpu.pcie_tx is None and gpu.utilization_gpu is None
+    assert gpu.memory_used == fake.gpus[0].used
+
+
+def test_process_list_permission_denied_gives_no_processes_but_memory_still_reads():
+    fake = two_gpu_box(fail={"nvmlDeviceGetComputeRunningProcesses_v3": pynvml.NVML_ERROR_NO_PERMISSION})
+    gpu = source(fake).read().gpus[0]
+    assert gpu.processes == () and gpu.memory_used == fake.gpus[0].used
+
+
+def test_mig_devices_are_listed_with_their_instances():
+    fake = FakeNvml([FakeGpu(uuid="GPU-a", mig=[FakeMig("MIG-1", 1, 0, 10 * 1024 * MiB, 512 * MiB),
+                                                FakeMig("MIG-2", 2, 0, 10 * 1024 * MiB, 0)],
+                             compute=[FakeProc(4_000_000, 500 * MiB, gi=1, ci=0)])])
+    gpu = source(fake).read().gpus[0]
+    assert gpu.mig_enabled is True
+    assert [(m.uuid, m.gpu_instance_id, m.memory_used) for m in gpu.mig_devices] == [
+        ("MIG-1", 1, 512 * MiB), ("MIG-2", 2, 0)]
+    assert (gpu.processes[0].gpu_instance_id, gpu.processes[0].compute_instance_id) == (1, 0)
+
+
+def test_a_hung_call_gives_the_last_sample_marked_stale_within_the_deadline():
+    fake = two_gpu_box()
+    reader = DeadlineReader(source(fake), deadline=0.2)
+    fresh = reader.read()
+    fake.hang.set()
+    started = time.monotonic()
+    stale = reader.read()
+    assert time.monotonic() - started < 1.0
+    assert stale.stale and "not answered" in (stale.error or "")
+    assert stale.gpus == fresh.gpus and stale.stale_since == fresh.time
+    # While the call is still hung, no second call piles up behind it.
+    reader.read()
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 3  # 2 GPUs fresh + the 1 stuck call
+    fake.release.set()
+    fake.hang.clear()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        sample = reader.read()
+        if not sample.stale:
+            break
+    assert not sample.stale
+
+
+def test_a_hang_before_any_sample_is_an_error_not_a_freeze():
+    fake = two_gpu_box()
+    fake.hang.set()
+    reader = DeadlineReader(source(fake), deadline=0.1)
+    with pytest.raises(VramtopError) as info:
+        reader.read()
+    assert info.value.exit_code == EXIT_NVML and "not answered" in info.value.message
+    fake.release.set()
+
+
+def test_close_shuts_nvml_down_and_read_reopens():
+    fake = two_gpu_box()
+    src = source(fake)
+    src.read()
+    src.close()
+    assert not fake.initialised
+    src.read()
+    assert fake.initialised
+
+
+def test_reads_from_another_thread_work():
+    fake = two_gpu_box()
+    src = source(fake)
+    out = []
+    t = threading.Thread(target=lambda: out.append(src.read()))
+    t.start()
+    t.join()
+    assert out[0].gpus[0].memory_used == fake.gpus[0].used

@@ -1,0 +1,48 @@
+"""A bounded history of GPU memory use, for sparklines and trends."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from vramtop.model import Sample
+
+
+class History:
+    """The last ``maxlen`` fresh values of memory.used per GPU, keyed by UUID."""
+
+    def __init__(self, maxlen: int = 240) -> None:
+        self.maxlen = maxlen
+        self._used: dict[str, deque[int]] = {}
+        self._last_time: float | None = None
+
+    def add(self, sample: Sample) -> None:
+        # A stale sample repeats old data; counting it would draw a flat line that never was.
+        if sample.stale or sample.time == self._last_time:
+            return
+        self._last_time = sample.time
+        for gpu in sample.gpus:
+            if gpu.memory_used is not None:
+                self._used.setdefault(gpu.uuid, deque(maxlen=self.maxlen)).append(gpu.memory_used)
+
+    def used(self, uuid: str) -> list[int]:
+        return list(self._used.get(uuid, ()))
+
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[int], width: int, top: int | None = None) -> str:
+    """The last ``width`` values as block characters, scaled to ``top`` (default: their max).
+
+    Newest on the right; a short history starts at the left edge and grows rightwards.
+    """
+    if width <= 0:
+        return ""
+    values = values[-width:]
+    scale = top if top else max(values, default=0)
+    if not scale:
+        return (BLOCKS[1] * len(values)).ljust(width)
+    steps = len(BLOCKS) - 1
+    # Any non-zero value gets at least the lowest bar, so "a little" never reads as "nothing".
+    chars = [BLOCKS[max(1 if v > 0 else 0, min(steps, round(v / scale * steps)))] for v in values]
+    return "".join(chars).ljust(width)

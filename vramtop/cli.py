@@ -1,0 +1,95 @@
+"""Command line: ``main(argv) -> exit code``. The composition root that builds sources and sinks.
+
+Kept free of heavy imports so that ``vramtop --help`` and ``--version`` stay instant: textual,
+pynvml and psutil are imported only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vramtop import __version__
+from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
+
+DESCRIPTION = """\
+Live GPU-memory monitor for training: nvidia-smi's numbers per GPU and process, next to
+PyTorch's allocator bill when the training process runs the vramtop agent.
+"""
+
+EPILOG = """\
+examples:
+  vramtop                      live monitor (q quits, ? lists the keys)
+  vramtop --once               one text summary, like nvidia-smi
+  vramtop --once --json        one JSON document (schema vramtop.sample, version 1)
+  vramtop --gpu 0,GPU-3f2a     only these GPUs (index or UUID prefix)
+
+exit codes: 0 ok, 1 error, 2 usage, 3 no NVIDIA driver, 4 no GPU, 5 NVML failed
+"""
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.05 and 3600 seconds")
+    return value
+
+
+def _gpu_list(text: str) -> list[str]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected GPU indices or UUID prefixes, e.g. 0,1")
+    return items
+
+
+def _source_options() -> argparse.ArgumentParser:
+    """Options shared by every command that reads GPUs (defined once)."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("-i", "--interval", type=_interval, default=1.0, metavar="S",
+                        help="seconds between refreshes (default: 1.0)")
+    shared.add_argument("--gpu", type=_gpu_list, action="extend", default=None, metavar="IDS",
+                        help="only these GPUs: comma-separated NVML indices or UUID prefixes")
+    return shared
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vramtop",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_source_options()],
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"vramtop {__version__}")
+    parser.add_argument("-1", "--once", action="store_true",
+                        help="print one summary and exit (no terminal UI)")
+    parser.add_argument("--json", action="store_true",
+                        help="with --once: print a JSON document instead of text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.json and not args.once:
+            parser.error("--json needs --once")
+        if args.once:
+            from vramtop.commands.once import run_once
+
+            return run_once(gpus=args.gpu, as_json=args.json)
+        from vramtop.commands.top import run_top
+
+        return run_top(gpus=args.gpu, interval=args.interval)
+    except VramtopError as err:
+        print(f"vramtop: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+__all__ = ["EXIT_USAGE", "build_parser", "main"]

@@ -1,0 +1,81 @@
+"""Dataclass <-> JSON-ready dict conversion shared by the one-shot JSON, the socket and recordings.
+
+Decoding ignores unknown fields (newer writers may add some) and fills missing optional
+fields with their defaults, so older and newer minor versions read each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+
+class DecodeError(ValueError):
+    """The data does not have the shape of the expected sample type."""
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain dicts, lists, ints, floats, strings and None."""
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Build ``cls`` from ``data``; raises DecodeError with the path of the bad field."""
+    return typing.cast(T, _decode(cls, data, cls.__name__))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, value, path)
+            except DecodeError as e:
+                errors.append(str(e))
+        raise DecodeError(errors[0] if errors else f"{path}: unexpected null")
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list | tuple):
+            raise DecodeError(f"{path}: expected a list, got {type(value).__name__}")
+        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_t, val_t = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise DecodeError(f"{path}: expected an object, got {type(value).__name__}")
+        return {_decode(key_t, k, path): _decode(val_t, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise DecodeError(f"{path}: expected an object, got {type(value).__name__}")
+        hints = _hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{path}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DecodeError(f"{path}: missing field {f.name!r}")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is Any or isinstance(value, tp):
+        return value
+    raise DecodeError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__}")

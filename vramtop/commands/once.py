@@ -1,0 +1,27 @@
+"""``vramtop --once [--json]``: one sample, printed, then exit."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from vramtop.errors import EXIT_NVML, EXIT_OK
+from vramtop.sinks.once import render_json, render_text
+from vramtop.sources.nvml import NvmlSource
+from vramtop.sources.poller import DeadlineReader
+
+ONCE_DEADLINE_S = 10.0
+
+
+def run_once(*, gpus: Sequence[str] | None, as_json: bool, source: NvmlSource | None = None) -> int:
+    source = source or NvmlSource(gpus)
+    source.open()
+    try:
+        sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()
+    finally:
+        source.close()
+    print(render_json(sample) if as_json else render_text(sample))
+    failed = [g for g in sample.gpus if g.error]
+    for gpu in failed:
+        print(f"vramtop: GPU {gpu.index} ({gpu.uuid}): {gpu.error}", file=sys.stderr)
+    return EXIT_NVML if failed else EXIT_OK

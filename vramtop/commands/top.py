@@ -1,0 +1,23 @@
+"""``vramtop``: the live terminal UI over NVML."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.sources.nvml import NvmlSource
+
+
+def run_top(*, gpus: Sequence[str] | None, interval: float) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise VramtopError("the live monitor needs a terminal; use --once or --once --json", EXIT_USAGE)
+    source = NvmlSource(gpus)
+    source.open()  # fail here, with a clear message, rather than inside the UI
+    from vramtop.ui.app import VramtopApp
+
+    try:
+        VramtopApp(source, interval=interval).run()
+    finally:
+        source.close()
+    return EXIT_OK

@@ -1,0 +1,105 @@
+"""Immutable samples: the one data type every source produces and every sink consumes.
+
+All memory figures are integers in bytes; ``None`` means "not available" (the driver does not
+support the query, permission was refused, or the value is N/A), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# Where a process PID from NVML could be matched to a process on this host.
+VISIBLE = "ok"  # psutil found it and it holds /dev/nvidia* open (or we could not check)
+NOT_VISIBLE = "not-visible"  # no such PID here: typically a process in another container
+MISMATCH = "mismatch"  # the PID exists here but is another process (PID namespaces)
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process using one GPU (``nvidia-smi --query-compute-apps``)."""
+
+    pid: int  # host PID as NVML reports it (``pid``)
+    gpu_uuid: str
+    used_memory: int | None  # bytes (``used_memory``); None when NVML reports N/A
+    kind: str  # "C" compute, "G" graphics, "C+G" both (nvidia-smi's Type column)
+    gpu_instance_id: int | None = None  # MIG GPU instance (nvidia-smi's GI ID)
+    compute_instance_id: int | None = None  # MIG compute instance (CI ID)
+    visibility: str = VISIBLE
+    name: str | None = None  # executable name (``process_name``)
+    command: str | None = None  # full command line
+    user: str | None = None
+    host_rss: int | None = None  # bytes of host RAM (resident set)
+    create_time: float | None = None  # process start, seconds since the epoch (guards PID reuse)
+
+
+@dataclass(frozen=True)
+class MigDeviceSample:
+    """A MIG device (GPU instance + compute instance) carved out of a GPU."""
+
+    index: int
+    uuid: str
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+    memory_total: int | None
+    memory_used: int | None
+    memory_free: int | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One physical GPU. Each memory field equals the nvidia-smi field named beside it."""
+
+    index: int  # NVML index (``index``); may differ from CUDA's order, so key by uuid
+    uuid: str  # ``uuid``
+    name: str  # ``name``
+    memory_total: int | None = None  # ``memory.total``
+    memory_used: int | None = None  # ``memory.used`` (excludes driver-reserved memory)
+    memory_free: int | None = None  # ``memory.free``
+    memory_reserved: int | None = None  # ``memory.reserved`` (driver/firmware; None before v2)
+    utilization_gpu: int | None = None  # percent, ``utilization.gpu``
+    utilization_memory: int | None = None  # percent, ``utilization.memory``
+    pcie_tx: int | None = None  # bytes/s sent by the GPU over PCIe (``nvidia-smi dmon -s t``)
+    pcie_rx: int | None = None  # bytes/s received by the GPU
+    temperature: int | None = None  # degrees C, ``temperature.gpu``
+    power_usage: int | None = None  # milliwatts, ``power.draw``
+    power_limit: int | None = None  # milliwatts, ``enforced.power.limit``
+    pci_bus_id: str | None = None  # ``pci.bus_id``
+    mig_enabled: bool | None = None  # ``mig.mode.current``
+    mig_devices: tuple[MigDeviceSample, ...] = ()
+    processes: tuple[ProcessSample, ...] = ()
+    error: str | None = None  # set when this GPU could not be read (e.g. fell off the bus)
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """The host's RAM: offloading moves GPU memory here."""
+
+    hostname: str
+    memory_total: int
+    memory_used: int  # total - available: what new programs cannot have
+    swap_total: int = 0
+    swap_used: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Everything known at one instant."""
+
+    time: float  # seconds since the epoch when the sample was taken
+    host: HostSample
+    gpus: tuple[GpuSample, ...] = ()
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None  # e.g. "13.0"
+    error: str | None = None  # why the source could not produce fresh data
+    stale_since: float | None = None  # time of the last fresh data, when this sample is stale
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_since is not None
+
+    def gpu(self, uuid: str) -> GpuSample | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+    def as_stale(self, error: str) -> Sample:
+        """The same data, marked as old because the source failed with ``error``."""
+        return replace(self, error=error, stale_since=self.stale_since or self.time)

@@ -1,0 +1,1 @@
+"""Consumers of samples other than the TUI."""

@@ -1,0 +1,98 @@
+"""The one-shot summary: ``vramtop --once`` (text) and ``vramtop --once --json``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from vramtop import __version__
+from vramtop.model import GpuSample, ProcessSample, Sample
+from vramtop.protocol import sample_document
+from vramtop.units import fmt_bytes, fmt_mib, fmt_rate, mib, percent
+
+
+def render_json(sample: Sample) -> str:
+    return json.dumps(sample_document(sample), indent=2)
+
+
+def render_text(sample: Sample) -> str:
+    lines = [_header(sample)]
+    if sample.error:
+        lines.append(f"! {sample.error}")
+    for gpu in sample.gpus:
+        lines.extend(_gpu_lines(gpu))
+    return "\n".join(lines)
+
+
+def _header(sample: Sample) -> str:
+    host = sample.host
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sample.time))
+    parts = [f"vramtop {__version__}", host.hostname, when]
+    if sample.driver_version:
+        parts.append(f"driver {sample.driver_version}")
+    if sample.cuda_driver_version:
+        parts.append(f"CUDA {sample.cuda_driver_version}")
+    parts.append(f"RAM {fmt_bytes(host.memory_used)} / {fmt_bytes(host.memory_total)}")
+    return "  ".join(parts)
+
+
+def _gpu_lines(gpu: GpuSample) -> list[str]:
+    title = f"GPU {gpu.index}  {gpu.name}  {gpu.uuid}"
+    if gpu.error:
+        return [title, f"  ! {gpu.error}"]
+    pct = percent(gpu.memory_used, gpu.memory_total)
+    memory = (
+        f"  memory  used {fmt_mib(gpu.memory_used)} / {fmt_mib(gpu.memory_total)}"
+        + (f" ({pct:.1f}%)" if pct is not None else "")
+        + f"  free {fmt_mib(gpu.memory_free)}  reserved {fmt_mib(gpu.memory_reserved)}"
+    )
+    activity = (
+        f"  util {_pct(gpu.utilization_gpu)}  mem-util {_pct(gpu.utilization_memory)}"
+        f"  PCIe TX {fmt_rate(gpu.pcie_tx)} RX {fmt_rate(gpu.pcie_rx)}"
+        f"  {_unit(gpu.temperature, 'C')}  power {_watts(gpu.power_usage)} / {_watts(gpu.power_limit)}"
+    )
+    lines = [title, memory, activity]
+    for mig in gpu.mig_devices:
+        lines.append(
+            f"  MIG {mig.index}  GI {mig.gpu_instance_id} CI {mig.compute_instance_id}  "
+            f"used {fmt_mib(mig.memory_used)} / {fmt_mib(mig.memory_total)}  {mig.uuid}"
+        )
+    if gpu.processes:
+        lines.append(f"  {'PID':>8}  {'TYPE':<4} {'USER':<10} {'GPU MEM':>10}  {'HOST RSS':>9}  COMMAND")
+        lines.extend(_process_line(p) for p in sorted(gpu.processes, key=_by_memory))
+    else:
+        lines.append("  no processes")
+    return lines
+
+
+def _process_line(p: ProcessSample) -> str:
+    gpu_mem = "N/A" if p.used_memory is None else f"{mib(p.used_memory)} MiB"
+    return (
+        f"  {p.pid:>8}  {p.kind:<4} {(p.user or '?')[:10]:<10} {gpu_mem:>10}  "
+        f"{fmt_bytes(p.host_rss):>9}  {process_label(p)}"
+    )
+
+
+def process_label(p: ProcessSample) -> str:
+    """The command, or why there is none."""
+    if p.visibility == "not-visible":
+        return "(PID not visible on this host: another container or namespace)"
+    if p.visibility == "mismatch":
+        return "(PID belongs to another process here: GPU process is in another PID namespace)"
+    return p.command or p.name or "?"
+
+
+def _by_memory(p: ProcessSample) -> tuple[int, int]:
+    return (-(p.used_memory or 0), p.pid)
+
+
+def _pct(value: int | None) -> str:
+    return "N/A" if value is None else f"{value}%"
+
+
+def _unit(value: int | None, unit: str) -> str:
+    return "N/A" if value is None else f"{value} {unit}"
+
+
+def _watts(milliwatts: int | None) -> str:
+    return "N/A" if milliwatts is None else f"{milliwatts / 1000:.0f} W"

@@ -1,0 +1,1 @@
+"""Producers of :class:`vramtop.model.Sample`."""

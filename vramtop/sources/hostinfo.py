@@ -1,0 +1,132 @@
+"""Host-side facts from psutil: RAM, and who a GPU process is (user, command, RSS)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import psutil
+
+from vramtop.model import MISMATCH, NOT_VISIBLE, VISIBLE, HostSample, ProcessSample
+
+
+@dataclass(frozen=True)
+class _Identity:
+    create_time: float
+    name: str | None
+    command: str | None
+    user: str | None
+    visibility: str
+
+
+class HostInfo:
+    """Caches each process's identity (it never changes) and re-reads only its RSS."""
+
+    def __init__(self, holds_gpu: Callable[[int], bool | None] | None = None) -> None:
+        # Injected in CPU-only tests, where no process can hold /dev/nvidia*.
+        self._holds_gpu = holds_gpu or holds_nvidia_device
+        self._hostname = socket.gethostname()
+        self._identities: dict[int, _Identity] = {}
+        self._processes: dict[int, psutil.Process] = {}
+
+    def host_sample(self) -> HostSample:
+        vm = psutil.virtual_memory()
+        sw = psutil.swap_memory()
+        return HostSample(
+            hostname=self._hostname,
+            memory_total=int(vm.total),
+            memory_used=int(vm.total - vm.available),
+            swap_total=int(sw.total),
+            swap_used=int(sw.used),
+        )
+
+    def process_sample(self, *, pid: int, gpu_uuid: str, used_memory: int | None, kind: str,
+                       gpu_instance_id: int | None, compute_instance_id: int | None) -> ProcessSample:
+        base = ProcessSample(
+            pid=pid,
+            gpu_uuid=gpu_uuid,
+            used_memory=used_memory,
+            kind=kind,
+            gpu_instance_id=gpu_instance_id,
+            compute_instance_id=compute_instance_id,
+        )
+        proc = self._process(pid)
+        if proc is None:
+            return replace(base, visibility=NOT_VISIBLE)
+        ident = self._identity(proc)
+        if ident is None:
+            return replace(base, visibility=NOT_VISIBLE)
+        try:
+            rss: int | None = int(proc.memory_info().rss)
+        except (psutil.Error, OSError):
+            rss = None
+        return replace(
+            base,
+            visibility=ident.visibility,
+            name=ident.name,
+            command=ident.command,
+            user=ident.user,
+            host_rss=rss,
+            create_time=ident.create_time,
+        )
+
+    def _process(self, pid: int) -> psutil.Process | None:
+        proc = self._processes.get(pid)
+        if proc is not None and proc.is_running():  # is_running also detects PID reuse
+            return proc
+        self._processes.pop(pid, None)
+        self._identities.pop(pid, None)
+        try:
+            proc = psutil.Process(pid)
+        except (psutil.Error, OSError):
+            return None
+        self._processes[pid] = proc
+        return proc
+
+    def _identity(self, proc: psutil.Process) -> _Identity | None:
+        ident = self._identities.get(proc.pid)
+        if ident is not None:
+            return ident
+        try:
+            with proc.oneshot():
+                create_time = proc.create_time()
+                name = proc.name()
+                try:
+                    command = " ".join(proc.cmdline()) or name
+                except (psutil.AccessDenied, psutil.ZombieProcess):
+                    command = name
+                try:
+                    user = proc.username()
+                except (psutil.Error, KeyError):
+                    user = None
+        except psutil.NoSuchProcess:
+            return None
+        except (psutil.Error, OSError):
+            create_time, name, command, user = 0.0, None, None, None
+        visibility = MISMATCH if self._holds_gpu(proc.pid) is False else VISIBLE
+        ident = _Identity(create_time, name, command, user, visibility)
+        self._identities[proc.pid] = ident
+        return ident
+
+
+def holds_nvidia_device(pid: int) -> bool | None:
+    """Whether the process holds a /dev/nvidia* device open; None when we cannot tell.
+
+    NVML reports host PIDs. Inside a container with its own PID namespace the same number can
+    belong to an unrelated local process; a process that really uses the GPU holds /dev/nvidia*
+    open. When the check is impossible (other user's process, no /proc) we trust the PID.
+    """
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}").startswith("/dev/nvidia"):
+                return True
+        except OSError:
+            continue
+    return False

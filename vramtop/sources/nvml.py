@@ -1,0 +1,416 @@
+"""The NVML source: the only module that imports ``pynvml`` (from the nvidia-ml-py package).
+
+Every NVML error is turned into either a ``None`` field ("not available"), a per-GPU error
+string, or, at start-up, a :class:`NvmlUnavailable` with a one-line message and an exit code.
+No NVML exception ever reaches a caller of :meth:`NvmlSource.read`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeVar
+
+from vramtop.errors import EXIT_NO_DRIVER, EXIT_NO_GPU, EXIT_NVML, VramtopError
+from vramtop.model import GpuSample, MigDeviceSample, ProcessSample, Sample
+from vramtop.sources.hostinfo import HostInfo
+
+T = TypeVar("T")
+
+# NVML error codes (stable across NVML releases; mirrored here so the fake and the real
+# module are interpreted the same way).
+ERR_NOT_SUPPORTED = 3
+ERR_NO_PERMISSION = 4
+ERR_NOT_FOUND = 6
+ERR_DRIVER_NOT_LOADED = 9
+ERR_TIMEOUT = 10
+ERR_LIBRARY_NOT_FOUND = 12
+ERR_FUNCTION_NOT_FOUND = 13
+ERR_GPU_IS_LOST = 15
+ERR_RESET_REQUIRED = 16
+ERR_LIB_RM_VERSION_MISMATCH = 18
+ERR_NO_DATA = 21
+ERR_ARGUMENT_VERSION_MISMATCH = 25
+ERR_DEPRECATED = 26
+ERR_NOT_READY = 27
+ERR_GPU_NOT_FOUND = 28
+
+# A field that fails with one of these is simply "not available" on this GPU / driver / user.
+_FIELD_UNAVAILABLE = {
+    ERR_NOT_SUPPORTED,
+    ERR_NO_PERMISSION,
+    ERR_NOT_FOUND,
+    ERR_NO_DATA,
+    ERR_NOT_READY,
+    ERR_FUNCTION_NOT_FOUND,
+    ERR_DEPRECATED,
+}
+# The API exists in the library but this call signature or version does not: try an older one.
+_TRY_OLDER = {ERR_FUNCTION_NOT_FOUND, ERR_ARGUMENT_VERSION_MISMATCH, ERR_NOT_SUPPORTED}
+
+_INIT_MESSAGES = {
+    ERR_LIBRARY_NOT_FOUND: (
+        "NVIDIA driver not found: libnvidia-ml.so.1 could not be loaded "
+        "(is the NVIDIA driver installed, and is this a GPU machine or container?)",
+        EXIT_NO_DRIVER,
+    ),
+    ERR_DRIVER_NOT_LOADED: (
+        "the NVIDIA driver is not loaded (nvidia-smi will say the same; load the kernel module "
+        "or reboot after installing the driver)",
+        EXIT_NO_DRIVER,
+    ),
+    ERR_NO_PERMISSION: (
+        "permission denied by the NVIDIA driver (check the permissions of /dev/nvidia*)",
+        EXIT_NVML,
+    ),
+    ERR_LIB_RM_VERSION_MISMATCH: (
+        "the NVIDIA driver library and kernel module versions differ (reboot after a driver "
+        "upgrade)",
+        EXIT_NO_DRIVER,
+    ),
+}
+
+
+class NvmlUnavailable(VramtopError):
+    """NVML cannot be used at all: no driver, no GPU, no permission."""
+
+
+def nvml_error_code(err: BaseException) -> int | None:
+    value = getattr(err, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def describe_nvml_error(err: BaseException) -> str:
+    """A short, human description of an NVML exception."""
+    code = nvml_error_code(err)
+    if code == ERR_GPU_IS_LOST:
+        return "GPU is lost (fell off the bus or needs a reset)"
+    if code == ERR_RESET_REQUIRED:
+        return "GPU needs a reset"
+    if code == ERR_TIMEOUT:
+        return "NVML timed out"
+    if code in _INIT_MESSAGES:
+        return _INIT_MESSAGES[code][0]
+    text = str(err) or type(err).__name__
+    return f"NVML error: {text}"
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Device:
+    index: int
+    uuid: str
+    name: str
+    handle: Any
+    pci_bus_id: str | None
+    power_limit: int | None
+
+
+class NvmlSource:
+    """Reads every (selected) GPU through NVML and returns one frozen :class:`Sample` per read.
+
+    Memory, utilisation, temperature and power are read every time. The process list and PCIe
+    throughput are read at most every ``process_interval`` / ``pcie_interval`` seconds:
+    ``nvmlDeviceGetPcieThroughput`` blocks for ~20 ms per call on an H100, twice per GPU.
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[str] | None = None,
+        *,
+        nvml: ModuleType | None = None,
+        host: HostInfo | None = None,
+        process_interval: float = 1.0,
+        pcie_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._selection = list(gpus) if gpus else None
+        self._nvml = nvml
+        self._host = host or HostInfo()
+        self._process_interval = process_interval
+        self._pcie_interval = pcie_interval
+        self._clock = clock
+        self._devices: list[_Device] = []
+        self._driver_version: str | None = None
+        self._cuda_version: str | None = None
+        self._process_fns: dict[str, Callable[[Any], Any] | None] = {}
+        self._process_cache: dict[str, tuple[float, tuple[ProcessSample, ...]]] = {}
+        self._pcie_cache: dict[str, tuple[float, int | None, int | None]] = {}
+        self._memory_v2 = True
+        self._opened = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Initialise NVML and find the GPUs; raises NvmlUnavailable with a clear message."""
+        if self._opened:
+            return
+        nvml = self._nvml or self._import_pynvml()
+        self._nvml = nvml
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as err:
+            message, code = _INIT_MESSAGES.get(
+                nvml_error_code(err) or 0, (f"NVML could not start: {describe_nvml_error(err)}", EXIT_NVML)
+            )
+            raise NvmlUnavailable(message, code) from None
+        except OSError as err:  # some loaders raise before NVML's own error mapping
+            raise NvmlUnavailable(_INIT_MESSAGES[ERR_LIBRARY_NOT_FOUND][0], EXIT_NO_DRIVER) from err
+        self._opened = True
+        try:
+            self._driver_version = self._optional(lambda: _text(nvml.nvmlSystemGetDriverVersion()))
+            cuda = self._optional(nvml.nvmlSystemGetCudaDriverVersion_v2)
+            self._cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None
+            self._devices = self._select(self._enumerate())
+        except NvmlUnavailable:
+            self.close()
+            raise
+        except nvml.NVMLError as err:
+            self.close()
+            raise NvmlUnavailable(f"cannot list GPUs: {describe_nvml_error(err)}", EXIT_NVML) from None
+
+    def close(self) -> None:
+        if self._opened and self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - shutting down; nothing useful to do
+                pass
+        self._opened = False
+
+    @staticmethod
+    def _import_pynvml() -> ModuleType:
+        try:
+            import pynvml
+        except ImportError:
+            raise NvmlUnavailable(
+                "the nvidia-ml-py package is not installed (pip install nvidia-ml-py)", EXIT_NO_DRIVER
+            ) from None
+        return pynvml
+
+    def _enumerate(self) -> list[_Device]:
+        nvml = self._nvml
+        assert nvml is not None
+        count = nvml.nvmlDeviceGetCount()
+        devices = []
+        for index in range(count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            pci = self._optional(lambda h=handle: nvml.nvmlDeviceGetPciInfo(h))
+            devices.append(
+                _Device(
+                    index=index,
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    handle=handle,
+                    pci_bus_id=_text(pci.busId) if pci is not None else None,
+                    power_limit=self._optional(lambda h=handle: nvml.nvmlDeviceGetEnforcedPowerLimit(h)),
+                )
+            )
+        if not devices:
+            raise NvmlUnavailable("no NVIDIA GPU found (the driver is loaded but lists no device)", EXIT_NO_GPU)
+        return devices
+
+    def _select(self, devices: list[_Device]) -> list[_Device]:
+        if not self._selection:
+            return devices
+        chosen = []
+        for wanted in self._selection:
+            match = [d for d in devices if str(d.index) == wanted or d.uuid.lower().startswith(wanted.lower())]
+            if not match:
+                known = ", ".join(f"{d.index} ({d.uuid})" for d in devices)
+                raise NvmlUnavailable(f"no GPU matches --gpu {wanted!r}; GPUs here: {known}", EXIT_NO_GPU)
+            chosen.extend(d for d in match if d not in chosen)
+        return chosen
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self) -> Sample:
+        """One fresh sample. Never raises an NVML error: failures become fields and messages."""
+        self.open()
+        now = self._clock()
+        gpus = tuple(self._read_gpu(device, now) for device in self._devices)
+        return Sample(
+            time=time.time(),
+            host=self._host.host_sample(),
+            gpus=gpus,
+            driver_version=self._driver_version,
+            cuda_driver_version=self._cuda_version,
+        )
+
+    def _read_gpu(self, dev: _Device, now: float) -> GpuSample:
+        nvml = self._nvml
+        assert nvml is not None
+        h = dev.handle
+        try:
+            total, used, free, reserved = self._memory(h)
+            util = self._optional(lambda: nvml.nvmlDeviceGetUtilizationRates(h))
+            mig_mode = self._optional(lambda: nvml.nvmlDeviceGetMigMode(h))
+            mig_enabled = None if mig_mode is None else bool(mig_mode[0])
+            tx, rx = self._pcie(dev, now)
+            return GpuSample(
+                index=dev.index,
+                uuid=dev.uuid,
+                name=dev.name,
+                memory_total=total,
+                memory_used=used,
+                memory_free=free,
+                memory_reserved=reserved,
+                utilization_gpu=None if util is None else int(util.gpu),
+                utilization_memory=None if util is None else int(util.memory),
+                pcie_tx=tx,
+                pcie_rx=rx,
+                temperature=self._optional(
+                    lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
+                ),
+                power_usage=self._optional(lambda: nvml.nvmlDeviceGetPowerUsage(h)),
+                power_limit=dev.power_limit,
+                pci_bus_id=dev.pci_bus_id,
+                mig_enabled=mig_enabled,
+                mig_devices=self._mig_devices(h) if mig_enabled else (),
+                processes=self._processes(dev, now),
+            )
+        except nvml.NVMLError as err:
+            # A GPU-wide failure (lost, needs reset): report it on this GPU, keep the others.
+            self._process_cache.pop(dev.uuid, None)
+            return GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, error=describe_nvml_error(err))
+
+    def _memory(self, handle: Any) -> tuple[int, int, int, int | None]:
+        """(total, used, free, reserved) from nvmlDeviceGetMemoryInfo v2, else v1."""
+        nvml = self._nvml
+        assert nvml is not None
+        if self._memory_v2:
+            try:
+                m = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+                return int(m.total), int(m.used), int(m.free), int(m.reserved)
+            except (TypeError, AttributeError):
+                self._memory_v2 = False  # an nvidia-ml-py without the v2 struct
+            except nvml.NVMLError as err:
+                if nvml_error_code(err) not in _TRY_OLDER:
+                    raise
+                self._memory_v2 = False  # a driver without v2
+        m = nvml.nvmlDeviceGetMemoryInfo(handle)
+        return int(m.total), int(m.used), int(m.free), None
+
+    def _pcie(self, dev: _Device, now: float) -> tuple[int | None, int | None]:
+        cached = self._pcie_cache.get(dev.uuid)
+        if cached is not None and now - cached[0] < self._pcie_interval:
+            return cached[1], cached[2]
+        nvml = self._nvml
+        assert nvml is not None
+        # NVML reports KB/s over a 20 ms window.
+        tx = self._optional(lambda: nvml.nvmlDeviceGetPcieThroughput(dev.handle, nvml.NVML_PCIE_UTIL_TX_BYTES))
+        rx = self._optional(lambda: nvml.nvmlDeviceGetPcieThroughput(dev.handle, nvml.NVML_PCIE_UTIL_RX_BYTES))
+        result = (None if tx is None else tx * 1024, None if rx is None else rx * 1024)
+        self._pcie_cache[dev.uuid] = (now, *result)
+        return result
+
+    def _mig_devices(self, handle: Any) -> tuple[MigDeviceSample, ...]:
+        nvml = self._nvml
+        assert nvml is not None
+        count = self._optional(lambda: nvml.nvmlDeviceGetMaxMigDeviceCount(handle)) or 0
+        found = []
+        for i in range(count):
+            mig = self._optional(lambda i=i: nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+            if mig is None:
+                continue
+            mem = self._optional(lambda m=mig: nvml.nvmlDeviceGetMemoryInfo(m))
+            found.append(
+                MigDeviceSample(
+                    index=i,
+                    uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
+                    gpu_instance_id=self._optional(lambda m=mig: nvml.nvmlDeviceGetGpuInstanceId(m)),
+                    compute_instance_id=self._optional(lambda m=mig: nvml.nvmlDeviceGetComputeInstanceId(m)),
+                    memory_total=None if mem is None else int(mem.total),
+                    memory_used=None if mem is None else int(mem.used),
+                    memory_free=None if mem is None else int(mem.free),
+                )
+            )
+        return tuple(found)
+
+    def _processes(self, dev: _Device, now: float) -> tuple[ProcessSample, ...]:
+        cached = self._process_cache.get(dev.uuid)
+        if cached is not None and now - cached[0] < self._process_interval:
+            return cached[1]
+        merged: dict[int, tuple[str, Any]] = {}
+        for kind in ("C", "G"):
+            for info in self._running_processes(kind, dev.handle):
+                previous = merged.get(info.pid)
+                if previous is None:
+                    merged[info.pid] = (kind, info)
+                else:  # the same process in both lists: nvidia-smi shows "C+G"
+                    merged[info.pid] = ("C+G", previous[1])
+        procs = tuple(
+            self._host.process_sample(
+                pid=pid,
+                gpu_uuid=dev.uuid,
+                used_memory=_used_memory(info),
+                kind=kind,
+                gpu_instance_id=_mig_id(getattr(info, "gpuInstanceId", None)),
+                compute_instance_id=_mig_id(getattr(info, "computeInstanceId", None)),
+            )
+            for pid, (kind, info) in sorted(merged.items())
+        )
+        self._process_cache[dev.uuid] = (now, procs)
+        return procs
+
+    def _running_processes(self, kind: str, handle: Any) -> list[Any]:
+        """The compute ("C") or graphics ("G") process list, trying v3, v2, then v1."""
+        nvml = self._nvml
+        assert nvml is not None
+        base = "nvmlDeviceGetComputeRunningProcesses" if kind == "C" else "nvmlDeviceGetGraphicsRunningProcesses"
+        if base in self._process_fns:
+            fn = self._process_fns[base]
+            if fn is None:
+                return []
+            try:
+                return list(fn(handle))
+            except nvml.NVMLError as err:
+                if nvml_error_code(err) in _FIELD_UNAVAILABLE:
+                    return []
+                raise
+        for suffix in ("_v3", "_v2", ""):
+            fn = getattr(nvml, base + suffix, None)
+            if fn is None:
+                continue
+            try:
+                result = list(fn(handle))
+            except nvml.NVMLError as err:
+                if nvml_error_code(err) in _TRY_OLDER:
+                    continue
+                if nvml_error_code(err) in _FIELD_UNAVAILABLE:
+                    return []
+                raise
+            self._process_fns[base] = fn
+            return result
+        self._process_fns[base] = None
+        return []
+
+    def _optional(self, call: Callable[[], T]) -> T | None:
+        """``call()``, or None when NVML says the value is not available here."""
+        nvml = self._nvml
+        assert nvml is not None
+        try:
+            return call()
+        except nvml.NVMLError as err:
+            if nvml_error_code(err) in _FIELD_UNAVAILABLE:
+                return None
+            raise
+
+
+def _used_memory(info: Any) -> int | None:
+    value = getattr(info, "usedGpuMemory", None)
+    # nvidia-ml-py maps NVML_VALUE_NOT_AVAILABLE to None already; older versions did not.
+    if value is None or value >= (1 << 64) - 1:
+        return None
+    return int(value)
+
+
+def _mig_id(value: Any) -> int | None:
+    # 0xFFFFFFFF means "not a MIG process".
+    if value is None or value >= 0xFFFFFFFF:
+        return None
+    return int(value)

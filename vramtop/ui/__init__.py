@@ -1,0 +1,1 @@
+"""The Textual user interface. It is handed a source; it never builds one."""

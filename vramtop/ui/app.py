@@ -1,0 +1,229 @@
+"""The live monitor. It is handed a source; a poller thread posts each frozen sample to it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.events import Resize
+from textual.message import Message
+from textual.widgets import Footer, Static
+
+from vramtop.analysis.history import History
+from vramtop.model import Sample
+from vramtop.processes import send_signal, signal_refusal
+from vramtop.sources.poller import DeadlineReader, Poller, Source
+from vramtop.ui.screens import ConfirmScreen, HelpScreen
+from vramtop.ui.widgets.detail import ProcessDetail
+from vramtop.ui.widgets.gpus import GpuList
+from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
+from vramtop.units import fmt_bytes
+
+# Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
+NARROW_WIDTH = 110
+
+
+class SampleArrived(Message):
+    """A new sample. A newer one replaces an unprocessed older one: a slow terminal never lags."""
+
+    def __init__(self, sample: Sample) -> None:
+        super().__init__()
+        self.sample = sample
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SampleArrived)
+
+
+class SourceFailed(Message):
+    """The source produced nothing usable (and there is no earlier sample to show)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class VramtopApp(App[None]):
+    CSS_PATH = "vramtop.tcss"
+    TITLE = "vramtop"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("space,p", "toggle_pause", "Pause", key_display="space"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("g", "next_gpu", "GPU"),
+        Binding("G", "all_gpus", "All GPUs", show=False),
+        Binding("t", "signal('SIGTERM')", "Term"),
+        Binding("k", "signal('SIGKILL')", "Kill"),
+    ]
+
+    def __init__(self, source: Source, *, interval: float = 1.0, deadline: float = 5.0,
+                 poll: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._source = source
+        self.interval = interval
+        self._deadline = deadline
+        self._poll = poll
+        self._poller: Poller | None = None
+        self.sample: Sample | None = None
+        self.history = History()
+        self.paused = False
+        self.sort = SORT_NAMES[0]
+        self.gpu_filter: str | None = None  # a GPU UUID, or None for all
+        self.narrow = False
+        self.failure: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield Static(id="banner")
+        yield GpuList(id="gpus")
+        yield ProcessTable(id="procs")
+        yield ProcessDetail(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._set_narrow(self.size.width)
+        self.render_view()
+        if self._poll:
+            self._poller = Poller(
+                DeadlineReader(self._source, self._deadline),
+                self.interval,
+                deliver=lambda s: self.post_message(SampleArrived(s)),
+                on_error=lambda e: self.post_message(SourceFailed(e.message)),
+            )
+            self._poller.start()
+
+    def on_unmount(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+
+    # -- data in -----------------------------------------------------------------------------
+
+    def on_sample_arrived(self, message: SampleArrived) -> None:
+        self.history.add(message.sample)
+        self.failure = None
+        if self.paused:
+            return
+        self.sample = message.sample
+        self.render_view()
+
+    def on_source_failed(self, message: SourceFailed) -> None:
+        self.failure = message.error
+        self.render_view()
+
+    def on_resize(self, event: Resize) -> None:
+        self._set_narrow(event.size.width)
+        self.render_view()
+
+    def on_data_table_row_highlighted(self) -> None:
+        if self.sample is not None:
+            self.query_one(ProcessDetail).show(self.sample, self.query_one(ProcessTable).selected_key())
+
+    def _set_narrow(self, width: int) -> None:
+        self.narrow = width < NARROW_WIDTH
+        self.set_class(self.narrow, "narrow")
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def render_view(self) -> None:
+        self.query_one("#status", Static).update(self._status_line())
+        banner = self.query_one("#banner", Static)
+        problem = self._problem()
+        banner.display = problem is not None
+        banner.update(Text(f" ⚠ {problem}" if problem else ""))
+        sample = self.sample
+        if sample is None:
+            self.query_one(GpuList).update(Text("waiting for the first sample…", style="dim"))
+            return
+        gpus = tuple(g for g in sample.gpus if self.gpu_filter in (None, g.uuid))
+        self.query_one(GpuList).show(gpus, self.history, self.narrow, self.gpu_filter)
+        table = self.query_one(ProcessTable)
+        table.show(sample, self.gpu_filter, self.sort, self.narrow)
+        self.query_one(ProcessDetail).show(sample, table.selected_key())
+
+    def _problem(self) -> str | None:
+        if self.failure and self.sample is None:
+            return self.failure
+        if self.sample is not None and self.sample.error:
+            since = self.sample.stale_since or self.sample.time
+            return f"{self.sample.error} — showing data from {time.strftime('%H:%M:%S', time.localtime(since))}"
+        return None
+
+    def _status_line(self) -> Text:
+        t = Text()
+        t.append(" vramtop ", style="bold reverse")
+        sample = self.sample
+        if sample is not None:
+            host = sample.host
+            if not self.narrow:
+                t.append(f" {host.hostname}")
+                if sample.driver_version:
+                    t.append(f"  driver {sample.driver_version}", style="dim")
+                if sample.cuda_driver_version:
+                    t.append(f"  CUDA {sample.cuda_driver_version}", style="dim")
+            t.append("  RAM ", style="dim")
+            t.append(f"{fmt_bytes(host.memory_used)}/{fmt_bytes(host.memory_total)}")
+            if host.swap_used:
+                t.append(f"  swap {fmt_bytes(host.swap_used)}", style="yellow")
+            t.append(f"  {time.strftime('%H:%M:%S', time.localtime(sample.time))}", style="dim")
+        t.append(f"  every {self.interval:g}s", style="dim")
+        t.append("  sort ", style="dim")
+        t.append(self.sort)
+        if self.gpu_filter and sample is not None:
+            gpu = sample.gpu(self.gpu_filter)
+            t.append(f"  GPU {gpu.index if gpu else '?'} only", style="cyan")
+        if self.paused:
+            t.append("  PAUSED", style="bold black on yellow")
+        return t
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self.render_view()
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORT_NAMES[(SORT_NAMES.index(self.sort) + 1) % len(SORT_NAMES)]
+        self.render_view()
+
+    def action_next_gpu(self) -> None:
+        """All GPUs → GPU 0 → GPU 1 → … → all GPUs."""
+        if self.sample is None or not self.sample.gpus:
+            return
+        uuids = [g.uuid for g in self.sample.gpus]
+        position = uuids.index(self.gpu_filter) + 1 if self.gpu_filter in uuids else 0
+        self.gpu_filter = uuids[position] if position < len(uuids) else None
+        self.render_view()
+
+    def action_all_gpus(self) -> None:
+        self.gpu_filter = None
+        self.render_view()
+
+    def action_signal(self, name: str) -> None:
+        key = self.query_one(ProcessTable).selected_key()
+        if self.sample is None or key is None:
+            self.notify("select a process first", severity="warning")
+            return
+        uuid, _, pid_text = key.rpartition(":")
+        gpu = self.sample.gpu(uuid)
+        proc = next((p for p in gpu.processes if p.pid == int(pid_text)), None) if gpu else None
+        if proc is None:
+            return
+        refusal = signal_refusal(proc.pid, proc.create_time)
+        if refusal:
+            self.notify(refusal, severity="error")
+            return
+        signum = signal.Signals[name]
+        command = (proc.command or proc.name or "?")[:60]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(send_signal(proc.pid, proc.create_time, signum))
+
+        self.push_screen(ConfirmScreen(f"Send {name} to PID {proc.pid}?\n{command}"), answered)

@@ -1,0 +1,61 @@
+"""Modal screens: the key help and the confirmation before signalling a process."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP = """\
+[b]vramtop[/b] — GPU memory, live
+
+[b]Keys[/b]
+  q          quit
+  ?          this help (any key closes it)
+  space, p   pause / resume the display (sampling goes on)
+  s          sort processes: GPU memory, host RSS, PID, user
+  g          select the next GPU (processes of that GPU only); G: all GPUs
+  ↑ ↓        select a process; its details show below the table
+  t          send SIGTERM to the selected process (asks first)
+  k          send SIGKILL to the selected process (asks first)
+
+[b]Numbers[/b]
+  used / free / reserved / total: nvidia-smi's memory.used / .free / .reserved / .total,
+  in MiB rounded up exactly as nvidia-smi prints them. reserved is held by the driver.
+  GPU MEM per process: nvidia-smi --query-compute-apps used_memory.
+  util: utilization.gpu; mem-bw: utilization.memory (memory bandwidth, not capacity).
+  PCIe ▲ sent ▼ received by the GPU (offload traffic shows here).
+  Bar: █ used  ▒ driver-reserved  ░ free.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help-box"):
+            yield Static(HELP, id="help-text")
+
+    def on_key(self) -> None:
+        self.dismiss()
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks y/n; dismisses with True only on 'y'."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box"):
+            yield Static(Text(self.question), id="confirm-text")
+            yield Static("[b]y[/b] yes   [b]n[/b] no", id="confirm-keys")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -1,0 +1,1 @@
+"""Widgets, one per screen region."""

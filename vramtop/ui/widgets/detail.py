@@ -1,0 +1,46 @@
+"""Details of the selected process: everything known about it, across all its GPUs."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
+from vramtop.sinks.once import process_label
+from vramtop.units import fmt_bytes, mib
+
+
+def render_detail(sample: Sample, key: str | None) -> Text:
+    if key is None:
+        return Text("no process selected", style="dim")
+    uuid, _, pid_text = key.rpartition(":")
+    pid = int(pid_text)
+    on_gpus = [(g, p) for g in sample.gpus for p in g.processes if p.pid == pid]
+    if not on_gpus:
+        return Text(f"PID {pid} is no longer on any GPU", style="dim")
+    first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
+    t = Text()
+    t.append(f"PID {pid}", style="bold")
+    t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
+    spread = ", ".join(
+        f"GPU {g.index}: {'N/A' if p.used_memory is None else f'{mib(p.used_memory)} MiB'}"
+        + (f" (MIG GI {p.gpu_instance_id} CI {p.compute_instance_id})" if p.gpu_instance_id is not None else "")
+        for g, p in on_gpus
+    )
+    t.append(spread, style="cyan")
+    t.append("\n")
+    t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
+    if first.visibility == NOT_VISIBLE:
+        t.append("\nNVML reports host PIDs; run vramtop on the host, or share the host PID namespace "
+                 "(docker --pid=host) to see who this is.", style="dim")
+    elif first.visibility == MISMATCH:
+        t.append("\nThis PID is another process here (it holds no /dev/nvidia*): the GPU process "
+                 "lives in another PID namespace.", style="dim")
+    else:
+        t.append("\nNo vramtop agent in this process: NVML sees how much it holds, not why.", style="dim")
+    return t
+
+
+class ProcessDetail(Static):
+    def show(self, sample: Sample, key: str | None) -> None:
+        self.update(render_detail(sample, key))

@@ -1,0 +1,39 @@
+"""Formatting of byte counts and rates for people."""
+
+from __future__ import annotations
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def mib(nbytes: int) -> int:
+    """Bytes as whole MiB, rounded up: the rounding nvidia-smi uses for memory.used/free."""
+    return -(-nbytes // MiB)
+
+
+def fmt_mib(nbytes: int | None) -> str:
+    return "N/A" if nbytes is None else f"{mib(nbytes)} MiB"
+
+
+def fmt_bytes(nbytes: int | None) -> str:
+    """Compact human size: 512 MiB, 1.5 GiB, 80 GiB."""
+    if nbytes is None:
+        return "N/A"
+    if abs(nbytes) < GiB:
+        return f"{mib(nbytes) if nbytes >= 0 else -mib(-nbytes)} MiB"
+    gib = nbytes / GiB
+    return f"{gib:.1f} GiB" if abs(gib) < 100 else f"{gib:.0f} GiB"
+
+
+def fmt_rate(bytes_per_s: int | None) -> str:
+    if bytes_per_s is None:
+        return "N/A"
+    if bytes_per_s >= 1e9:
+        return f"{bytes_per_s / 1e9:.1f} GB/s"
+    return f"{bytes_per_s / 1e6:.0f} MB/s"
+
+
+def percent(part: int | None, whole: int | None) -> float | None:
+    if part is None or not whole:
+        return None
+    return 100.0 * part / whole
