@@ -7,6 +7,7 @@ pynvml and psutil are imported only by the command that needs them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -56,19 +57,33 @@ def _source_options() -> argparse.ArgumentParser:
     return shared
 
 
+# Subcommands: (name, module). Each module defines ``add_arguments(parser)`` and
+# ``run(args) -> int`` and is imported only when its command runs (or to build the parser).
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    # (name, module, one-line help)
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    shared = _source_options()
     parser = argparse.ArgumentParser(
         prog="vramtop",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[_source_options()],
+        parents=[shared],
     )
     parser.add_argument("-V", "--version", action="version", version=f"vramtop {__version__}")
     parser.add_argument("-1", "--once", action="store_true",
                         help="print one summary and exit (no terminal UI)")
     parser.add_argument("--json", action="store_true",
                         help="with --once: print a JSON document instead of text")
+    if SUBCOMMANDS:
+        commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, module, summary in SUBCOMMANDS:
+            sub = commands.add_parser(name, help=summary, description=summary, parents=[shared])
+            sub.set_defaults(module=module)
+            importlib.import_module(module).add_arguments(sub)
     return parser
 
 
@@ -76,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        module = getattr(args, "module", None)
+        if module is not None:
+            return int(importlib.import_module(module).run(args))
         if args.json and not args.once:
             parser.error("--json needs --once")
         if args.once:

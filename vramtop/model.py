@@ -82,6 +82,84 @@ class HostSample:
 
 
 @dataclass(frozen=True)
+class AllocatorStats:
+    """One CUDA device as PyTorch's caching allocator sees it.
+
+    Each field equals the ``torch.cuda.memory_stats(device)`` key named beside it.
+    """
+
+    allocated: int  # allocated_bytes.all.current: bytes in live tensors
+    reserved: int  # reserved_bytes.all.current: bytes cudaMalloc'd by the allocator
+    active: int  # active_bytes.all.current
+    requested: int  # requested_bytes.all.current: what callers asked for, before rounding
+    inactive_split: int  # inactive_split_bytes.all.current: free bytes inside split blocks
+    allocated_peak: int  # allocated_bytes.all.peak (never reset by vramtop)
+    reserved_peak: int  # reserved_bytes.all.peak
+    num_alloc_retries: int  # num_alloc_retries: cache flushed and cudaMalloc retried
+    num_ooms: int  # num_ooms
+    num_sync_all_streams: int = 0  # num_sync_all_streams
+    num_device_alloc: int = 0  # num_device_alloc: cudaMalloc calls
+    num_device_free: int = 0  # num_device_free: cudaFree calls
+    largest_free_block: int | None = None  # biggest free block in reserved segments (snapshot)
+    segments: int | None = None  # reserved segments at the last snapshot
+    snapshot_time: float | None = None  # when largest_free_block was measured
+
+
+@dataclass(frozen=True)
+class TensorCensus:
+    """Bytes of tensors the agent found and counted itself, deduplicated by storage."""
+
+    parameters_trainable: int
+    parameters_frozen: int
+    gradients: int
+    optimizer_state: int
+    time: float
+    seen: str  # what discovery saw, e.g. "1 optimizer (AdamW: 148 params), 1 module"
+    complete: bool = True  # False: something could not be attributed (see ``seen``)
+
+
+@dataclass(frozen=True)
+class StepPeak:
+    """Memory over the last completed training step (optimizer step to optimizer step)."""
+
+    step: int  # optimizer steps completed when it ended
+    duration: float  # seconds
+    peak_allocated: int  # bytes; the allocator's own peak when ``exact``
+    peak_reserved: int
+    persistent: int  # allocated bytes at the step boundary (after optimizer.step)
+    exact: bool  # True: the allocator's peak rose during the step, so this is the true peak;
+    # False: the highest value sampled during the step, a lower bound.
+
+
+@dataclass(frozen=True)
+class AgentDevice:
+    """One device used by a process with the agent."""
+
+    index: int  # CUDA device index inside the process
+    uuid: str | None  # GPU UUID as NVML prints it ("GPU-..."); joins with GpuSample.uuid
+    name: str | None
+    stats: AllocatorStats
+    census: TensorCensus | None = None
+    last_step: StepPeak | None = None
+
+
+@dataclass(frozen=True)
+class AgentSample:
+    """What the in-process agent reports about its own process."""
+
+    pid: int  # the process's PID in its own namespace
+    time: float
+    torch_version: str
+    devices: tuple[AgentDevice, ...] = ()
+    step: int = 0  # optimizer steps observed
+    phase: str = "unknown"  # forward | backward | optimizer | unknown
+    rank: int | None = None  # torch.distributed rank (RANK), when known
+    expandable_segments: bool | None = None
+    dropped: int = 0  # frames the agent dropped because a monitor was slow
+    host_pid: int | None = None  # the PID as NVML reports it, when the monitor could match it
+
+
+@dataclass(frozen=True)
 class Sample:
     """Everything known at one instant."""
 
@@ -92,6 +170,7 @@ class Sample:
     cuda_driver_version: str | None = None  # e.g. "13.0"
     error: str | None = None  # why the source could not produce fresh data
     stale_since: float | None = None  # time of the last fresh data, when this sample is stale
+    agents: tuple[AgentSample, ...] = ()  # processes running the vramtop agent
 
     @property
     def stale(self) -> bool:
