@@ -114,8 +114,10 @@ class TensorCensus:
     gradients: int
     optimizer_state: int
     time: float
-    seen: str  # what discovery saw, e.g. "1 optimizer (AdamW: 148 params), 1 module"
+    seen: str  # what discovery saw, e.g. "1 optimizer (AdamW), 1 model (GPT2LMHeadModel), ..."
     complete: bool = True  # False: something could not be attributed (see ``seen``)
+    gradients_peak: int = 0  # most gradient bytes any census has seen (all grads exist at once
+    # in the optimizer step, while a census at a random moment may see them freed)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ major ``version`` with a clear message.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from vramtop import __version__
@@ -16,6 +23,8 @@ from vramtop.model import Sample
 
 SAMPLE_SCHEMA = "vramtop.sample"
 SAMPLE_VERSION = 1
+RECORDING_SCHEMA = "vramtop.recording"  # JSON Lines recordings: see vramtop/recording.py
+RECORDING_VERSION = 1
 
 
 class SchemaError(ValueError):
@@ -37,3 +46,115 @@ def sample_from_document(doc: Any) -> Sample:
             f"({SAMPLE_VERSION}); upgrade vramtop"
         )
     return from_dict(Sample, doc)
+
+
+# -- the agent socket -----------------------------------------------------------------------
+#
+# One Unix socket per agent process, in a private per-user directory. Frames are a 4-byte
+# big-endian length followed by a UTF-8 JSON object. The first frame each way is a hello
+# carrying the supported protocol range; then the agent streams "sample" and "event" frames.
+# A client can send read-only requests; nothing a client sends can change the process.
+
+AGENT_PROTOCOL_MIN = 1
+AGENT_PROTOCOL_MAX = 1
+FRAME_MAX_BYTES = 1 << 20  # a frame bigger than this is a protocol error, never an allocation
+
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(ValueError):
+    """A peer sent something that is not a valid vramtop frame."""
+
+
+class InsecureDirectory(OSError):
+    """The socket directory could be read or hijacked by someone else."""
+
+
+def runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/vramtop`` when that is usable, else ``/tmp/vramtop-<uid>``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.stat(xdg).st_uid == os.getuid():
+        return Path(xdg) / "vramtop"
+    return Path(tempfile.gettempdir()) / f"vramtop-{os.getuid()}"
+
+
+def ensure_private_dir(path: Path, create: bool = True) -> Path:
+    """Create ``path`` with mode 0700, or check an existing one; raise InsecureDirectory when
+    it is a symlink, owned by someone else, or open to group/others."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=False)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise InsecureDirectory(f"{path} is a symlink; refusing to use it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise InsecureDirectory(f"{path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise InsecureDirectory(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
+    if st.st_mode & 0o077:
+        raise InsecureDirectory(f"{path} is accessible to other users (mode {st.st_mode & 0o777:o})")
+    return path
+
+
+def socket_path(pid: int, directory: Path | None = None) -> Path:
+    return (directory or runtime_dir()) / f"{pid}.sock"
+
+
+def beacon_path(pid: int, directory: Path | None = None) -> Path:
+    return (directory or runtime_dir()) / f"{pid}.json"
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    if len(payload) > FRAME_MAX_BYTES:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {FRAME_MAX_BYTES}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, get complete messages back."""
+
+    def __init__(self, max_bytes: int = FRAME_MAX_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_bytes
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > self._max:
+                raise ProtocolError(f"frame of {length} bytes announced; the limit is {self._max}")
+            if len(self._buffer) < _HEADER.size + length:
+                break
+            payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
+            del self._buffer[: _HEADER.size + length]
+            try:
+                message = json.loads(payload.decode())
+            except (UnicodeDecodeError, ValueError):
+                raise ProtocolError("frame is not UTF-8 JSON") from None
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise ProtocolError("frame is not a JSON object with a 'type'")
+            messages.append(message)
+        return messages
+
+
+def hello(role: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "hello", "role": role, "protocol": [AGENT_PROTOCOL_MIN, AGENT_PROTOCOL_MAX],
+            "vramtop": __version__, **extra}
+
+
+def check_hello(message: dict[str, Any]) -> int:
+    """The protocol version to speak with this peer; ProtocolError if there is none."""
+    if message.get("type") != "hello":
+        raise ProtocolError(f"expected a hello frame, got {message.get('type')!r}")
+    versions = message.get("protocol")
+    if not (isinstance(versions, list) and len(versions) == 2 and all(isinstance(v, int) for v in versions)):
+        raise ProtocolError("hello frame without a protocol range")
+    low, high = max(versions[0], AGENT_PROTOCOL_MIN), min(versions[1], AGENT_PROTOCOL_MAX)
+    if low > high:
+        raise ProtocolError(
+            f"peer speaks protocol {versions[0]}-{versions[1]}, this vramtop speaks "
+            f"{AGENT_PROTOCOL_MIN}-{AGENT_PROTOCOL_MAX}: upgrade the older side"
+        )
+    return high

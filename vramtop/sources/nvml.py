@@ -7,6 +7,7 @@ No NVML exception ever reaches a caller of :meth:`NvmlSource.read`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,10 +177,8 @@ class NvmlSource:
 
     def close(self) -> None:
         if self._opened and self._nvml is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001 - shutting down; nothing useful to do
-                pass
         self._opened = False
 
     @staticmethod

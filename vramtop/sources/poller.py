@@ -40,7 +40,7 @@ class _Call:
     def _run(self, fn: Callable[[], Sample]) -> None:
         try:
             self.result = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+        except BaseException as err:
             self.error = err
         finally:
             self.done.set()

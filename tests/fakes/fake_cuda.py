@@ -1,0 +1,97 @@
+"""FakeCudaTorch: real (CPU) torch with a fake CUDA allocator, for CPU-only agent tests.
+
+Everything but CUDA is the real torch: modules, optimizers, their global step hooks, tensors.
+The fake replaces only the host-side allocator bookkeeping the agent reads
+(``torch._C._cuda_memoryStats``, ``_cuda_memorySnapshot``, ``torch.cuda.is_initialized`` ...)
+and records any call the agent must never make.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+FORBIDDEN = ("reset_peak_memory_stats", "reset_accumulated_memory_stats", "empty_cache", "synchronize",
+             "set_per_process_memory_fraction", "init", "set_device", "_lazy_init")
+
+
+class FakeCudaAllocator:
+    """Bytes allocated/reserved on fake device 0, with a peak that only ever rises."""
+
+    def __init__(self) -> None:
+        self.allocated = 0
+        self.reserved = 0
+        self.allocated_peak = 0
+        self.reserved_peak = 0
+        self.free_blocks: list[int] = []
+        self.num_alloc_retries = 0
+        self.num_ooms = 0
+        self.fail_stats = False
+        self.lock = threading.Lock()
+
+    def set(self, allocated: int, reserved: int | None = None) -> None:
+        with self.lock:
+            self.allocated = allocated
+            self.reserved = max(self.reserved, allocated) if reserved is None else reserved
+            self.allocated_peak = max(self.allocated_peak, self.allocated)
+            self.reserved_peak = max(self.reserved_peak, self.reserved)
+
+    def stats(self, device: int) -> dict[str, Any]:
+        if self.fail_stats:
+            raise RuntimeError("fake allocator failure")
+        with self.lock:
+            def stat(current: int, peak: int) -> dict[str, Any]:
+                return {"all": {"current": current, "peak": peak, "allocated": peak, "freed": 0}}
+            return {
+                "allocated_bytes": stat(self.allocated, self.allocated_peak),
+                "reserved_bytes": stat(self.reserved, self.reserved_peak),
+                "active_bytes": stat(self.allocated, self.allocated_peak),
+                "requested_bytes": stat(self.allocated - self.allocated // 100, self.allocated_peak),
+                "inactive_split_bytes": stat(sum(self.free_blocks), 0),
+                "num_alloc_retries": self.num_alloc_retries,
+                "num_ooms": self.num_ooms,
+                "num_sync_all_streams": 0,
+                "num_device_alloc": 1 if self.reserved else 0,
+                "num_device_free": 0,
+            }
+
+    def snapshot(self, *args: Any) -> dict[str, Any]:
+        blocks = [{"size": b, "state": "inactive"} for b in self.free_blocks]
+        blocks.append({"size": self.allocated, "state": "active_allocated"})
+        return {"segments": [{"device": 0, "blocks": blocks}],
+                "allocator_settings": {"expandable_segments": False}}
+
+
+class FakeCudaTorch:
+    """Looks like the ``torch`` module to the agent; CUDA parts are fake, the rest is real."""
+
+    def __init__(self, torch: Any, allocator: FakeCudaAllocator | None = None) -> None:
+        self._torch = torch
+        self.allocator = allocator or FakeCudaAllocator()
+        self.initialized = False
+        self.forbidden_calls: list[str] = []
+        self.oom_observers: list[Any] = []
+        cuda = SimpleNamespace(
+            is_initialized=lambda: self.initialized,
+            device_count=lambda: 1,
+            get_device_properties=lambda i: SimpleNamespace(
+                name="Fake GPU", uuid="c597915a-9fc3-3bb6-c3bc-f3d5a34ccdee", total_memory=80 << 30),
+            memory_stats=lambda device=None: {},
+        )
+        for name in FORBIDDEN:
+            setattr(cuda, name, self._forbidden(name))
+        self.cuda = cuda
+        self._C = SimpleNamespace(
+            _cuda_memoryStats=self.allocator.stats,
+            _cuda_memorySnapshot=self.allocator.snapshot,
+            _cuda_attach_out_of_memory_observer=self.oom_observers.append,
+        )
+
+    def _forbidden(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            self.forbidden_calls.append(name)
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)

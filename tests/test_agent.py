@@ -1,0 +1,395 @@
+"""The in-process agent on the CPU: real torch models and optimizers, real sockets, real fork;
+only the CUDA allocator is a fake (FakeCudaTorch)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from vramtop.agent._runtime import Agent  # noqa: E402
+from vramtop.protocol import (  # noqa: E402
+    FrameDecoder,
+    encode_frame,
+    hello,
+    socket_path,
+)
+from vramtop.sources.agent import AgentSource  # noqa: E402
+
+MiB = 1 << 20
+
+
+def wait_for(predicate, timeout=10.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def rounded(nbytes: int) -> int:
+    return -(-nbytes // 512) * 512
+
+
+@pytest.fixture
+def agent_dir(tmp_path):
+    d = tmp_path / "run"
+    return d
+
+
+@pytest.fixture
+def fake_torch():
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 * MiB, 128 * MiB)
+    return fake
+
+
+@pytest.fixture
+def agent(agent_dir, fake_torch):
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
+    a.start()
+    yield a
+    a.stop()
+
+
+def make_model(frozen: bool = False) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    if frozen:
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def train(model, opt, steps, between=None):
+    x = torch.randn(512, 64)
+    for _ in range(steps):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        if between:
+            between()
+
+
+def test_agent_waits_for_the_program_to_initialise_cuda(agent, agent_dir, fake_torch):
+    time.sleep(0.3)
+    assert not socket_path(os.getpid(), agent_dir).exists()
+    fake_torch.initialized = True  # the program initialised CUDA itself
+    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    assert stat.S_IMODE(os.stat(agent_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+    beacon = (agent_dir / f"{os.getpid()}.json").read_text()
+    assert '"protocol": [1, 1]' in beacon and "GPU-c597915a" in beacon
+    assert fake_torch.forbidden_calls == []
+
+
+def test_monitor_receives_allocator_figures_equal_to_the_allocator(agent, agent_dir, fake_torch):
+    fake_torch.initialized = True
+    fake_torch.allocator.free_blocks = [10 * MiB, 4 * MiB]
+    source = AgentSource(agent_dir)
+    try:
+        (sample,) = wait_for(lambda: source.poll())
+        dev = sample.devices[0]
+        assert sample.pid == os.getpid()
+        assert (dev.stats.allocated, dev.stats.reserved) == (100 * MiB, 128 * MiB)
+        assert dev.uuid == "GPU-c597915a-9fc3-3bb6-c3bc-f3d5a34ccdee" and dev.name == "Fake GPU"
+        wait_for(lambda: source.poll()[0].devices[0].stats.largest_free_block == 10 * MiB)
+    finally:
+        source.close()
+
+
+def test_census_counts_parameters_and_adam_state_exactly(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    param_bytes = sum(rounded(p.numel() * 4) for p in model.parameters())
+    n_params = len(list(model.parameters()))
+
+    def census():
+        sample = agent._latest
+        return sample and sample.devices and sample.devices[0].census
+
+    train(model, opt, 3)
+    c = wait_for(lambda: (c := census()) and c.optimizer_state and c)
+    assert c.parameters_trainable == param_bytes
+    assert c.gradients == param_bytes  # zero_grad(set_to_none=False) keeps them
+    # AdamW: exp_avg and exp_avg_sq per parameter, plus a 4-byte 'step' tensor each.
+    assert c.optimizer_state == 2 * param_bytes + n_params * 512
+    assert "AdamW" in c.seen
+    assert fake_torch.forbidden_calls == []
+
+
+def test_frozen_parameters_are_found_through_the_model_and_tied_weights_count_once(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model(frozen=True)
+    tied = torch.nn.Linear(64, 64, bias=False)
+    tied.weight = model[2].weight if model[2].weight.shape == tied.weight.shape else tied.weight
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    frozen_bytes = sum(rounded(p.numel() * 4) for p in model[0].parameters())
+    trainable_bytes = sum(rounded(p.numel() * 4) for p in model[2].parameters())
+    x = torch.randn(2048, 64)
+
+    def census():
+        sample = agent._latest
+        return sample and sample.devices and sample.devices[0].census
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # forward runs long enough to be seen on the stack
+        for _ in range(5):
+            model(x).sum().backward()
+            opt.step()
+        c = census()
+        if c and c.parameters_frozen:
+            break
+    c = census()
+    assert c and c.parameters_frozen == frozen_bytes
+    assert c.parameters_trainable == trainable_bytes
+    assert "Sequential" in c.seen
+
+
+def test_tied_weights_are_counted_once(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(1000, 64)
+            self.head = torch.nn.Linear(64, 1000, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x):
+            return self.head(self.embed(x))
+
+    model = Tied()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 1000, (64,))
+    model(x).sum().backward()
+    opt.step()
+    c = wait_for(lambda: agent._latest and agent._latest.devices[0].census)
+    assert c.parameters_trainable == rounded(1000 * 64 * 4)
+
+
+def test_step_peak_is_exact_when_the_allocator_peak_rises_and_a_lower_bound_otherwise(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    alloc = fake_torch.allocator
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 64)
+
+    def step(peak):
+        alloc.set(peak)  # activations at their peak
+        model(x).sum().backward()
+        alloc.set(100 * MiB)  # back to the persistent level at the boundary
+        opt.step()
+
+    step(300 * MiB)
+    step(400 * MiB)  # peak rises: exact
+    last = wait_for(lambda: (s := agent._latest.devices[0].last_step) and s.step == 2 and s)
+    assert last.exact and last.peak_allocated == 400 * MiB and last.persistent == 100 * MiB
+    step(350 * MiB)  # below the old peak: not visible exactly
+    last = wait_for(lambda: (s := agent._latest.devices[0].last_step) and s.step == 3 and s)
+    assert not last.exact and last.peak_allocated <= 350 * MiB
+
+
+def test_agent_failures_never_reach_the_training_loop(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    fake_torch.allocator.fail_stats = True  # every allocator read now raises
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters())
+    train(model, opt, 5)  # must not raise
+    assert fake_torch.forbidden_calls == []
+
+
+def test_many_monitors_a_garbage_client_and_a_stuck_client(agent, agent_dir, fake_torch):
+    fake_torch.initialized = True
+    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.connect(str(path))
+    stuck.sendall(encode_frame(hello("monitor")))  # then never reads
+    garbage = socket.socket(socket.AF_UNIX)
+    garbage.connect(str(path))
+    garbage.sendall(b"\x00\x00\x00\x05hello" + b"\xff" * 100)
+    sources = [AgentSource(agent_dir) for _ in range(5)]
+    try:
+        for s in sources:
+            wait_for(lambda s=s: s.poll())
+        # The garbage client was told why and disconnected.
+        garbage.settimeout(5)
+        data = b""
+        while chunk := garbage.recv(65536):
+            data += chunk
+        assert b"error" in data
+        # The stuck client only costs dropped frames; the others keep receiving.
+        wait_for(lambda: agent._server.dropped > 0, timeout=30)
+        before = sources[0].poll()[0].time
+        wait_for(lambda: sources[0].poll()[0].time > before)
+    finally:
+        for s in sources:
+            s.close()
+        stuck.close()
+        garbage.close()
+
+
+def test_protocol_version_mismatch_is_refused_with_a_message(agent, agent_dir, fake_torch):
+    fake_torch.initialized = True
+    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    sock.sendall(encode_frame({"type": "hello", "protocol": [7, 9]}))
+    sock.settimeout(5)
+    decoder = FrameDecoder()
+    messages = []
+    while chunk := sock.recv(65536):
+        messages += decoder.feed(chunk)
+    assert messages[0]["type"] == "hello"
+    assert messages[-1]["type"] == "error" and "upgrade" in messages[-1]["message"]
+
+
+def test_forked_child_does_not_serve_and_parent_keeps_serving(agent, agent_dir, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    pid = os.fork()
+    if pid == 0:  # the child: the agent must be inert and must not remove the parent's files
+        code = 1
+        try:
+            param = torch.nn.Parameter(torch.ones(4))
+            param.grad = torch.ones(4)
+            opt = torch.optim.SGD([param], lr=0.1)
+            opt.step()  # the global hook runs in the child and must stay silent
+            code = 0 if not agent.active and agent.step == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert socket_path(os.getpid(), agent_dir).exists()
+    source = AgentSource(agent_dir)
+    try:
+        wait_for(lambda: source.poll())
+    finally:
+        source.close()
+
+
+def test_dataloader_workers_with_fork_run_normally(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    data = torch.utils.data.TensorDataset(torch.arange(64.0))
+    loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=2,
+                                         multiprocessing_context="fork")
+    assert sum(batch[0].sum().item() for batch in loader) == sum(range(64))
+
+
+def test_insecure_directory_is_refused(tmp_path, fake_torch):
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=loose, torch=fake_torch, device_type="cpu")
+    a.start()
+    try:
+        wait_for(lambda: a.error)
+        assert "accessible to other users" in a.error
+        assert not list(loose.iterdir())
+    finally:
+        a.stop()
+    link = tmp_path / "link"
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link.symlink_to(target)
+    source = AgentSource(link)
+    assert source.poll() == ()
+    assert "symlink" in (source.directory_problem or "")
+
+
+def test_stale_socket_of_a_dead_process_is_reported_and_removed(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = d / f"{dead.pid}.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # a socket file nobody listens on
+    (d / f"{dead.pid}.json").write_text("{}")
+    source = AgentSource(d)
+    assert source.poll() == ()
+    assert "stale" in source.problems[dead.pid]
+    assert not path.exists() and not (d / f"{dead.pid}.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_other_users_are_refused_by_peer_credentials(fake_torch):
+    import shutil
+    import tempfile
+
+    # The agent's directory is 0700, which already keeps other users out. To exercise the
+    # second wall, SO_PEERCRED, open the path for a moment so another user can reach the socket.
+    top = Path(tempfile.mkdtemp(prefix="vramtop-peercred-"))
+    agent_dir = top / "run"
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
+    a.start()
+    try:
+        path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+        os.chmod(top, 0o711)
+        os.chmod(agent_dir, 0o711)
+        os.chmod(path, 0o777)
+        code = (
+            "import os, socket\n"
+            "os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(path)!r})\n"
+            "s.settimeout(5)\n"
+            "print('GOT', len(s.recv(100)))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "GOT 0", out.stderr  # accepted by the kernel, closed without a byte
+        assert a._server.rejected == 1
+    finally:
+        a.stop()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_importing_the_agent_imports_no_torch_textual_or_pynvml():
+    code = ("import sys, vramtop.agent\n"
+            "print([m for m in ('torch', 'textual', 'rich', 'pynvml', 'psutil') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_public_start_never_raises_and_is_idempotent(tmp_path, monkeypatch):
+    import vramtop.agent as agent_api
+
+    monkeypatch.setattr(agent_api, "_agent", None)
+    assert agent_api.start(directory=tmp_path / "a") is True
+    first = agent_api.current()
+    assert agent_api.start(directory=tmp_path / "a") is True and agent_api.current() is first
+    agent_api.stop()
+    assert agent_api.current() is None
+
+
+def test_an_agent_that_vanishes_is_reported_by_the_source(agent, agent_dir, fake_torch):
+    fake_torch.initialized = True
+    source = AgentSource(agent_dir)
+    try:
+        wait_for(lambda: source.poll())
+        agent.stop()
+        wait_for(lambda: source.poll() == () and os.getpid() in source.problems)
+    finally:
+        source.close()
+    assert not Path(socket_path(os.getpid(), agent_dir)).exists()

@@ -1,0 +1,57 @@
+"""The vramtop agent: runs inside a training process and serves its PyTorch allocator figures.
+
+Enable it in any of three ways::
+
+    vramtop run -- python train.py          # no code change; reaches every Python child
+    VRAMTOP_AGENT=1 python train.py         # vramtop installed in the training environment
+    import vramtop.agent; vramtop.agent.start()
+
+Importing this package imports only the standard library (and vramtop's own stdlib-only data
+modules); it uses the ``torch`` the program imported itself and never imports torch, textual
+or pynvml.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ._runtime import DEFAULT_INTERVAL, Agent
+
+__all__ = ["Agent", "current", "start", "stop"]
+
+_lock = threading.Lock()
+_agent: Agent | None = None
+
+
+def start(interval: float | None = None, directory: str | os.PathLike[str] | None = None) -> bool:
+    """Start the agent once per process. Returns True if it is (now) running.
+
+    Never raises: a failure to start is reported as False, and the program goes on.
+    """
+    global _agent
+    try:
+        with _lock:
+            if _agent is not None and _agent.pid == os.getpid() and not _agent._stop.is_set():
+                return True
+            if interval is None:
+                interval = float(os.environ.get("VRAMTOP_AGENT_INTERVAL", DEFAULT_INTERVAL))
+            _agent = Agent(interval=max(0.01, interval), directory=Path(directory) if directory else None)
+            _agent.start()
+            return True
+    except Exception:
+        return False
+
+
+def stop() -> None:
+    """Stop sampling, remove the hooks and the socket."""
+    global _agent
+    with _lock:
+        if _agent is not None:
+            _agent.stop()
+            _agent = None
+
+
+def current() -> Agent | None:
+    return _agent

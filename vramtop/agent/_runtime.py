@@ -1,0 +1,312 @@
+"""The agent: waits for the program to use CUDA, then samples the allocator and serves it.
+
+Rules it keeps (each has a test): it never initialises CUDA (it waits for
+``torch.cuda.is_initialized()``), never creates a context on a device the program did not
+use, never synchronises, resets peaks, empties the cache or changes allocator settings; its
+code never raises into the program; the only work on the training thread is a few
+microseconds in the optimizer-step hook; it stops in forked children and outlives monitors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vramtop import __version__
+from vramtop.codec import to_dict
+from vramtop.model import AgentDevice, AgentSample, StepPeak, TensorCensus
+from vramtop.protocol import runtime_dir
+
+from . import _torchstats as ts
+from ._census import take_census
+from ._server import AgentServer
+from ._stack import inspect_thread
+
+DEFAULT_INTERVAL = 0.25  # seconds between samples
+CUDA_WAIT = 0.5  # seconds between checks for the program's CUDA initialisation
+DEVICE_RESCAN = 2.0  # seconds between checks for newly used devices
+# Work done while holding the GIL (census, snapshot) is spaced so that it takes at most this
+# share of wall time, however large the model or the allocator's block list.
+GIL_BUDGET = 0.002
+
+
+@dataclass
+class _Boundary:
+    """Allocator figures at the end of an optimizer step, read in the step hook."""
+
+    step: int
+    time: float
+    current: dict[int, tuple[int, int]]  # device -> (allocated, reserved)
+    peak: dict[int, tuple[int, int]]  # device -> (allocated peak, reserved peak)
+
+
+@dataclass
+class _DeviceState:
+    index: int
+    uuid: str | None
+    name: str | None
+    max_allocated: int = 0  # highest sampled since the last boundary
+    max_reserved: int = 0
+    last_step: StepPeak | None = None
+    census: TensorCensus | None = None
+
+
+class Agent:
+    def __init__(self, interval: float = DEFAULT_INTERVAL, directory: Path | None = None,
+                 torch: Any = None, device_type: str = "cuda") -> None:
+        self.interval = interval
+        # Both are injected only by CPU-only tests, which fake the CUDA allocator.
+        self._given_torch = torch
+        self._device_type = device_type
+        self.directory = directory or runtime_dir()
+        self.pid = os.getpid()
+        self.step = 0
+        self.phase = "unknown"
+        self.error: str | None = None  # why the agent stopped working, for tests and the beacon
+        self._torch: Any = None
+        self._server: AgentServer | None = None
+        self._devices: dict[int, _DeviceState] = {}
+        self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._modules: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._boundaries: deque[_Boundary] = deque(maxlen=256)
+        self._last_boundary: _Boundary | None = None
+        self._train_thread: int | None = None
+        self._hooks: list[Any] = []
+        self._stop = threading.Event()
+        self._last_census = self._census_cost = 0.0
+        self._last_snapshot = self._snapshot_cost = 0.0
+        self._last_rescan = 0.0
+        self._snapshot: ts.SnapshotSummary | None = None
+        self._latest: AgentSample | None = None
+        self.ooms: deque[dict[str, Any]] = deque(maxlen=16)
+        self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        os.register_at_fork(after_in_child=self._forked)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for hook in self._hooks:
+            with contextlib.suppress(Exception):
+                hook.remove()
+        self._hooks.clear()
+        if self._server is not None:
+            self._server.stop()
+
+    def _forked(self) -> None:
+        # A DataLoader worker or any fork: the threads did not come along; drop our sockets
+        # without touching the parent's files, and stay silent in the child.
+        self._stop.set()
+        if self._server is not None:
+            self._server.abandon_after_fork()
+            self._server = None
+
+    @property
+    def active(self) -> bool:
+        return self._server is not None and not self._stop.is_set() and os.getpid() == self.pid
+
+    def _run(self) -> None:
+        try:
+            torch = self._wait_for_cuda()
+            if torch is None:
+                return
+            self._activate(torch)
+            while not self._stop.wait(self.interval):
+                if os.getpid() != self.pid:
+                    return
+                self.tick()
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
+            with contextlib.suppress(Exception):
+                self.stop()
+
+    def _wait_for_cuda(self) -> Any:
+        """The program's torch, once it has initialised CUDA itself; None if we are stopped."""
+        while not self._stop.is_set():
+            torch = self._given_torch or sys.modules.get("torch")
+            if torch is not None and ts.cuda_ready(torch):
+                return torch
+            self._stop.wait(CUDA_WAIT)
+        return None
+
+    def _activate(self, torch: Any) -> None:
+        self._torch = torch
+        self._register_hooks(torch)
+        self._rescan_devices(force=True)
+        self._server = AgentServer(self.directory, self._beacon(), self._respond)
+        self._server.start()
+        self.tick()
+
+    def _beacon(self) -> dict[str, Any]:
+        return {
+            "protocol": [1, 1],
+            "vramtop": __version__,
+            "pid": self.pid,
+            "started": time.time(),
+            "argv": [a[:200] for a in sys.argv[:16]],
+            "rank": _env_int("RANK"),
+            "torch": str(getattr(self._torch, "__version__", "?")),
+            "devices": [d.uuid for d in self._devices.values()],
+        }
+
+    # -- hooks on the training thread: microseconds, never raise ---------------------------
+
+    def _register_hooks(self, torch: Any) -> None:
+        # torch.optim does not always expose its ``optimizer`` submodule as an attribute.
+        base = getattr(getattr(torch, "optim", None), "Optimizer", None)
+        optim = sys.modules.get(getattr(base, "__module__", ""), None)
+        register = getattr(optim, "register_optimizer_step_post_hook", None)
+        if register is not None:
+            self._hooks.append(register(self._after_optimizer_step))
+        attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
+        if attach is not None:
+            with contextlib.suppress(Exception):
+                attach(self._on_oom)
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            if os.getpid() != self.pid or self._stop.is_set():
+                return
+            self.step += 1
+            self._train_thread = threading.get_ident()
+            self._optimizers.add(optimizer)
+            current, peak = {}, {}
+            for index in self._devices:
+                raw = ts.raw_stats(self._torch, index)
+                a, r = raw["allocated_bytes"]["all"], raw["reserved_bytes"]["all"]
+                current[index] = (a["current"], r["current"])
+                peak[index] = (a["peak"], r["peak"])
+            self._boundaries.append(_Boundary(self.step, time.monotonic(), current, peak))
+        except Exception:
+            pass
+
+    def _on_oom(self, device: int, requested: int, device_total: int, device_free: int) -> None:
+        with contextlib.suppress(Exception):
+            self.ooms.append({"time": time.time(), "device": device, "requested": requested,
+                              "device_total": device_total, "device_free": device_free,
+                              "step": self.step})
+
+    # -- the sampler thread ----------------------------------------------------------------
+
+    def tick(self) -> AgentSample:
+        torch = self._torch
+        now = time.monotonic()
+        self._rescan_devices()
+        self._close_steps()
+        phase, root = inspect_thread(self._train_thread or threading.main_thread().ident or 0)
+        self.phase = phase
+        if root is not None and hasattr(root, "parameters"):
+            with contextlib.suppress(TypeError):
+                self._modules.add(root)
+        if now - self._last_snapshot >= max(1.0, self._snapshot_cost / GIL_BUDGET):
+            snapshot = ts.take_snapshot(torch)
+            self._last_snapshot = now
+            if snapshot is not None:
+                self._snapshot, self._snapshot_cost = snapshot, snapshot.cost
+        if (self._optimizers or self._modules) and now - self._last_census >= max(
+            1.0, self._census_cost / GIL_BUDGET
+        ):
+            self._census()
+            self._last_census = now
+        devices = []
+        for state in self._devices.values():
+            stats = ts.allocator_stats(torch, state.index, self._snapshot)
+            state.max_allocated = max(state.max_allocated, stats.allocated)
+            state.max_reserved = max(state.max_reserved, stats.reserved)
+            devices.append(AgentDevice(index=state.index, uuid=state.uuid, name=state.name, stats=stats,
+                                       census=state.census, last_step=state.last_step))
+        sample = AgentSample(
+            pid=self.pid,
+            time=time.time(),
+            torch_version=str(torch.__version__),
+            devices=tuple(devices),
+            step=self.step,
+            phase=phase,
+            rank=_env_int("RANK"),
+            expandable_segments=ts.expandable_segments(self._snapshot),
+            dropped=self._server.dropped if self._server else 0,
+        )
+        self._latest = sample
+        if self._server is not None:
+            self._server.publish({"type": "sample", "sample": to_dict(sample)})
+            while self.ooms:
+                self._server.publish({"type": "event", "kind": "oom", "pid": self.pid, "data": self.ooms.popleft()})
+        return sample
+
+    def _rescan_devices(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_rescan < DEVICE_RESCAN:
+            return
+        self._last_rescan = now
+        for index in ts.used_devices(self._torch):
+            if index not in self._devices:
+                uuid, name = ts.device_identity(self._torch, index)
+                self._devices[index] = _DeviceState(index, uuid, name)
+                if self._server is not None:
+                    self._server.write_beacon(self._beacon())
+
+    def _close_steps(self) -> None:
+        """Turn the step boundaries recorded by the hook into per-step peaks."""
+        while self._boundaries:
+            boundary = self._boundaries.popleft()
+            previous = self._last_boundary
+            self._last_boundary = boundary
+            if previous is None:
+                continue
+            for index, state in self._devices.items():
+                if index not in boundary.peak or index not in previous.peak:
+                    continue
+                peak_a, peak_r = boundary.peak[index]
+                before_a, before_r = previous.peak[index]
+                cur_a, cur_r = boundary.current[index]
+                # The allocator's peak never goes down (we never reset it). If it rose during
+                # this step, the new value is this step's true peak.
+                exact = peak_a > before_a
+                sampled_a = max(state.max_allocated, cur_a, previous.current[index][0])
+                sampled_r = max(state.max_reserved, cur_r, previous.current[index][1])
+                state.last_step = StepPeak(
+                    step=boundary.step,
+                    duration=boundary.time - previous.time,
+                    peak_allocated=peak_a if exact else sampled_a,
+                    peak_reserved=peak_r if peak_r > before_r else sampled_r,
+                    persistent=cur_a,
+                    exact=exact,
+                )
+                state.max_allocated = state.max_reserved = 0
+
+    def _census(self) -> None:
+        started = time.perf_counter()
+        try:
+            result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
+        except RuntimeError:  # a dict changed size while the program was building its model
+            return
+        finally:
+            self._census_cost = time.perf_counter() - started
+        for index, state in self._devices.items():
+            census = result.get(index)
+            if census is not None:
+                peak = max(census.gradients, state.census.gradients_peak if state.census else 0)
+                census = replace(census, gradients_peak=peak)
+            state.census = census
+
+    def _respond(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Read-only answers to a client's request."""
+        if request.get("type") == "request" and request.get("what") == "sample" and self._latest:
+            return {"type": "sample", "sample": to_dict(self._latest)}
+        return {"type": "error", "message": f"unknown request {request.get('what')!r}"}
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else None

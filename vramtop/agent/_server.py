@@ -1,0 +1,273 @@
+"""The agent's Unix-socket server: one daemon thread, never blocks the publisher.
+
+Each client has a bounded queue of encoded frames. ``publish`` only appends to those queues
+(dropping the oldest frame, and counting it, when a client is slow) and wakes the server
+thread, which does all socket I/O with non-blocking calls. A client that hangs, disconnects
+or sends garbage costs at most its own queue and is dropped; nothing it sends can change the
+process (requests are read-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vramtop.protocol import (
+    FrameDecoder,
+    ProtocolError,
+    beacon_path,
+    check_hello,
+    encode_frame,
+    ensure_private_dir,
+    hello,
+    socket_path,
+)
+
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_CLIENTS = 16
+QUEUE_FRAMES = 64
+_RECV = 65536
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The connecting process's uid from SO_PEERCRED (None where the OS lacks it)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    return int(_CRED.unpack(data)[1])
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.queue: deque[bytes] = deque()
+        self.partial = b""  # unsent tail of the frame being written
+        self.decoder = FrameDecoder(max_bytes=64 * 1024)  # clients only send small requests
+        self.greeted = False
+        self.dropped = 0
+
+
+class AgentServer:
+    def __init__(self, directory: Path, beacon: dict[str, Any],
+                 respond: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        self.directory = directory
+        self.pid = os.getpid()
+        self.path = socket_path(self.pid, directory)
+        self.beacon_file = beacon_path(self.pid, directory)
+        self._beacon = beacon
+        self._respond = respond  # answers a client's read-only request
+        self._clients: dict[int, _Client] = {}
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopped = threading.Event()
+        self.dropped = 0
+        self.rejected = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ensure_private_dir(self.directory)
+        # A socket file with our PID is left over from a dead process that had the same PID.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is created 0600
+        try:
+            listener.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(8)
+        listener.setblocking(False)
+        self._listener = listener
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ, "accept")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.write_beacon(self._beacon)
+        threading.Thread(target=self._serve, name="vramtop-agent-server", daemon=True).start()
+
+    def write_beacon(self, beacon: dict[str, Any]) -> None:
+        """``<pid>.json``: who we are, for monitors listing agents. Written atomically, 0600."""
+        self._beacon = beacon
+        tmp = self.beacon_file.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(beacon).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.beacon_file)
+
+    def stop(self, unlink: bool = True) -> None:
+        """Close everything; remove our files only if we are the process that made them."""
+        self._stopped.set()
+        self._wake()
+        if unlink and os.getpid() == self.pid:
+            for path in (self.path, self.beacon_file):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: close our copies of the sockets without touching the files."""
+        self._stopped.set()
+        for sock in [self._listener, self._wake_r, self._wake_w] + [c.sock for c in self._clients.values()]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._clients.clear()
+
+    # -- publishing (called from the sampler thread) ------------------------------------------
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def publish(self, message: dict[str, Any]) -> None:
+        if not self._clients:
+            return
+        frame = encode_frame(message)
+        with self._lock:
+            for client in self._clients.values():
+                if not client.greeted:
+                    continue
+                if len(client.queue) >= QUEUE_FRAMES:
+                    client.queue.popleft()  # a slow monitor loses old frames, never blocks us
+                    client.dropped += 1
+                    self.dropped += 1
+                client.queue.append(frame)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the server thread -------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                for key, events in self._selector.select(timeout=1.0):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    else:
+                        client = self._clients.get(key.fd)
+                        if client is None:
+                            continue
+                        if events & selectors.EVENT_READ:
+                            self._read(client)
+                        if events & selectors.EVENT_WRITE and key.fd in self._clients:
+                            self._flush(client)
+                self._update_interest()
+        except Exception:
+            pass
+        finally:
+            self._close_all()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            return
+        try:
+            uid = peer_uid(sock)
+        except OSError:
+            uid = -1
+        # Only our own user (or root) may read this process's memory statistics.
+        if (uid is not None and uid not in (os.getuid(), 0)) or len(self._clients) >= MAX_CLIENTS:
+            self.rejected += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        client = _Client(sock)
+        client.queue.append(encode_frame(hello("agent", pid=self.pid)))
+        with self._lock:
+            self._clients[sock.fileno()] = client
+        self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "client")
+
+    def _read(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        try:
+            for message in client.decoder.feed(data):
+                if not client.greeted:
+                    check_hello(message)
+                    client.greeted = True
+                    continue
+                answer = self._respond(message)
+                if answer is not None:
+                    with self._lock:
+                        client.queue.append(encode_frame(answer))
+        except ProtocolError as err:
+            # Say why before hanging up: what is queued (the hello), then the error. Small
+            # enough for the socket buffer, so these non-blocking sends do not stall.
+            with self._lock:
+                pending = [client.partial, *client.queue]
+            pending.append(encode_frame({"type": "error", "message": str(err)}))
+            with contextlib.suppress(OSError):
+                client.sock.send(b"".join(pending))
+            self._drop(client)
+
+    def _flush(self, client: _Client) -> None:
+        while True:
+            if not client.partial:
+                with self._lock:
+                    if not client.queue:
+                        return
+                    client.partial = client.queue.popleft()
+            try:
+                sent = client.sock.send(client.partial)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop(client)
+                return
+            client.partial = client.partial[sent:]
+            if client.partial:
+                return
+
+    def _update_interest(self) -> None:
+        for client in list(self._clients.values()):
+            wants_write = bool(client.partial or client.queue)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                if self._selector.get_key(client.sock).events != events:
+                    self._selector.modify(client.sock, events, "client")
+
+    def _drop(self, client: _Client) -> None:
+        with self._lock:
+            self._clients.pop(client.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(client.sock)
+        with contextlib.suppress(OSError):
+            client.sock.close()
+
+    def _close_all(self) -> None:
+        for client in list(self._clients.values()):
+            self._drop(client)
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        with contextlib.suppress(OSError):
+            self._selector.close()

@@ -1,0 +1,161 @@
+"""Reading PyTorch's caching allocator without side effects.
+
+Only host-side allocator bookkeeping is read: no call here creates a CUDA context,
+synchronises, resets a statistic, frees the cache or changes allocator settings. Private torch
+functions are feature-detected; when one is missing the public equivalent is used, and when
+that fails the value is simply absent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from vramtop.model import AllocatorStats
+
+
+def cuda_ready(torch: Any) -> bool:
+    """True once the program itself has initialised CUDA (we never do it for it)."""
+    try:
+        return bool(torch.cuda.is_initialized())
+    except Exception:
+        return False
+
+
+def raw_stats(torch: Any, device: int) -> dict[str, Any]:
+    """Nested allocator stats; ``torch._C._cuda_memoryStats`` is ~7x cheaper than memory_stats."""
+    fn = getattr(torch._C, "_cuda_memoryStats", None)
+    if fn is not None:
+        try:
+            return dict(fn(device))
+        except Exception:
+            pass
+    flat = torch.cuda.memory_stats(device)
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _get(stats: dict[str, Any], *path: str) -> int:
+    node: Any = stats
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return 0
+        node = node[part]
+    return int(node) if isinstance(node, int) else 0
+
+
+# Names in the raw (nested) stats for the public memory_stats() keys.
+_RAW = {
+    "allocated": ("allocated_bytes", "all", "current"),
+    "reserved": ("reserved_bytes", "all", "current"),
+    "active": ("active_bytes", "all", "current"),
+    "requested": ("requested_bytes", "all", "current"),
+    "inactive_split": ("inactive_split_bytes", "all", "current"),
+    "allocated_peak": ("allocated_bytes", "all", "peak"),
+    "reserved_peak": ("reserved_bytes", "all", "peak"),
+}
+
+
+def allocator_stats(torch: Any, device: int, snapshot: SnapshotSummary | None) -> AllocatorStats:
+    raw = raw_stats(torch, device)
+    values = {name: _get(raw, *path) for name, path in _RAW.items()}
+    return AllocatorStats(
+        **values,
+        num_alloc_retries=_get(raw, "num_alloc_retries"),
+        num_ooms=_get(raw, "num_ooms"),
+        num_sync_all_streams=_get(raw, "num_sync_all_streams"),
+        num_device_alloc=_get(raw, "num_device_alloc"),
+        num_device_free=_get(raw, "num_device_free"),
+        largest_free_block=None if snapshot is None else snapshot.largest_free.get(device, 0),
+        segments=None if snapshot is None else snapshot.segments.get(device, 0),
+        snapshot_time=None if snapshot is None else snapshot.time,
+    )
+
+
+def used_devices(torch: Any) -> list[int]:
+    """CUDA devices on which this process's allocator holds or has held memory."""
+    try:
+        count = int(torch.cuda.device_count())
+    except Exception:
+        return []
+    used = []
+    for index in range(count):
+        try:
+            raw = raw_stats(torch, index)
+        except Exception:
+            continue
+        if _get(raw, "num_device_alloc") or _get(raw, "reserved_bytes", "all", "current"):
+            used.append(index)
+    return used
+
+
+def device_identity(torch: Any, index: int) -> tuple[str | None, str | None]:
+    """(NVML-style UUID "GPU-...", name) of a device the program already uses."""
+    try:
+        props = torch.cuda.get_device_properties(index)
+    except Exception:
+        return None, None
+    uuid = getattr(props, "uuid", None)
+    text = str(uuid) if uuid is not None else None
+    if text and not text.startswith(("GPU-", "MIG-")):
+        text = f"GPU-{text}"
+    return text, getattr(props, "name", None)
+
+
+class SnapshotSummary:
+    """Largest free block and segment count per device, from one allocator snapshot."""
+
+    def __init__(self, largest_free: dict[int, int], segments: dict[int, int], settings: dict[str, Any],
+                 cost: float) -> None:
+        self.largest_free = largest_free
+        self.segments = segments
+        self.settings = settings
+        self.cost = cost  # seconds the snapshot took: it grows with the number of blocks
+        self.time = time.time()
+
+
+def take_snapshot(torch: Any) -> SnapshotSummary | None:
+    """Walk the allocator's segments (no stack traces are requested or kept)."""
+    started = time.perf_counter()
+    fn = getattr(torch._C, "_cuda_memorySnapshot", None)
+    try:
+        if fn is not None:
+            try:
+                snap = fn(None)
+            except TypeError:
+                snap = fn()
+        else:
+            snap = {"segments": torch.cuda.memory_snapshot()}
+    except Exception:
+        return None
+    segments = snap.get("segments", []) if isinstance(snap, dict) else snap
+    largest: dict[int, int] = {}
+    count: dict[int, int] = {}
+    for seg in segments:
+        device = int(seg.get("device", 0))
+        count[device] = count.get(device, 0) + 1
+        largest.setdefault(device, 0)
+        for block in seg.get("blocks", ()):
+            if block.get("state") == "inactive":
+                largest[device] = max(largest[device], int(block.get("size", 0)))
+    settings = snap.get("allocator_settings", {}) if isinstance(snap, dict) else {}
+    return SnapshotSummary(largest, count, settings if isinstance(settings, dict) else {},
+                           time.perf_counter() - started)
+
+
+def expandable_segments(snapshot: SnapshotSummary | None) -> bool | None:
+    if snapshot is not None and "expandable_segments" in snapshot.settings:
+        return bool(snapshot.settings["expandable_segments"])
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + "," + os.environ.get("PYTORCH_ALLOC_CONF", "")
+    for item in conf.split(","):
+        key, _, value = item.partition(":")
+        if key.strip() == "expandable_segments":
+            return value.strip().lower() == "true"
+    return None

@@ -1,0 +1,108 @@
+"""The memory bill: where each byte of a process's GPU memory went.
+
+Categories add up, by construction, to NVML's per-process figure::
+
+    parameters (trainable + frozen) + gradients + optimizer state   <- counted from the tensors
+  + activations & temporaries   = allocated - the three above       <- derived
+  + allocator cache             = reserved - allocated
+  + non-PyTorch                 = NVML per-process used - reserved  (CUDA context, NCCL, cuBLAS
+                                                                     workspaces, other libraries)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramtop.model import AgentDevice, AllocatorStats
+
+
+@dataclass(frozen=True)
+class Bill:
+    parameters_trainable: int | None
+    parameters_frozen: int | None
+    gradients: int | None
+    optimizer_state: int | None
+    activations: int | None  # derived; None when the census is missing
+    cache: int
+    non_pytorch: int | None  # None when NVML gives no per-process figure
+    allocated: int
+    reserved: int
+    total: int | None  # NVML per-process used (equals the sum of the categories)
+
+    def categories(self) -> list[tuple[str, int | None]]:
+        return [
+            ("parameters (trainable)", self.parameters_trainable),
+            ("parameters (frozen)", self.parameters_frozen),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer_state),
+            ("activations & temporaries", self.activations),
+            ("allocator cache", self.cache),
+            ("non-PyTorch", self.non_pytorch),
+        ]
+
+
+def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | None,
+          nvml_used: int | None) -> Bill:
+    census = device.census
+    non_pytorch = None if nvml_used is None else nvml_used - reserved
+    if census is None:
+        return Bill(None, None, None, None, None, reserved - allocated, non_pytorch, allocated, reserved,
+                    nvml_used)
+    assert gradients is not None
+    counted = census.parameters_trainable + census.parameters_frozen + gradients + census.optimizer_state
+    return Bill(
+        parameters_trainable=census.parameters_trainable,
+        parameters_frozen=census.parameters_frozen,
+        gradients=gradients,
+        optimizer_state=census.optimizer_state,
+        activations=allocated - counted,
+        cache=reserved - allocated,
+        non_pytorch=non_pytorch,
+        allocated=allocated,
+        reserved=reserved,
+        total=nvml_used,
+    )
+
+
+def bill_now(device: AgentDevice, nvml_used: int | None) -> Bill:
+    """The bill at the latest sample (the census may be up to a second older)."""
+    stats = device.stats
+    grads = device.census.gradients if device.census else None
+    return _bill(device, stats.allocated, stats.reserved, grads, nvml_used)
+
+
+def bill_at_step_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
+    """The bill at the peak of the last completed step, where OOMs happen.
+
+    Gradients are counted at their full size (all exist together during the optimizer step);
+    non-PyTorch memory is taken as it is now (it barely changes during a step).
+    """
+    step = device.last_step
+    if step is None:
+        return None
+    non_pytorch = None if nvml_used is None else nvml_used - device.stats.reserved
+    total = None if non_pytorch is None else step.peak_reserved + non_pytorch
+    grads = device.census.gradients_peak if device.census else None
+    return _bill(device, step.peak_allocated, step.peak_reserved, grads, total)
+
+
+def fragmentation(stats: AllocatorStats) -> float | None:
+    """1 - largest free block / cache: 0 = the cache is one usable block, near 1 = shattered."""
+    cache = stats.reserved - stats.allocated
+    if stats.largest_free_block is None:
+        return None
+    if cache <= 0:
+        return 0.0
+    return max(0.0, 1.0 - stats.largest_free_block / cache)
+
+
+def fragmentation_proxy(stats: AllocatorStats) -> float | None:
+    """inactive_split / cache: cheap, between snapshots (meaningless with expandable segments)."""
+    cache = stats.reserved - stats.allocated
+    return None if cache <= 0 else min(1.0, stats.inactive_split / cache)
+
+
+def largest_fit(stats: AllocatorStats, device_free: int | None) -> int | None:
+    """About the largest tensor that can be allocated now without an OOM."""
+    candidates = [v for v in (stats.largest_free_block, device_free) if v is not None]
+    return max(candidates) if candidates else None

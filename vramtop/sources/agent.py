@@ -1,0 +1,223 @@
+"""Client side of the agent socket: finds running agents and keeps the latest sample of each.
+
+Each connection reads on its own daemon thread, so a hung or slow agent never delays the
+monitor; ``AgentSource.poll()`` only takes what has arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vramtop.codec import DecodeError, from_dict
+from vramtop.model import AgentSample, Sample
+from vramtop.protocol import (
+    FrameDecoder,
+    InsecureDirectory,
+    ProtocolError,
+    check_hello,
+    encode_frame,
+    ensure_private_dir,
+    hello,
+    runtime_dir,
+)
+from vramtop.sources.nvml import NvmlSource
+
+RESCAN_S = 2.0
+CONNECT_TIMEOUT_S = 2.0
+
+
+class AgentUnavailable(Exception):
+    """An agent socket that cannot be used, with the reason in words."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AgentConnection:
+    """One connected agent. ``latest`` is its newest sample; ``error`` says why it stopped."""
+
+    def __init__(self, path: Path, pid: int) -> None:
+        self.path = path
+        self.pid = pid
+        self.latest: AgentSample | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=256)
+        self.error: str | None = None
+        self.closed = threading.Event()
+        self._sock: socket.socket | None = None
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(str(self.path))
+            sock.sendall(encode_frame(hello("monitor")))
+        except OSError as err:
+            sock.close()
+            raise AgentUnavailable(_connect_error(err, self.pid)) from None
+        sock.settimeout(None)
+        self._sock = sock
+        threading.Thread(target=self._read_loop, name=f"vramtop-agent-{self.pid}", daemon=True).start()
+
+    def close(self) -> None:
+        self.closed.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    def _read_loop(self) -> None:
+        assert self._sock is not None
+        decoder = FrameDecoder()
+        greeted = False
+        try:
+            while not self.closed.is_set():
+                data = self._sock.recv(65536)
+                if not data:
+                    self.error = self.error or "the agent closed the connection (process exited?)"
+                    return
+                for message in decoder.feed(data):
+                    if not greeted:
+                        check_hello(message)
+                        greeted = True
+                    elif message["type"] == "sample":
+                        self.latest = from_dict(AgentSample, message.get("sample"))
+                    elif message["type"] == "event":
+                        self.events.append(message)
+                    elif message["type"] == "error":
+                        self.error = f"the agent refused: {message.get('message')}"
+        except (ProtocolError, DecodeError) as err:
+            self.error = f"malformed data from the agent of PID {self.pid}: {err}"
+        except OSError as err:
+            if not self.closed.is_set():
+                self.error = f"connection to the agent of PID {self.pid} failed: {err.strerror or err}"
+        finally:
+            self.close()
+
+
+def _connect_error(err: OSError, pid: int) -> str:
+    if err.errno in (errno.ECONNREFUSED, errno.ENOENT):
+        return f"no agent is listening for PID {pid} (stale socket)"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied connecting to the agent of PID {pid}"
+    if isinstance(err, TimeoutError):
+        return f"the agent of PID {pid} did not answer"
+    return f"cannot connect to the agent of PID {pid}: {err.strerror or err}"
+
+
+class AgentSource:
+    """All agents of this user (or only ``pids``), found in the runtime directory."""
+
+    def __init__(self, directory: Path | None = None, pids: set[int] | None = None) -> None:
+        self.directory = directory or runtime_dir()
+        self.pids = pids
+        self.connections: dict[int, AgentConnection] = {}
+        self.problems: dict[int, str] = {}  # PID -> why its agent is not connected
+        self.directory_problem: str | None = None
+        self._last_scan = -RESCAN_S
+        self._lock = threading.Lock()
+
+    def poll(self) -> tuple[AgentSample, ...]:
+        with self._lock:
+            if time.monotonic() - self._last_scan >= RESCAN_S:
+                self._scan()
+            for pid, conn in list(self.connections.items()):
+                if conn.closed.is_set():
+                    self.problems[pid] = conn.error or "disconnected"
+                    del self.connections[pid]
+            return tuple(c.latest for c in self.connections.values() if c.latest is not None)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for conn in self.connections.values():
+            while conn.events:
+                events.append(conn.events.popleft())
+        return events
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
+        self.connections.clear()
+
+    def _scan(self) -> None:
+        self._last_scan = time.monotonic()
+        if not self.directory.exists():
+            return
+        try:
+            ensure_private_dir(self.directory, create=False)
+        except (InsecureDirectory, OSError) as err:
+            # Never talk to sockets in a directory someone else could have planted them in.
+            self.directory_problem = str(err)
+            return
+        self.directory_problem = None
+        for path in self.directory.glob("*.sock"):
+            try:
+                pid = int(path.stem)
+            except ValueError:
+                continue
+            if (self.pids is not None and pid not in self.pids) or pid in self.connections:
+                continue
+            conn = AgentConnection(path, pid)
+            try:
+                conn.connect()
+            except AgentUnavailable as err:
+                self.problems[pid] = str(err)
+                if not _alive(pid):
+                    remove_stale(self.directory, pid)
+                continue
+            self.problems.pop(pid, None)
+            self.connections[pid] = conn
+
+
+def remove_stale(directory: Path, pid: int) -> None:
+    """Delete the socket and beacon of an agent whose process is gone."""
+    for suffix in (".sock", ".json"):
+        with contextlib.suppress(OSError):
+            (directory / f"{pid}{suffix}").unlink()
+
+
+def read_beacon(directory: Path, pid: int) -> dict[str, Any] | None:
+    try:
+        data = json.loads((directory / f"{pid}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class MonitorSource:
+    """NVML plus the agents: the source the monitor and the recorder read."""
+
+    def __init__(self, nvml: NvmlSource, agents: AgentSource | None) -> None:
+        self.nvml = nvml
+        self.agents = agents
+
+    def open(self) -> None:
+        self.nvml.open()
+
+    def read(self) -> Sample:
+        sample = self.nvml.read()
+        if self.agents is None:
+            return sample
+        return replace(sample, agents=self.agents.poll())
+
+    def close(self) -> None:
+        self.nvml.close()
+        if self.agents is not None:
+            self.agents.close()
