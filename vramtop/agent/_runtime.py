@@ -105,12 +105,20 @@ class Agent:
             self._server.stop()
 
     def _forked(self) -> None:
-        # A DataLoader worker or any fork: the threads did not come along; drop our sockets
-        # without touching the parent's files, and stay silent in the child.
-        self._stop.set()
-        if self._server is not None:
-            self._server.abandon_after_fork()
-            self._server = None
+        # A DataLoader worker or any fork: the threads did not come along.
+        if self._server is not None or self._stop.is_set():
+            # The parent already used CUDA, which a forked child cannot: drop our copies of the
+            # sockets without touching the parent's files, and stay silent in the child.
+            self._stop.set()
+            if self._server is not None:
+                self._server.abandon_after_fork()
+                self._server = None
+            return
+        # The parent was still waiting for CUDA; the child may be the one that uses it.
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
+        self._thread.start()
 
     @property
     def active(self) -> bool:

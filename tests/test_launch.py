@@ -1,0 +1,122 @@
+"""Enabling the agent without code changes: `vramtop run`, VRAMTOP_AGENT=1, and the bootstrap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vramtop.errors import EXIT_USAGE
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+
+REPORT = textwrap.dedent("""
+    import sys, os
+    agent = sys.modules.get("vramtop.agent")
+    print("AGENT", agent is not None and agent.current() is not None)
+    print("FROM", getattr(sys.modules.get("vramtop"), "__file__", None))
+""")
+
+
+def vramtop(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramtop", *args], capture_output=True, text=True,
+                          timeout=60, env=env or os.environ.copy(), **kw)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d / "vramtop"
+
+
+def test_run_starts_the_agent_in_an_environment_without_vramtop(runtime, tmp_path):
+    check = subprocess.run([BASE_PYTHON, "-c", "import vramtop"], capture_output=True, cwd=tmp_path)
+    if check.returncode == 0:
+        pytest.skip("the base interpreter has vramtop installed")
+    result = vramtop("run", "--", BASE_PYTHON, "-c", REPORT, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "AGENT True" in result.stdout
+    # Loaded from vramtop's own installation, by file location.
+    assert str(REPO / "vramtop") in result.stdout or "site-packages" in result.stdout
+    assert "agent enabled" in result.stderr
+
+
+def test_run_reaches_python_grandchildren_and_keeps_the_exit_code(runtime):
+    child = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {REPORT!r}]).returncode + 3)"
+    result = vramtop("run", "--", sys.executable, "-c", child)
+    assert result.returncode == 3
+    assert "AGENT True" in result.stdout
+
+
+def test_run_chains_to_the_programs_own_sitecustomize(runtime, tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("print('OWN SITECUSTOMIZE')\n")
+    env = {**os.environ, "PYTHONPATH": str(own)}
+    result = vramtop("run", "--", sys.executable, "-c", REPORT, env=env)
+    assert "OWN SITECUSTOMIZE" in result.stdout and "AGENT True" in result.stdout
+
+
+def test_agent_stays_passive_in_a_process_that_never_uses_cuda(runtime):
+    result = vramtop("run", "--", sys.executable, "-c", "import time; time.sleep(1.2)")
+    assert result.returncode == 0
+    assert not runtime.exists() or not list(runtime.glob("*.sock"))
+
+
+def test_vramtop_agent_env_var_starts_it_through_the_installed_pth_file(runtime):
+    env = {**os.environ, "VRAMTOP_AGENT": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", REPORT], capture_output=True, text=True, env=env, timeout=60)
+    assert "AGENT True" in result.stdout, result.stderr
+    env["VRAMTOP_AGENT"] = "0"
+    result = subprocess.run([sys.executable, "-c", REPORT], capture_output=True, text=True, env=env, timeout=60)
+    assert "AGENT False" in result.stdout
+
+
+def test_run_end_to_end_a_monitor_sees_the_child_once_it_uses_cuda(runtime):
+    """The child fakes only CUDA (FakeCudaTorch); the launcher, agent and socket are real."""
+    pytest.importorskip("torch")
+    program = textwrap.dedent("""
+        import sys, time, torch
+        from tests.fakes.fake_cuda import FakeCudaTorch
+        fake = FakeCudaTorch(torch)
+        fake.allocator.set(123 << 20, 256 << 20)
+        sys.modules["torch"] = fake
+        fake.initialized = True  # as if the program had moved its model to the GPU
+        time.sleep(30)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "vramtop", "run", "--agent-interval", "0.05", "--",
+                             sys.executable, "-c", program], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from vramtop.sources.agent import AgentSource
+
+    source = AgentSource(runtime)
+    try:
+        deadline = time.monotonic() + 20
+        samples = ()
+        while time.monotonic() < deadline and not samples:
+            samples = source.poll()
+            time.sleep(0.1)
+        assert samples, proc.stderr.read1().decode() if proc.poll() is not None else "no agent seen"
+        (sample,) = samples
+        assert sample.pid == proc.pid  # `vramtop run` becomes the program: same PID
+        assert sample.devices[0].stats.allocated == 123 << 20
+    finally:
+        source.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_run_without_a_command_or_with_an_unknown_one():
+    assert vramtop("run").returncode == EXIT_USAGE
+    result = vramtop("run", "--", "no-such-program-vramtop")
+    assert result.returncode == EXIT_USAGE and "command not found" in result.stderr

@@ -1,0 +1,36 @@
+"""``vramtop run -- CMD ARGS...``: run a command with the agent enabled in every Python process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from vramtop.errors import EXIT_USAGE, VramtopError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent-interval", type=float, default=None, metavar="S",
+                        help="seconds between the agent's samples (default 0.25)")
+    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                        help="the command to run, e.g. -- python train.py --lr 3e-4")
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise VramtopError("nothing to run: vramtop run -- python train.py", EXIT_USAGE)
+    if shutil.which(argv[0]) is None:
+        raise VramtopError(f"command not found: {argv[0]}", EXIT_USAGE)
+    from vramtop.launch import agent_environment
+
+    env = agent_environment(os.environ, args.agent_interval)
+    print(f"vramtop: agent enabled for {' '.join(argv)[:120]} (pid {os.getpid()}); "
+          "watch it with `vramtop` in another pane", file=sys.stderr)
+    sys.stderr.flush()
+    # Become the command: signals, the exit status and the PID are the program's own.
+    os.execvpe(argv[0], argv, env)
+    return 1  # not reached
