@@ -3,7 +3,9 @@
 Categories add up, by construction, to NVML's per-process figure::
 
     parameters (trainable + frozen) + gradients + optimizer state   <- counted from the tensors
-  + activations & temporaries   = allocated - the three above       <- derived
+  + other persistent            = allocated at the last step boundary - the three above
+                                  (buffers, caches the program keeps; growth here is a leak)
+  + activations & temporaries   = allocated - all of the above      <- derived
   + allocator cache             = reserved - allocated
   + non-PyTorch                 = NVML per-process used - reserved  (CUDA context, NCCL, cuBLAS
                                                                      workspaces, other libraries)
@@ -22,6 +24,7 @@ class Bill:
     parameters_frozen: int | None
     gradients: int | None
     optimizer_state: int | None
+    other_persistent: int | None  # what stays allocated between steps besides the above
     activations: int | None  # derived; None when the census is missing
     cache: int
     non_pytorch: int | None  # None when NVML gives no per-process figure
@@ -35,6 +38,7 @@ class Bill:
             ("parameters (frozen)", self.parameters_frozen),
             ("gradients", self.gradients),
             ("optimizer state", self.optimizer_state),
+            ("other persistent", self.other_persistent),
             ("activations & temporaries", self.activations),
             ("allocator cache", self.cache),
             ("non-PyTorch", self.non_pytorch),
@@ -45,17 +49,22 @@ def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | N
           nvml_used: int | None) -> Bill:
     census = device.census
     non_pytorch = None if nvml_used is None else nvml_used - reserved
-    if census is None:
-        return Bill(None, None, None, None, None, reserved - allocated, non_pytorch, allocated, reserved,
+    if census is None or gradients is None:
+        return Bill(None, None, None, None, None, None, reserved - allocated, non_pytorch, allocated, reserved,
                     nvml_used)
-    assert gradients is not None
     counted = census.parameters_trainable + census.parameters_frozen + gradients + census.optimizer_state
+    other = 0
+    if device.last_step is not None:
+        # At the step boundary every gradient exists, so compare with the full gradient size.
+        at_boundary = counted - gradients + census.gradients_peak
+        other = max(0, device.last_step.persistent - at_boundary)
     return Bill(
         parameters_trainable=census.parameters_trainable,
         parameters_frozen=census.parameters_frozen,
         gradients=gradients,
         optimizer_state=census.optimizer_state,
-        activations=allocated - counted,
+        other_persistent=other,
+        activations=allocated - counted - other,
         cache=reserved - allocated,
         non_pytorch=non_pytorch,
         allocated=allocated,
