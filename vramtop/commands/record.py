@@ -1,8 +1,8 @@
 """``vramtop record``: NVML samples into a recording file, headless, optionally around a command.
 
 Without a command it records until Ctrl-C, SIGTERM or ``--duration``. With ``-- CMD`` it
-starts CMD with ``VRAMTOP_AGENT=1`` (so a training process with the agent installed reports
-its allocator too), records until CMD exits and returns CMD's exit code. SIGTERM and SIGHUP
+starts CMD with the agent enabled (as ``vramtop run`` does), so its allocator figures are
+recorded too, records until CMD exits and returns CMD's exit code. SIGTERM and SIGHUP
 are passed on to CMD; Ctrl-C is not (the terminal already sends it to CMD): the recording
 goes on until CMD has exited, so its last moments are in the file.
 """
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from vramtop.sinks.recorder import Recorder
     from vramtop.sources.poller import DeadlineReader
 
-AGENT_ENV = "VRAMTOP_AGENT"  # read by vramtop.agent at interpreter start
 # A hung NVML call delays a sample by at most this long; then the last one is recorded as stale.
 MIN_DEADLINE_S = 1.0
 MAX_DEADLINE_S = 5.0
@@ -82,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     from vramtop.recording import compressed_path, header_record
     from vramtop.sinks.recorder import Recorder
+    from vramtop.sources.agent import AgentSource, MonitorSource
     from vramtop.sources.nvml import NvmlSource
     from vramtop.sources.poller import DeadlineReader
 
-    source = NvmlSource(args.gpu)
+    # NVML for every process, plus the allocator figures of every process running the agent.
+    source = MonitorSource(NvmlSource(args.gpu), AgentSource())
     source.open()  # no driver, no GPU: say so before anything is created or started
     try:
         deadline = read_deadline(args.interval)
@@ -220,7 +221,9 @@ class _Session:
 
     def _start(self, command: Sequence[str]) -> subprocess.Popen[bytes]:
         try:
-            child = subprocess.Popen(list(command), env={**os.environ, AGENT_ENV: "1"})
+            from vramtop.launch import agent_environment
+
+            child = subprocess.Popen(list(command), env=agent_environment(os.environ))
         except OSError as err:
             code = 127 if isinstance(err, FileNotFoundError) else 126  # as shells do
             self._finish(f"command did not start: {err.strerror or err}", code)
