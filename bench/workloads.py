@@ -25,6 +25,7 @@ class Workload:
     step: Any  # () -> None: one forward, backward, optimizer step, zero_grad
     trainable_params: int  # analytic
     frozen_params: int  # analytic
+    ids: Any = None  # the input batch
 
 
 def gpt2(batch: int = 16, seq: int = 1024, checkpointing: bool = False, lora: bool = False) -> Workload:
@@ -56,7 +57,7 @@ def gpt2(batch: int = 16, seq: int = 1024, checkpointing: bool = False, lora: bo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return Workload(model, optimizer, step, trainable, frozen)
+    return Workload(model, optimizer, step, trainable, frozen, ids)
 
 
 def mlp(batch: int = 32, width: int = 512, depth: int = 8) -> Workload:

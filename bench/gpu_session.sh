@@ -1,0 +1,42 @@
+#!/bin/bash
+# Everything that needs the GPU machine, in one call: the GPU test suite, the benchmarks and a
+# real recording for screenshots. Writes into $OUT (default ./gpu-out). Usage, from the repo root:
+#   bash bench/gpu_session.sh [costs] [overhead] [tests] [record] [monitor]   (default: all)
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+else
+    export PYTHONPATH=$PWD:${PYTHONPATH:-}
+fi
+export PYTHONUNBUFFERED=1
+steps=${*:-costs overhead tests record monitor}
+summary=$OUT/summary.md
+{
+    echo "# GPU session $(date -u '+%Y-%m-%d %H:%M UTC')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,persistence_mode --format=csv,noheader
+    python3 -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__)'
+} > "$summary"
+section() { echo; echo "## $1 ($(date -u +%H:%M:%S))"; }
+for step in $steps; do
+    case $step in
+    costs)
+        { section "NVML call costs"; python3 bench/nvml_costs.py "$OUT/nvml_costs.json"; } >> "$summary" 2>&1 ;;
+    overhead)
+        { section "agent overhead"; python3 bench/agent_overhead.py --json-out "$OUT/agent_overhead.json"; } >> "$summary" 2>&1 ;;
+    tests)
+        section "GPU tests" >> "$summary"
+        python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+        tail -n 25 "$OUT/gpu_tests.log" >> "$summary" ;;
+    record)
+        section "recording a training run" >> "$summary"
+        python3 -m vramtop record -o "$OUT/train.jsonl" -i 0.5 -- \
+            python3 bench/train_demo.py --steps "${DEMO_STEPS:-60}" --oom >> "$summary" 2>&1
+        echo "exit $?" >> "$summary" ;;
+    monitor)
+        { section "monitor CPU, vramtop vs nvitop"; python3 bench/monitor_cpu.py --json-out "$OUT/monitor_cpu.json"; } >> "$summary" 2>&1 ;;
+    esac
+done
+echo "done $(date -u +%H:%M:%S)" >> "$summary"

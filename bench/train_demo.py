@@ -1,0 +1,58 @@
+"""A realistic training run for recordings, screenshots and the demo: GPT-2 small, bf16
+autocast, fused AdamW. Run it under vramtop, e.g.
+
+    vramtop record -o run.jsonl -- python bench/train_demo.py --steps 150
+
+Options add the mistakes vramtop is meant to catch: ``--leak`` keeps every loss with its
+graph (a classic leak), ``--oom`` ends by asking for more memory than is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import workloads  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--leak", action="store_true", help="keep each step's loss and its graph")
+    parser.add_argument("--oom", action="store_true", help="end with an allocation that cannot fit")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between steps")
+    args = parser.parse_args()
+    work = workloads.gpt2(args.batch, args.seq)
+    kept = []
+    started = time.time()
+    for step in range(args.steps):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = work.model(input_ids=work.ids, labels=work.ids).loss
+        loss.backward()
+        work.optimizer.step()
+        work.optimizer.zero_grad(set_to_none=True)
+        if args.leak:
+            kept.append(work.model.transformer.h[0].mlp.c_fc(torch.randn(64, 1024, 768, device="cuda")))
+        if step % 10 == 0:
+            print(f"step {step} loss {loss.item():.3f} {time.time() - started:.1f}s", flush=True)
+        if args.pause:
+            time.sleep(args.pause)
+    if args.oom:
+        free, _ = torch.cuda.mem_get_info()
+        try:
+            torch.empty(free + (1 << 30), dtype=torch.uint8, device="cuda")
+        except torch.cuda.OutOfMemoryError as err:
+            print(f"caught OOM: {str(err).splitlines()[0]}", flush=True)
+            time.sleep(3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
