@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Footer, Static
@@ -68,7 +69,8 @@ class VramtopApp(App[None]):
         self._deadline = deadline
         self._poll = poll
         self._poller: Poller | None = None
-        self.sample: Sample | None = None
+        self.sample: Sample | None = None  # the sample on screen
+        self.latest: Sample | None = None  # the newest sample, shown or not (pause)
         self.history = History()
         self.paused = False
         self.sort = SORT_NAMES[0]
@@ -105,6 +107,7 @@ class VramtopApp(App[None]):
     def on_sample_arrived(self, message: SampleArrived) -> None:
         self.history.add(message.sample)
         self.failure = None
+        self.latest = message.sample
         if self.paused:
             return
         self.sample = message.sample
@@ -129,7 +132,11 @@ class VramtopApp(App[None]):
     # -- rendering ---------------------------------------------------------------------------
 
     def render_view(self) -> None:
-        self.query_one("#status", Static).update(self._status_line())
+        try:
+            status = self.query_one("#status", Static)
+        except NoMatches:
+            return  # quitting: the poller posted a message just before the widgets were removed
+        status.update(self._status_line())
         banner = self.query_one("#banner", Static)
         problem = self._problem()
         banner.display = problem is not None
@@ -186,6 +193,9 @@ class VramtopApp(App[None]):
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+        if not self.paused:
+            # Show what arrived during the pause now: the next sample may be a long interval away.
+            self.sample = self.latest
         self.render_view()
 
     def action_cycle_sort(self) -> None:
@@ -220,7 +230,9 @@ class VramtopApp(App[None]):
             self.notify(refusal, severity="error")
             return
         signum = signal.Signals[name]
-        command = (proc.command or proc.name or "?")[:60]
+        command = proc.command or proc.name or "?"
+        if len(command) > 60:
+            command = command[:59] + "…"
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -6,9 +6,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.events import Key
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+# Every line fits the help box in an 80-column terminal (76 columns inside border and padding).
 HELP = """\
 [b]vramtop[/b] — GPU memory, live
 
@@ -22,24 +24,25 @@ HELP = """\
   t          send SIGTERM to the selected process (asks first)
   k          send SIGKILL to the selected process (asks first)
 
-[b]Numbers[/b]
-  used / free / reserved / total: nvidia-smi's memory.used / .free / .reserved / .total,
-  in MiB rounded up exactly as nvidia-smi prints them. reserved is held by the driver.
-  GPU MEM per process: nvidia-smi --query-compute-apps used_memory.
-  util: utilization.gpu; mem-bw: utilization.memory (memory bandwidth, not capacity).
+[b]Numbers[/b] (nvidia-smi's names)
+  used / free / reserved / total: memory.used / .free / .reserved / .total,
+    in MiB, rounded up as nvidia-smi does; reserved is held by the driver.
+  GPU MEM per process: --query-compute-apps used_memory.
+  util: utilization.gpu; mem-bw: utilization.memory (bandwidth, not size).
   PCIe ▲ sent ▼ received by the GPU (offload traffic shows here).
-  Bar: █ used  ▒ driver-reserved  ░ free.
-"""
+  Bar: █ used  ▒ driver-reserved  ░ free."""
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    """Closes on any key. The key goes no further: without ``stop`` it would bubble up to the
+    app once the help is gone, so the ``q`` that closes the help would also quit vramtop."""
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
             yield Static(HELP, id="help-text")
 
-    def on_key(self) -> None:
+    def on_key(self, event: Key) -> None:
+        event.stop()
         self.dismiss()
 
 

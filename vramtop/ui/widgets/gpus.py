@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -116,15 +118,39 @@ def render_gpu(gpu: GpuSample, history: list[int], width: int, narrow: bool, sel
     for mig in gpu.mig_devices:
         used = "N/A" if mig.memory_used is None else f"{mib(mig.memory_used)}"
         total = "N/A" if mig.memory_total is None else f"{mib(mig.memory_total)}"
-        lines.append(Text(f"  MIG {mig.index} GI {mig.gpu_instance_id} CI {mig.compute_instance_id}"
-                          f"  {used}/{total} MiB  {mig.uuid}", style="magenta"))
+        mig_line = Text(f"  MIG {mig.index} GI {mig.gpu_instance_id} CI {mig.compute_instance_id}"
+                        f"  {used}/{total} MiB  {mig.uuid}", style="magenta")
+        mig_line.truncate(width)  # a wrapped line would push the processes down
+        lines.append(mig_line)
     return Text("\n").join(lines)
 
 
 class GpuList(Static):
-    """All GPUs of the current sample; the selected one is marked."""
+    """All GPUs of the current sample; the selected one is marked.
 
-    def show(self, gpus: tuple[GpuSample, ...], history: History, narrow: bool, selected: str | None) -> None:
-        width = max(self.size.width, 40)
-        blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected) for g in gpus]
+    The blocks are laid out for the widget's width, so they are drawn again when it changes:
+    the first sample can arrive before the first layout, when the width is not known yet.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple[tuple[GpuSample, ...], History, bool, str | None] | None = None
+        self._width = 0
+
+    def show(self, gpus: tuple[GpuSample, ...], history: History, narrow: bool,
+             selected: str | None) -> None:
+        self._shown = (gpus, history, narrow, selected)
+        self._draw()
+
+    def on_resize(self) -> None:
+        if self._shown is not None and self.size.width != self._width:
+            self._draw()
+
+    def _draw(self) -> None:
+        assert self._shown is not None
+        gpus, history, narrow, selected = self._shown
+        self._width = self.size.width
+        width = max(self._width, 40)
+        blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected)
+                  for g in gpus]
         self.update(Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim"))

@@ -1,0 +1,151 @@
+"""Render SVG screenshots of the live monitor from recorded samples.
+
+Each ``DATA/NAME.json`` holds one ``vramtop --once --json`` document, a JSON list of them, or
+several of them one after another (what that command prints when run repeatedly). The samples
+are shown in time order; the earlier ones build the sparkline history. For each file and size this
+writes ``OUT/NAME-<width>x<height>.svg``. The monitor is rendered off-screen, fed the samples
+in order, exactly as the live poller would deliver them. Times are shown in UTC (``--tz``) so
+that the output does not depend on where it is rendered.
+
+    python scripts/screenshots.py                       # screenshots/data/*.json -> screenshots/
+    python scripts/screenshots.py --data DIR --out DIR --size 100x30
+
+How to capture data: screenshots/data/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing vramtop
+    sys.path.insert(0, str(ROOT))
+
+from vramtop.codec import DecodeError  # noqa: E402
+from vramtop.model import Sample  # noqa: E402
+from vramtop.protocol import SchemaError, sample_from_document  # noqa: E402
+
+SIZES = ((80, 24), (160, 48))  # a tmux pane, and a large terminal
+
+
+class InputError(Exception):
+    """A data file that cannot be turned into samples."""
+
+
+class _NoSource:
+    """The app is run with poll=False and fed the recorded samples; it never reads a source."""
+
+    def open(self) -> None:
+        raise RuntimeError("screenshots are rendered from recorded samples only")
+
+    read = close = open  # type: ignore[assignment]
+
+
+def read_documents(text: str) -> list[object]:
+    """One JSON document, a JSON list of them, or documents one after another (the output of
+    ``vramtop --once --json`` run repeatedly)."""
+    decoder = json.JSONDecoder()
+    values = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            break
+        value, position = decoder.raw_decode(text, position)
+        values.append(value)
+    if len(values) == 1 and isinstance(values[0], list):
+        return values[0]
+    return values
+
+
+def load_samples(path: Path) -> list[Sample]:
+    try:
+        documents = read_documents(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read JSON: {err}") from None
+    if not documents:
+        raise InputError(f"{path}: no samples")
+    try:
+        samples = [sample_from_document(doc) for doc in documents]
+    except (SchemaError, DecodeError) as err:
+        raise InputError(f"{path}: {err}") from None
+    return sorted(samples, key=lambda s: s.time)
+
+
+def interval_of(samples: Sequence[Sample]) -> float:
+    """The refresh interval the samples were taken at (1 s for a single sample)."""
+    gaps = [b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time]
+    if not gaps:
+        return 1.0
+    return max(0.1, round(statistics.median(gaps), 1))
+
+
+async def render(samples: Sequence[Sample], size: tuple[int, int], title: str) -> str:
+    from vramtop.ui.app import SampleArrived, VramtopApp
+
+    app = VramtopApp(_NoSource(), poll=False, interval=interval_of(samples))  # type: ignore[arg-type]
+    async with app.run_test(size=size) as pilot:
+        for sample in samples:
+            # One at a time: a newer SampleArrived replaces an unprocessed one.
+            app.post_message(SampleArrived(sample))
+            await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause()
+        return app.export_screenshot(title=title)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (80x24), not {text!r}") from None
+    if width < 20 or height < 10:
+        raise argparse.ArgumentTypeError("at least 20x10")
+    return width, height
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "screenshots" / "data",
+                        help="directory of recorded *.json samples (default: screenshots/data)")
+    parser.add_argument("--out", type=Path, default=ROOT / "screenshots",
+                        help="directory for the SVG files (default: screenshots)")
+    parser.add_argument("--size", type=_size, action="append", metavar="WxH",
+                        help="terminal size; repeatable (default: 80x24 and 160x48)")
+    parser.add_argument("--tz", default="UTC", help="time zone of the clock shown (default: UTC)")
+    args = parser.parse_args(argv)
+
+    os.environ["TZ"] = args.tz
+    time.tzset()
+    files = sorted(args.data.glob("*.json"))
+    if not files:
+        print(f"screenshots: no *.json in {args.data}; see screenshots/data/README.md",
+              file=sys.stderr)
+        return 1
+    try:
+        inputs = [(path.stem, load_samples(path)) for path in files]
+    except InputError as err:
+        print(f"screenshots: {err}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, samples in inputs:
+        for width, height in args.size or SIZES:
+            svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}"))
+            target = args.out / f"{name}-{width}x{height}.svg"
+            target.write_text(svg)
+            print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
