@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vramtop.analysis.bill import bill_at_step_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
+from vramtop.analysis.bill import bill_at_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
 from vramtop.model import AgentDevice, AllocatorStats, StepPeak, TensorCensus
 
 GiB = 1 << 30
@@ -39,9 +39,9 @@ def test_bill_now_adds_up_to_nvml_and_derives_activations():
     assert bill.activations == 30 * GiB - 6 * GiB - 1 * GiB
 
 
-def test_bill_at_step_peak_uses_the_peak_and_full_gradients():
+def test_bill_at_peak_uses_the_allocator_peak_and_full_gradients():
     dev = device(census=census(grads=0, grads_peak=1 * GiB))  # grads freed right now
-    bill = bill_at_step_peak(dev, nvml_used=37 * GiB)
+    bill = bill_at_peak(dev, nvml_used=37 * GiB)
     assert bill is not None
     assert bill.allocated == 40 * GiB and bill.reserved == 44 * GiB and bill.gradients == 1 * GiB
     assert bill.activations == 40 * GiB - 6 * GiB - 1 * GiB
@@ -52,7 +52,7 @@ def test_without_census_only_the_measured_categories_are_given():
     bill = bill_now(device(census=None), nvml_used=37 * GiB)
     assert bill.parameters_trainable is None and bill.activations is None
     assert bill.cache == 6 * GiB and bill.non_pytorch == 1 * GiB
-    assert bill_at_step_peak(device(last_step=None), 37 * GiB) is None
+    assert bill_at_peak(device(census=None, last_step=None), 37 * GiB) is None
 
 
 def test_without_nvml_figure_non_pytorch_is_unknown():

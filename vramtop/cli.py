@@ -61,6 +61,7 @@ def _source_options() -> argparse.ArgumentParser:
 # ``run(args) -> int`` and is imported only when its command runs (or to build the parser).
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     # (name, module, one-line help)
+    ("attach", "vramtop.commands.attach", "the monitor focused on one process (PID), with its agent if it has one"),
     ("run", "vramtop.commands.run", "run a training command with the vramtop agent in every Python process"),
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
 ]

@@ -124,13 +124,14 @@ class TensorCensus:
 class StepPeak:
     """Memory over the last completed training step (optimizer step to optimizer step)."""
 
-    step: int  # optimizer steps completed when it ended
+    step: int  # optimizer steps completed when it ended (fast steps are grouped: see duration)
     duration: float  # seconds
     peak_allocated: int  # bytes; the allocator's own peak when ``exact``
     peak_reserved: int
     persistent: int  # allocated bytes at the step boundary (after optimizer.step)
     exact: bool  # True: the allocator's peak rose during the step, so this is the true peak;
     # False: the highest value sampled during the step, a lower bound.
+    steps: int = 1  # optimizer steps in this window (steps faster than 20 ms are grouped)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class AgentDevice:
     stats: AllocatorStats
     census: TensorCensus | None = None
     last_step: StepPeak | None = None
+    peak_step: int | None = None  # the step during which allocated_peak was last raised
 
 
 @dataclass(frozen=True)

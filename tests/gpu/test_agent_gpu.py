@@ -75,8 +75,11 @@ def test_bill_adds_up_to_the_nvml_per_process_figure(gpt2):
 def test_step_peak_is_the_allocators_peak_and_activations_reconcile(gpt2):
     exact = [s for s in gpt2["steps_seen"].values() if s["exact"]]
     assert exact, gpt2["steps_seen"]
+    # The peak rose during a step the agent saw, and that step's peak is torch's own.
     assert max(s["peak_allocated"] for s in exact) == gpt2["torch"]["max_allocated"]
+    assert gpt2["agent"]["devices"][0]["peak_step"] in {int(k) for k in gpt2["steps_seen"]}
     peak = gpt2["bill_peak"]
+    assert peak["allocated"] == gpt2["torch"]["max_allocated"]
     counted_analytic = 4 * GPT2 * 4  # params + grads + AdamW's two moments, fp32
     expected = gpt2["torch"]["max_allocated"] - counted_analytic
     # What the bill calls activations at the peak (plus what persists besides the counted

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import torch  # noqa: E402
 import workloads  # noqa: E402
 
-from vramtop.analysis.bill import bill_at_step_peak, bill_now  # noqa: E402
+from vramtop.analysis.bill import bill_at_peak, bill_now  # noqa: E402
 from vramtop.codec import to_dict  # noqa: E402
 from vramtop.sources.agent import AgentSource  # noqa: E402
 from vramtop.sources.nvml import NvmlSource  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> int:
     report = {
         "agent": to_dict(sample),
         "bill_now": to_dict(bill_now(dev, nvml_used)),
-        "bill_peak": to_dict(bill_at_step_peak(dev, nvml_used)),
+        "bill_peak": to_dict(bill_at_peak(dev, nvml_used)),
         "steps_seen": steps_seen,
         "nvml_process_used": nvml_used,
         "nvml_gpu_uuid": nv.gpus[0].uuid,

@@ -33,6 +33,9 @@ from ._stack import inspect_thread
 DEFAULT_INTERVAL = 0.25  # seconds between samples
 CUDA_WAIT = 0.5  # seconds between checks for the program's CUDA initialisation
 DEVICE_RESCAN = 2.0  # seconds between checks for newly used devices
+# Allocator figures are read at most this often at step boundaries: steps faster than this
+# are grouped, so a launch-bound loop of 2 ms steps pays ~20 us per 20 ms, not per step.
+BOUNDARY_GAP = 0.02
 # Work done while holding the GIL (census, snapshot) is spaced so that it takes at most this
 # share of wall time, however large the model or the allocator's block list.
 GIL_BUDGET = 0.002
@@ -56,6 +59,7 @@ class _DeviceState:
     max_allocated: int = 0  # highest sampled since the last boundary
     max_reserved: int = 0
     last_step: StepPeak | None = None
+    peak_step: int | None = None  # the step during which the allocator's peak last rose
     census: TensorCensus | None = None
 
 
@@ -82,6 +86,7 @@ class Agent:
         self._hooks: list[Any] = []
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
+        self._last_boundary_read = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
@@ -183,20 +188,31 @@ class Agent:
                 attach(self._on_oom)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Runs on the training thread after every optimizer step: a counter, and at most
+        every BOUNDARY_GAP seconds the allocator figures (~20 us), and at most every second
+        (less often if it is slow) the census, here because gradients exist only now."""
         try:
             if os.getpid() != self.pid or self._stop.is_set():
                 return
             self.step += 1
+            new_optimizer = optimizer not in self._optimizers
+            if new_optimizer:
+                self._optimizers.add(optimizer)
+            now = time.monotonic()
+            if now - self._last_boundary_read < BOUNDARY_GAP and not new_optimizer:
+                return
+            self._last_boundary_read = now
             self._train_thread = threading.get_ident()
-            self._optimizers.add(optimizer)
             current, peak = {}, {}
-            for index in self._devices:
+            for index in list(self._devices):
                 raw = ts.raw_stats(self._torch, index)
                 a, r = raw["allocated_bytes"]["all"], raw["reserved_bytes"]["all"]
                 current[index] = (a["current"], r["current"])
                 peak[index] = (a["peak"], r["peak"])
-            self._boundaries.append(_Boundary(self.step, time.monotonic(), current, peak))
-        except Exception:
+            self._boundaries.append(_Boundary(self.step, now, current, peak))
+            if new_optimizer or self._census_due(now):
+                self._census()
+        except Exception:  # noqa: BLE001, S110 - the training step must go on
             pass
 
     def _on_oom(self, device: int, requested: int, device_total: int, device_free: int) -> None:
@@ -222,18 +238,16 @@ class Agent:
             self._last_snapshot = now
             if snapshot is not None:
                 self._snapshot, self._snapshot_cost = snapshot, snapshot.cost
-        if (self._optimizers or self._modules) and now - self._last_census >= max(
-            1.0, self._census_cost / GIL_BUDGET
-        ):
-            self._census()
-            self._last_census = now
+        if not self._optimizers and self._modules and self._census_due(now):
+            self._census()  # no training seen (inference): count what the models hold
         devices = []
         for state in self._devices.values():
             stats = ts.allocator_stats(torch, state.index, self._snapshot)
             state.max_allocated = max(state.max_allocated, stats.allocated)
             state.max_reserved = max(state.max_reserved, stats.reserved)
             devices.append(AgentDevice(index=state.index, uuid=state.uuid, name=state.name, stats=stats,
-                                       census=state.census, last_step=state.last_step))
+                                       census=state.census, last_step=state.last_step,
+                                       peak_step=state.peak_step))
         sample = AgentSample(
             pid=self.pid,
             time=time.time(),
@@ -281,6 +295,8 @@ class Agent:
                 # The allocator's peak never goes down (we never reset it). If it rose during
                 # this step, the new value is this step's true peak.
                 exact = peak_a > before_a
+                if exact:
+                    state.peak_step = boundary.step
                 sampled_a = max(state.max_allocated, cur_a, previous.current[index][0])
                 sampled_r = max(state.max_reserved, cur_r, previous.current[index][1])
                 state.last_step = StepPeak(
@@ -290,10 +306,15 @@ class Agent:
                     peak_reserved=peak_r if peak_r > before_r else sampled_r,
                     persistent=cur_a,
                     exact=exact,
+                    steps=boundary.step - previous.step,
                 )
                 state.max_allocated = state.max_reserved = 0
 
+    def _census_due(self, now: float) -> bool:
+        return now - self._last_census >= max(1.0, self._census_cost / GIL_BUDGET)
+
     def _census(self) -> None:
+        self._last_census = time.monotonic()
         started = time.perf_counter()
         try:
             result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
@@ -301,7 +322,7 @@ class Agent:
             return
         finally:
             self._census_cost = time.perf_counter() - started
-        for index, state in self._devices.items():
+        for index, state in list(self._devices.items()):
             census = result.get(index)
             if census is not None:
                 peak = max(census.gradients, state.census.gradients_peak if state.census else 0)

@@ -80,19 +80,20 @@ def bill_now(device: AgentDevice, nvml_used: int | None) -> Bill:
     return _bill(device, stats.allocated, stats.reserved, grads, nvml_used)
 
 
-def bill_at_step_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
-    """The bill at the peak of the last completed step, where OOMs happen.
+def bill_at_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
+    """The bill at the allocator's peak (``allocated_bytes.all.peak``), where OOMs happen.
 
-    Gradients are counted at their full size (all exist together during the optimizer step);
-    non-PyTorch memory is taken as it is now (it barely changes during a step).
+    The peak is the allocator's own, never reset; ``device.peak_step`` says in which step it
+    was reached. Gradients are counted at their full size (they all exist at the step
+    boundary) and non-PyTorch memory as it is now (it barely changes during training).
     """
-    step = device.last_step
-    if step is None:
+    if device.census is None and device.last_step is None:
         return None
-    non_pytorch = None if nvml_used is None else nvml_used - device.stats.reserved
-    total = None if non_pytorch is None else step.peak_reserved + non_pytorch
+    stats = device.stats
+    non_pytorch = None if nvml_used is None else nvml_used - stats.reserved
+    total = None if non_pytorch is None else stats.reserved_peak + non_pytorch
     grads = device.census.gradients_peak if device.census else None
-    return _bill(device, step.peak_allocated, step.peak_reserved, grads, total)
+    return _bill(device, stats.allocated_peak, stats.reserved_peak, grads, total)
 
 
 def fragmentation(stats: AllocatorStats) -> float | None:

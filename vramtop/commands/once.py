@@ -7,14 +7,16 @@ from collections.abc import Sequence
 
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
+from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
 from vramtop.sources.poller import DeadlineReader
 
 ONCE_DEADLINE_S = 10.0
+AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
-def run_once(*, gpus: Sequence[str] | None, as_json: bool, source: NvmlSource | None = None) -> int:
-    source = source or NvmlSource(gpus)
+def run_once(*, gpus: Sequence[str] | None, as_json: bool) -> int:
+    source = MonitorSource(NvmlSource(gpus), AgentSource(), agent_wait=AGENT_WAIT_S)
     source.open()
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()

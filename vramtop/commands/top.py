@@ -6,13 +6,15 @@ import sys
 from collections.abc import Sequence
 
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
 
 
 def run_top(*, gpus: Sequence[str] | None, interval: float) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("the live monitor needs a terminal; use --once or --once --json", EXIT_USAGE)
-    source = NvmlSource(gpus)
+    # NVML for every process; the allocator bill for those that run the vramtop agent.
+    source = MonitorSource(NvmlSource(gpus), AgentSource())
     source.open()  # fail here, with a clear message, rather than inside the UI
     from vramtop.ui.app import VramtopApp
 

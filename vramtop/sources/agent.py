@@ -67,7 +67,8 @@ class AgentConnection:
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             sock.connect(str(self.path))
-            sock.sendall(encode_frame(hello("monitor")))
+            # Ask for the latest sample at once: a one-shot reader need not wait for the next tick.
+            sock.sendall(encode_frame(hello("monitor")) + encode_frame({"type": "request", "what": "sample"}))
         except OSError as err:
             sock.close()
             raise AgentUnavailable(_connect_error(err, self.pid)) from None
@@ -134,10 +135,17 @@ class AgentSource:
         self._last_scan = -RESCAN_S
         self._lock = threading.Lock()
 
-    def poll(self) -> tuple[AgentSample, ...]:
+    def poll(self, wait: float = 0.0) -> tuple[AgentSample, ...]:
+        """The latest sample of every connected agent; ``wait`` seconds at most for agents that
+        have not sent one yet (a one-shot reader wants them all)."""
         with self._lock:
             if time.monotonic() - self._last_scan >= RESCAN_S:
                 self._scan()
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(
+                c.latest is None and not c.closed.is_set() for c in self.connections.values()
+            ):
+                time.sleep(0.01)
             for pid, conn in list(self.connections.items()):
                 if conn.closed.is_set():
                     self.problems[pid] = conn.error or "disconnected"
@@ -204,9 +212,10 @@ def read_beacon(directory: Path, pid: int) -> dict[str, Any] | None:
 class MonitorSource:
     """NVML plus the agents: the source the monitor and the recorder read."""
 
-    def __init__(self, nvml: NvmlSource, agents: AgentSource | None) -> None:
+    def __init__(self, nvml: NvmlSource, agents: AgentSource | None, agent_wait: float = 0.0) -> None:
         self.nvml = nvml
         self.agents = agents
+        self.agent_wait = agent_wait
 
     def open(self) -> None:
         self.nvml.open()
@@ -215,7 +224,7 @@ class MonitorSource:
         sample = self.nvml.read()
         if self.agents is None:
             return sample
-        return replace(sample, agents=self.agents.poll())
+        return replace(sample, agents=self.agents.poll(self.agent_wait))
 
     def close(self) -> None:
         self.nvml.close()

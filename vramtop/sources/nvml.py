@@ -20,6 +20,8 @@ from vramtop.sources.hostinfo import HostInfo
 
 T = TypeVar("T")
 
+MIG_INTERVAL = 10.0  # seconds between MIG mode queries
+
 # NVML error codes (stable across NVML releases; mirrored here so the fake and the real
 # module are interpreted the same way).
 ERR_NOT_SUPPORTED = 3
@@ -142,6 +144,7 @@ class NvmlSource:
         self._process_fns: dict[str, Callable[[Any], Any] | None] = {}
         self._process_cache: dict[str, tuple[float, tuple[ProcessSample, ...]]] = {}
         self._pcie_cache: dict[str, tuple[float, int | None, int | None]] = {}
+        self._mig_cache: dict[str, tuple[float, bool | None]] = {}
         self._memory_v2 = True
         self._opened = False
 
@@ -247,8 +250,7 @@ class NvmlSource:
         try:
             total, used, free, reserved = self._memory(h)
             util = self._optional(lambda: nvml.nvmlDeviceGetUtilizationRates(h))
-            mig_mode = self._optional(lambda: nvml.nvmlDeviceGetMigMode(h))
-            mig_enabled = None if mig_mode is None else bool(mig_mode[0])
+            mig_enabled = self._mig_mode(dev, now)
             tx, rx = self._pcie(dev, now)
             return GpuSample(
                 index=dev.index,
@@ -276,6 +278,18 @@ class NvmlSource:
             # A GPU-wide failure (lost, needs reset): report it on this GPU, keep the others.
             self._process_cache.pop(dev.uuid, None)
             return GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, error=describe_nvml_error(err))
+
+    def _mig_mode(self, dev: _Device, now: float) -> bool | None:
+        """MIG mode changes only with a GPU reset, and the query costs ~170 us: re-read rarely."""
+        cached = self._mig_cache.get(dev.uuid)
+        if cached is not None and now - cached[0] < MIG_INTERVAL:
+            return cached[1]
+        nvml = self._nvml
+        assert nvml is not None
+        mode = self._optional(lambda: nvml.nvmlDeviceGetMigMode(dev.handle))
+        enabled = None if mode is None else bool(mode[0])
+        self._mig_cache[dev.uuid] = (now, enabled)
+        return enabled
 
     def _memory(self, handle: Any) -> tuple[int, int, int, int | None]:
         """(total, used, free, reserved) from nvmlDeviceGetMemoryInfo v2, else v1."""

@@ -62,8 +62,11 @@ class VramtopApp(App[None]):
     ]
 
     def __init__(self, source: Source, *, interval: float = 1.0, deadline: float = 5.0,
-                 poll: bool = True, **kwargs: Any) -> None:
+                 poll: bool = True, focus_pid: int | None = None, notice: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.focus_pid = focus_pid  # `vramtop attach PID`
+        self.notice = notice  # a standing message, e.g. how to enable the agent
         self._source = source
         self.interval = interval
         self._deadline = deadline
@@ -87,6 +90,7 @@ class VramtopApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(ProcessTable).focus_pid = self.focus_pid
         self._set_narrow(self.size.width)
         self.render_view()
         if self._poll:
@@ -123,7 +127,8 @@ class VramtopApp(App[None]):
 
     def on_data_table_row_highlighted(self) -> None:
         if self.sample is not None:
-            self.query_one(ProcessDetail).show(self.sample, self.query_one(ProcessTable).selected_key())
+            self.query_one(ProcessDetail).show(self.sample, self.query_one(ProcessTable).selected_key(),
+                                               self.narrow)
 
     def _set_narrow(self, width: int) -> None:
         self.narrow = width < NARROW_WIDTH
@@ -136,20 +141,21 @@ class VramtopApp(App[None]):
             status = self.query_one("#status", Static)
         except NoMatches:
             return  # quitting: the poller posted a message just before the widgets were removed
-        status.update(self._status_line())
+        _update(status, self._status_line())
         banner = self.query_one("#banner", Static)
         problem = self._problem()
-        banner.display = problem is not None
-        banner.update(Text(f" ⚠ {problem}" if problem else ""))
+        banner.display = problem is not None or self.notice is not None
+        banner.set_class(problem is None, "notice")
+        _update(banner, Text(f" ⚠ {problem}" if problem else f" ℹ {self.notice}" if self.notice else ""))
         sample = self.sample
         if sample is None:
-            self.query_one(GpuList).update(Text("waiting for the first sample…", style="dim"))
+            self.query_one(GpuList).waiting()
             return
         gpus = tuple(g for g in sample.gpus if self.gpu_filter in (None, g.uuid))
         self.query_one(GpuList).show(gpus, self.history, self.narrow, self.gpu_filter)
         table = self.query_one(ProcessTable)
         table.show(sample, self.gpu_filter, self.sort, self.narrow)
-        self.query_one(ProcessDetail).show(sample, table.selected_key())
+        self.query_one(ProcessDetail).show(sample, table.selected_key(), self.narrow)
 
     def _problem(self) -> str | None:
         if self.failure and self.sample is None:
@@ -239,3 +245,11 @@ class VramtopApp(App[None]):
                 self.notify(send_signal(proc.pid, proc.create_time, signum))
 
         self.push_screen(ConfirmScreen(f"Send {name} to PID {proc.pid}?\n{command}"), answered)
+
+
+def _update(widget: Static, content: Text) -> None:
+    """Update only when the content changed: an unchanged widget is not redrawn (the terminal
+    gets no bytes for it)."""
+    if getattr(widget, "_vramtop_shown", None) != content:
+        widget._vramtop_shown = content  # type: ignore[attr-defined]
+        widget.update(content)

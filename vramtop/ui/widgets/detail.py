@@ -7,10 +7,11 @@ from textual.widgets import Static
 
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
+from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent
 from vramtop.units import fmt_bytes, mib
 
 
-def render_detail(sample: Sample, key: str | None) -> Text:
+def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True) -> Text:
     if key is None:
         return Text("no process selected", style="dim")
     uuid, _, pid_text = key.rpartition(":")
@@ -19,6 +20,7 @@ def render_detail(sample: Sample, key: str | None) -> Text:
     if not on_gpus:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
     first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
+    found = find_agent(sample.agents, first)
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
@@ -28,6 +30,15 @@ def render_detail(sample: Sample, key: str | None) -> Text:
         for g, p in on_gpus
     )
     t.append(spread, style="cyan")
+    if found is not None:
+        agent, device = found
+        t.append("  ")
+        t.append_text(agent_title(agent, device))
+        t.append("\n")
+        t.append(process_label(first)[: max(20, width - 2)], style="dim")
+        t.append("\n")
+        t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
+        return t
     t.append("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
     if first.visibility == NOT_VISIBLE:
@@ -37,10 +48,17 @@ def render_detail(sample: Sample, key: str | None) -> Text:
         t.append("\nThis PID is another process here (it holds no /dev/nvidia*): the GPU process "
                  "lives in another PID namespace.", style="dim")
     else:
-        t.append("\nNo vramtop agent in this process: NVML sees how much it holds, not why.", style="dim")
+        t.append("\nNo vramtop agent in this process: NVML sees how much it holds, not why. "
+                 "Start it with `vramtop run -- <command>` to see the bill.", style="dim")
     return t
 
 
 class ProcessDetail(Static):
-    def show(self, sample: Sample, key: str | None) -> None:
-        self.update(render_detail(sample, key))
+    def show(self, sample: Sample, key: str | None, narrow: bool = True) -> None:
+        width = max(self.size.width - 2, 40)  # minus the padding
+        found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
+        self.set_class(bool(found), "agent")
+        content = render_detail(sample, key, width, narrow)
+        if content != getattr(self, "_drawn", None):  # unchanged: no redraw
+            self._drawn = content
+            self.update(content)

@@ -136,11 +136,16 @@ class GpuList(Static):
         super().__init__(**kwargs)
         self._shown: tuple[tuple[GpuSample, ...], History, bool, str | None] | None = None
         self._width = 0
+        self._drawn: Text | None = None
 
     def show(self, gpus: tuple[GpuSample, ...], history: History, narrow: bool,
              selected: str | None) -> None:
         self._shown = (gpus, history, narrow, selected)
         self._draw()
+
+    def waiting(self) -> None:
+        self._drawn = Text("waiting for the first sample…", style="dim")
+        self.update(self._drawn)
 
     def on_resize(self) -> None:
         if self._shown is not None and self.size.width != self._width:
@@ -153,4 +158,7 @@ class GpuList(Static):
         width = max(self._width, 40)
         blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected)
                   for g in gpus]
-        self.update(Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim"))
+        content = Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim")
+        if content != self._drawn:  # unchanged: no redraw, no bytes to the terminal
+            self._drawn = content
+            self.update(content)

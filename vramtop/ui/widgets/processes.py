@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from vramtop.model import MISMATCH, NOT_VISIBLE, ProcessSample, Sample
+from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, ProcessSample, Sample
 from vramtop.sinks.once import process_label
 from vramtop.units import fmt_bytes, mib, percent
 
@@ -20,8 +20,9 @@ SORTS: dict[str, Callable[[ProcessSample], Any]] = {
 }
 SORT_NAMES = list(SORTS)
 
-WIDE = ("GPU", "PID", "USER", "TYPE", "GPU MEM", "%MEM", "HOST RSS", "COMMAND")
+WIDE = ("GPU", "PID", "USER", "TYPE", "GPU MEM", "%MEM", "TORCH ALLOC/RSV", "HOST RSS", "COMMAND")
 NARROW = ("GPU", "PID", "USER", "GPU MEM", "RSS", "COMMAND")
+AGENT_MARK = "●"  # the process runs the vramtop agent: its bill is in the detail pane
 
 
 def row_key(p: ProcessSample) -> str:
@@ -36,28 +37,39 @@ def visible_processes(sample: Sample, gpu: str | None, sort: str) -> list[tuple[
 
 
 class ProcessTable(DataTable[Any]):
-    """Rebuilt from each sample; the cursor stays on the same process across refreshes."""
+    """Rebuilt from each sample when what it shows changed; the cursor stays on the same
+    process across refreshes."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self._narrow: bool | None = None
         self._totals: dict[str, int | None] = {}
+        self._agents: dict[tuple[int, str], AgentDevice] = {}
+        self._shown: list[tuple[str, tuple[Any, ...]]] | None = None
+        self.focus_pid: int | None = None  # `vramtop attach PID`: start on this process
 
     def show(self, sample: Sample, gpu: str | None, sort: str, narrow: bool) -> None:
         selected = self.selected_key()
+        self._totals = {g.uuid: g.memory_total for g in sample.gpus}
+        self._agents = {(a.pid, d.uuid or ""): d for a in sample.agents for d in a.devices}
+        rows = visible_processes(sample, gpu, sort)
+        content = [(row_key(p), tuple(self._cells(i, p, narrow))) for i, p in rows]
+        if narrow == self._narrow and content == self._shown:
+            return  # nothing on screen would change: skip the redraw
         if narrow != self._narrow:
             self.clear(columns=True)
             self.add_columns(*(NARROW if narrow else WIDE))
             self._narrow = narrow
         else:
             self.clear()
-        self._totals = {g.uuid: g.memory_total for g in sample.gpus}
-        rows = visible_processes(sample, gpu, sort)
-        for index, proc in rows:
-            self.add_row(*self._cells(index, proc, narrow), key=row_key(proc))
+        self._shown = content
+        for key, cells in content:
+            self.add_row(*cells, key=key)
         if not rows:
             return
-        keys = [row_key(p) for _, p in rows]
+        keys = [key for key, _ in content]
+        if selected not in keys and self.focus_pid is not None:
+            selected = next((k for k in keys if k.endswith(f":{self.focus_pid}")), selected)
         self.move_cursor(row=keys.index(selected) if selected in keys else 0, animate=False)
 
     def selected_key(self) -> str | None:
@@ -65,17 +77,23 @@ class ProcessTable(DataTable[Any]):
             return None
         try:
             return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - no valid cursor yet
+        except Exception:
             return None
 
     def _cells(self, gpu_index: int, p: ProcessSample, narrow: bool) -> Iterable[Any]:
+        agent = self._agents.get((p.pid, p.gpu_uuid))
+        pid = Text(f"{AGENT_MARK}{p.pid}", style="bold green") if agent else Text(f" {p.pid}")
         gpu_mem = Text("N/A" if p.used_memory is None else f"{mib(p.used_memory)} MiB", justify="right")
         label = process_label(p)
         command = Text(label, style="italic yellow" if p.visibility in (NOT_VISIBLE, MISMATCH) else "")
         user = (p.user or "?")[: 8 if narrow else 12]
         rss = Text(fmt_bytes(p.host_rss), justify="right")
         if narrow:
-            return (str(gpu_index), str(p.pid), user, gpu_mem, rss, command)
+            return (str(gpu_index), pid, user, gpu_mem, rss, command)
         pct = percent(p.used_memory, self._totals.get(p.gpu_uuid))
         share = Text("N/A" if pct is None else f"{pct:.1f}%", justify="right")
-        return (str(gpu_index), str(p.pid), user, p.kind, gpu_mem, share, rss, command)
+        torch = Text("", justify="right")
+        if agent is not None:
+            torch = Text(f"{fmt_bytes(agent.stats.allocated)}/{fmt_bytes(agent.stats.reserved)}", justify="right",
+                         style="green")
+        return (str(gpu_index), pid, user, p.kind, gpu_mem, share, torch, rss, command)

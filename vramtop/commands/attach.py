@@ -1,0 +1,62 @@
+"""``vramtop attach PID``: the monitor focused on one process, with its agent when it has one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vramtop.errors import EXIT_NO_GPU, EXIT_OK, EXIT_USAGE, VramtopError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=int, help="the process to watch (a PID on this host)")
+
+
+def enable_hint(pid: int) -> str:
+    """How to get the allocator bill for a process that runs without the agent."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        argv = proc.cmdline()
+        name = proc.name()
+    except psutil.Error:
+        argv, name = [], "?"
+    if not any("python" in part.rsplit("/", 1)[-1] for part in argv[:1] + [name]):
+        return f"PID {pid} ({name}) is not a Python process: NVML figures only."
+    command = " ".join(argv) or "python train.py"
+    return (f"No vramtop agent in PID {pid}: NVML shows how much it holds, not why. For the bill, "
+            f"restart it as `vramtop run -- {command}` (or with VRAMTOP_AGENT=1 where vramtop is "
+            "installed in its environment). Attaching to an already running process is not supported.")
+
+
+def run(args: argparse.Namespace) -> int:
+    import psutil
+
+    from vramtop.protocol import socket_path
+    from vramtop.sources.agent import AgentSource, MonitorSource
+    from vramtop.sources.nvml import NvmlSource
+    from vramtop.sources.poller import DeadlineReader
+
+    pid = args.pid
+    if not psutil.pid_exists(pid):
+        raise VramtopError(f"no process with PID {pid}", EXIT_USAGE)
+    source = MonitorSource(NvmlSource(args.gpu), AgentSource())
+    source.open()
+    try:
+        sample = DeadlineReader(source, deadline=10.0).read()
+        on_gpu = any(p.pid == pid for g in sample.gpus for p in g.processes)
+        has_agent = socket_path(pid).exists()
+        if not on_gpu and not has_agent:
+            name = psutil.Process(pid).name() if psutil.pid_exists(pid) else "?"
+            raise VramtopError(f"PID {pid} ({name}) uses no NVIDIA GPU: NVML lists no GPU memory for it",
+                               EXIT_NO_GPU)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise VramtopError("the live monitor needs a terminal; use vramtop --once --json", EXIT_USAGE)
+        from vramtop.ui.app import VramtopApp
+
+        hint = None if has_agent else enable_hint(pid)
+        VramtopApp(source, interval=args.interval, focus_pid=pid, notice=hint).run()
+    finally:
+        source.close()
+    return EXIT_OK

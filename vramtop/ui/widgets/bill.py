@@ -1,0 +1,150 @@
+"""The allocator view of one process on one GPU: where its memory went (the bill)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
+from vramtop.model import AgentDevice, AgentSample, GpuSample, ProcessSample
+from vramtop.units import fmt_bytes
+
+# One colour per bill category, in the bill's order; the stacked bar uses the same ones.
+CATEGORY_STYLES = {
+    "parameters (trainable)": "bold blue",
+    "parameters (frozen)": "blue",
+    "gradients": "magenta",
+    "optimizer state": "bold magenta",
+    "other persistent": "yellow",
+    "activations & temporaries": "bold green",
+    "allocator cache": "grey62",
+    "non-PyTorch": "red",
+}
+SHORT = {
+    "parameters (trainable)": "params",
+    "parameters (frozen)": "frozen",
+    "gradients": "grads",
+    "optimizer state": "optim",
+    "other persistent": "other",
+    "activations & temporaries": "activ*",
+    "allocator cache": "cache",
+    "non-PyTorch": "non-PT",
+}
+
+
+def find_agent(agents: tuple[AgentSample, ...], proc: ProcessSample) -> tuple[AgentSample, AgentDevice] | None:
+    """The agent of ``proc`` and its figures for the GPU the process row is about."""
+    for agent in agents:
+        if agent.pid == proc.pid or agent.host_pid == proc.pid:
+            for device in agent.devices:
+                if device.uuid == proc.gpu_uuid:
+                    return agent, device
+    return None
+
+
+def stacked_bar(bill: Bill, width: int, scale: int) -> Text:
+    """The bill as one bar of ``width`` cells, to ``scale`` bytes (the GPU's total)."""
+    bar = Text()
+    used = 0
+    for name, value in bill.categories():
+        if not value or value < 0:
+            continue
+        cells = round(value / scale * width) if scale else 0
+        if cells == 0 and value > scale / width / 2:
+            cells = 1
+        cells = min(cells, width - used)
+        bar.append("█" * cells, style=CATEGORY_STYLES[name])
+        used += cells
+    bar.append("░" * (width - used), style="grey23")
+    return bar
+
+
+def _gib(value: int | None) -> str:
+    return "—" if value is None else fmt_bytes(value)
+
+
+def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, gpu: GpuSample | None,
+                 width: int, narrow: bool) -> Text:
+    stats = device.stats
+    now = bill_now(device, proc.used_memory)
+    peak = bill_at_peak(device, proc.used_memory)
+    total = gpu.memory_total if gpu and gpu.memory_total else (proc.used_memory or stats.reserved)
+    frag = fragmentation(stats)
+    proxy = frag is None
+    if frag is None:
+        frag = fragmentation_proxy(stats)
+    fits = largest_fit(stats, gpu.memory_free if gpu else None)
+    out = Text()
+    # Line 1: the allocator against NVML.
+    out.append("torch ", style="bold")
+    out.append(f"allocated {fmt_bytes(stats.allocated)}", style="bold green")
+    out.append(f" / reserved {fmt_bytes(stats.reserved)}", style="bold")
+    out.append(f"  cache {fmt_bytes(now.cache)}")
+    if not narrow:
+        rounding = stats.allocated - stats.requested
+        out.append(f"  requested {fmt_bytes(stats.requested)} (+{fmt_bytes(rounding)} rounding)", style="dim")
+    out.append(f"  NVML {_gib(proc.used_memory)}\n", style="cyan")
+    # Line 2: can the next big allocation fit?
+    out.append("frag ", style="dim")
+    out.append("N/A" if frag is None else f"{frag:.2f}" + ("~" if proxy else ""),
+               style="bold red" if frag is not None and frag > 0.5 and now.cache > (1 << 30) else "")
+    if stats.largest_free_block is not None:
+        out.append(f" (largest free block {fmt_bytes(stats.largest_free_block)})", style="dim")
+    out.append("  fits now ≤ ", style="dim")
+    out.append(_gib(fits))
+    retries_style = "bold red" if stats.num_alloc_retries else ""
+    out.append("  retries ", style="dim")
+    out.append(str(stats.num_alloc_retries), style=retries_style)
+    out.append("  OOMs ", style="dim")
+    out.append(str(stats.num_ooms), style="bold red" if stats.num_ooms else "")
+    out.append(f"  peak {fmt_bytes(stats.allocated_peak)}", style="dim")
+    if device.peak_step is not None:
+        out.append(f" @step {device.peak_step}", style="dim")
+    out.append("\n")
+    # The bill: a bar to scale of the whole GPU, then the categories now and at the peak.
+    bar_width = max(10, width - 2)
+    out.append_text(stacked_bar(now, bar_width, total))
+    out.append("\n")
+    rows = list(zip(now.categories(), (peak.categories() if peak else [(n, None) for n, _ in now.categories()])))
+    if narrow:
+        cells = []
+        for (name, value), (_, at_peak) in rows:
+            cell = Text()
+            cell.append(f"{SHORT[name]} ", style=CATEGORY_STYLES[name])
+            cell.append(_gib(value))
+            if name == "activations & temporaries" and at_peak is not None:
+                cell.append(f" (peak {_gib(at_peak)})", style="dim")
+            cells.append(cell)
+        for i in range(0, len(cells), 4):
+            out.append_text(Text("  ").join(cells[i:i + 4]))
+            out.append("\n")
+    else:
+        out.append(f"{'bill':<28}{'now':>10}{'at peak':>11}\n", style="bold underline")
+        for (name, value), (_, at_peak) in rows:
+            label = name + ("*" if name == "activations & temporaries" else "")
+            out.append(f"{label:<28}", style=CATEGORY_STYLES[name])
+            out.append(f"{_gib(value):>10}{_gib(at_peak):>11}\n")
+        out.append(f"{'= NVML per process':<28}{_gib(now.total):>10}{_gib(peak.total if peak else None):>11}\n",
+                   style="bold")
+    census = device.census
+    note = "* derived: allocated minus the counted categories. "
+    note += f"Seen: {census.seen}" if census else "No parameters counted yet (no optimizer step or model seen)."
+    out.append(note, style="dim")
+    return out
+
+
+def agent_title(agent: AgentSample, device: AgentDevice) -> Text:
+    t = Text()
+    t.append(" agent ", style="bold reverse green")
+    t.append(f" step {agent.step}")
+    if device.last_step is not None and device.last_step.duration > 0:
+        per_step = device.last_step.duration / max(1, device.last_step.steps)
+        t.append(f" · {per_step * 1e3:.0f} ms/step" if per_step < 1 else f" · {per_step:.1f} s/step", style="dim")
+    t.append(f" · {agent.phase}")
+    if agent.rank is not None:
+        t.append(f" · rank {agent.rank}")
+    t.append(f" · torch {agent.torch_version}", style="dim")
+    if agent.expandable_segments:
+        t.append(" · expandable segments", style="dim")
+    if agent.dropped:
+        t.append(f" · {agent.dropped} frames dropped", style="yellow")
+    return t
