@@ -45,9 +45,9 @@ def main() -> int:
         if args.pause:
             time.sleep(args.pause)
     if args.oom:
-        free, _ = torch.cuda.mem_get_info()
-        try:
-            torch.empty(free + (1 << 30), dtype=torch.uint8, device="cuda")
+        total = torch.cuda.get_device_properties(0).total_memory
+        try:  # more than the whole card: a real OOM, caught as training scripts often do
+            torch.empty(total, dtype=torch.uint8, device="cuda")
         except torch.cuda.OutOfMemoryError as err:
             print(f"caught OOM: {str(err).splitlines()[0]}", flush=True)
             time.sleep(3)

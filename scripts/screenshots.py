@@ -1,7 +1,8 @@
 """Render SVG screenshots of the live monitor from recorded samples.
 
 Each ``DATA/NAME.json`` holds one ``vramtop --once --json`` document, a JSON list of them, or
-several of them one after another (what that command prints when run repeatedly). The samples
+several of them one after another (what that command prints when run repeatedly); each
+``DATA/NAME.jsonl[.gz]`` is a `vramtop record` recording. The samples
 are shown in time order; the earlier ones build the sparkline history. For each file and size this
 writes ``OUT/NAME-<width>x<height>.svg``. The monitor is rendered off-screen, fed the samples
 in order, exactly as the live poller would deliver them. Times are shown in UTC (``--tz``) so
@@ -69,6 +70,8 @@ def read_documents(text: str) -> list[object]:
 
 
 def load_samples(path: Path) -> list[Sample]:
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return load_recording(path)
     try:
         documents = read_documents(path.read_text())
     except (OSError, ValueError) as err:
@@ -80,6 +83,21 @@ def load_samples(path: Path) -> list[Sample]:
     except (SchemaError, DecodeError) as err:
         raise InputError(f"{path}: {err}") from None
     return sorted(samples, key=lambda s: s.time)
+
+
+def load_recording(path: Path) -> list[Sample]:
+    """A `vramtop record` file, up to the last sample in which a process reports through the
+    agent (the moment that shows the most), or the whole of it when none does."""
+    from vramtop.recording import RecordingError, read_recording
+
+    try:
+        samples = list(read_recording(path).samples)
+    except (OSError, RecordingError) as err:
+        raise InputError(f"{path}: {err}") from None
+    if not samples:
+        raise InputError(f"{path}: no samples")
+    with_agents = [i for i, s in enumerate(samples) if any(a.devices for a in s.agents)]
+    return samples[: with_agents[-1] + 1] if with_agents else samples
 
 
 def interval_of(samples: Sequence[Sample]) -> float:
@@ -127,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ["TZ"] = args.tz
     time.tzset()
-    files = sorted(args.data.glob("*.json"))
+    files = sorted([*args.data.glob("*.json"), *args.data.glob("*.jsonl"), *args.data.glob("*.jsonl.gz")])
     if not files:
         print(f"screenshots: no *.json in {args.data}; see screenshots/data/README.md",
               file=sys.stderr)
@@ -141,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, samples in inputs:
         for width, height in args.size or SIZES:
             svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}"))
-            target = args.out / f"{name}-{width}x{height}.svg"
+            target = args.out / f"{name.removesuffix('.jsonl')}-{width}x{height}.svg"
             target.write_text(svg)
             print(target)
     return 0

@@ -64,6 +64,10 @@ def test_fragmentation_definitions():
     assert fragmentation(stats(largest=6 * GiB)) == 0.0  # the whole cache is one block
     assert abs(fragmentation(stats(largest=GiB)) - (1 - 1 / 6)) < 1e-9
     assert fragmentation(stats(allocated=10, reserved=10, largest=0)) == 0.0  # no cache
+    # The snapshot's own free total wins over the (newer) counters.
+    from dataclasses import replace
+
+    assert fragmentation(replace(stats(largest=GiB), free_in_segments=4 * GiB)) == 0.75
     assert fragmentation_proxy(stats(inactive_split=3 * GiB)) == 0.5
     assert largest_fit(stats(largest=GiB), device_free=5 * GiB) == 5 * GiB
     assert largest_fit(stats(largest=None), device_free=None) is None

@@ -101,6 +101,7 @@ class AllocatorStats:
     num_device_alloc: int = 0  # num_device_alloc: cudaMalloc calls
     num_device_free: int = 0  # num_device_free: cudaFree calls
     largest_free_block: int | None = None  # biggest free block in reserved segments (snapshot)
+    free_in_segments: int | None = None  # all free bytes in reserved segments, same snapshot
     segments: int | None = None  # reserved segments at the last snapshot
     snapshot_time: float | None = None  # when largest_free_block was measured
 

@@ -74,6 +74,7 @@ def allocator_stats(torch: Any, device: int, snapshot: SnapshotSummary | None) -
         num_device_alloc=_get(raw, "num_device_alloc"),
         num_device_free=_get(raw, "num_device_free"),
         largest_free_block=None if snapshot is None else snapshot.largest_free.get(device, 0),
+        free_in_segments=None if snapshot is None else snapshot.free.get(device, 0),
         segments=None if snapshot is None else snapshot.segments.get(device, 0),
         snapshot_time=None if snapshot is None else snapshot.time,
     )
@@ -112,9 +113,10 @@ def device_identity(torch: Any, index: int) -> tuple[str | None, str | None]:
 class SnapshotSummary:
     """Largest free block and segment count per device, from one allocator snapshot."""
 
-    def __init__(self, largest_free: dict[int, int], segments: dict[int, int], settings: dict[str, Any],
-                 cost: float) -> None:
+    def __init__(self, largest_free: dict[int, int], free: dict[int, int], segments: dict[int, int],
+                 settings: dict[str, Any], cost: float) -> None:
         self.largest_free = largest_free
+        self.free = free
         self.segments = segments
         self.settings = settings
         self.cost = cost  # seconds the snapshot took: it grows with the number of blocks
@@ -137,16 +139,20 @@ def take_snapshot(torch: Any) -> SnapshotSummary | None:
         return None
     segments = snap.get("segments", []) if isinstance(snap, dict) else snap
     largest: dict[int, int] = {}
+    free: dict[int, int] = {}
     count: dict[int, int] = {}
     for seg in segments:
         device = int(seg.get("device", 0))
         count[device] = count.get(device, 0) + 1
         largest.setdefault(device, 0)
+        free.setdefault(device, 0)
         for block in seg.get("blocks", ()):
             if block.get("state") == "inactive":
-                largest[device] = max(largest[device], int(block.get("size", 0)))
+                size = int(block.get("size", 0))
+                largest[device] = max(largest[device], size)
+                free[device] += size
     settings = snap.get("allocator_settings", {}) if isinstance(snap, dict) else {}
-    return SnapshotSummary(largest, count, settings if isinstance(settings, dict) else {},
+    return SnapshotSummary(largest, free, count, settings if isinstance(settings, dict) else {},
                            time.perf_counter() - started)
 
 

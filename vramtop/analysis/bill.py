@@ -97,10 +97,14 @@ def bill_at_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
 
 
 def fragmentation(stats: AllocatorStats) -> float | None:
-    """1 - largest free block / cache: 0 = the cache is one usable block, near 1 = shattered."""
-    cache = stats.reserved - stats.allocated
+    """1 - largest free block / cache: 0 = the cache is one usable block, near 1 = shattered.
+
+    Both figures come from the same allocator snapshot (the cache is the sum of its free
+    blocks), so a snapshot a moment older than the counters cannot give a nonsense ratio.
+    """
     if stats.largest_free_block is None:
         return None
+    cache = stats.free_in_segments if stats.free_in_segments is not None else stats.reserved - stats.allocated
     if cache <= 0:
         return 0.0
     return max(0.0, 1.0 - stats.largest_free_block / cache)

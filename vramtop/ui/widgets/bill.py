@@ -76,8 +76,8 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     out = Text()
     # Line 1: the allocator against NVML.
     out.append("torch ", style="bold")
-    out.append(f"allocated {fmt_bytes(stats.allocated)}", style="bold green")
-    out.append(f" / reserved {fmt_bytes(stats.reserved)}", style="bold")
+    out.append(f"{'alloc' if narrow else 'allocated'} {fmt_bytes(stats.allocated)}", style="bold green")
+    out.append(f" / {'rsv' if narrow else 'reserved'} {fmt_bytes(stats.reserved)}", style="bold")
     out.append(f"  cache {fmt_bytes(now.cache)}")
     if not narrow:
         rounding = stats.allocated - stats.requested
@@ -88,12 +88,12 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     out.append("N/A" if frag is None else f"{frag:.2f}" + ("~" if proxy else ""),
                style="bold red" if frag is not None and frag > 0.5 and now.cache > (1 << 30) else "")
     if stats.largest_free_block is not None:
-        out.append(f" (largest free block {fmt_bytes(stats.largest_free_block)})", style="dim")
-    out.append("  fits now ≤ ", style="dim")
+        label = "block" if narrow else "largest free block"
+        out.append(f" ({label} {fmt_bytes(stats.largest_free_block)})", style="dim")
+    out.append("  fits ≤ " if narrow else "  fits now ≤ ", style="dim")
     out.append(_gib(fits))
-    retries_style = "bold red" if stats.num_alloc_retries else ""
     out.append("  retries ", style="dim")
-    out.append(str(stats.num_alloc_retries), style=retries_style)
+    out.append(str(stats.num_alloc_retries), style="bold red" if stats.num_alloc_retries else "")
     out.append("  OOMs ", style="dim")
     out.append(str(stats.num_ooms), style="bold red" if stats.num_ooms else "")
     out.append(f"  peak {fmt_bytes(stats.allocated_peak)}", style="dim")

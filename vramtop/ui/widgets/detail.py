@@ -32,10 +32,12 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     t.append(spread, style="cyan")
     if found is not None:
         agent, device = found
-        t.append("  ")
-        t.append_text(agent_title(agent, device))
         t.append("\n")
-        t.append(process_label(first)[: max(20, width - 2)], style="dim")
+        t.append_text(agent_title(agent, device))
+        t.append("  ")
+        room = width - t.split("\n")[-1].cell_len
+        if room > 12:
+            t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
         return t
