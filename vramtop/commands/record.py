@@ -255,8 +255,15 @@ class _Session:
             if sample.stale:  # the last good data again: record it at the time it stood in
                 sample = replace(sample, time=time.time())
             self._write(self.recorder.write_sample, sample)
+            for event in self._agent_events():  # e.g. an OOM seen by a training process's agent
+                self._write(self.recorder.write_event, str(event.get("kind", "agent")), event.get("data") or {},
+                            pid=event.get("pid"))
             # Keep the cadence; after a long stall, go on from now instead of catching up.
             next_at = max(next_at + self.interval, time.monotonic())
+
+    def _agent_events(self) -> list[dict[str, Any]]:
+        agents = getattr(self.reader.source, "agents", None)
+        return agents.drain_events() if agents is not None else []
 
     def _write(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         if self.failure is not None:
