@@ -96,12 +96,16 @@ def main() -> int:
     parser.add_argument("--gpt2-steps", type=int, default=10)
     parser.add_argument("--mlp-steps", type=int, default=200)
     parser.add_argument("--gpt2-batch", type=int, default=8)
+    parser.add_argument("--workloads", default="mlp,gpt2", help="comma-separated: mlp, gpt2")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     directory = Path(os.environ.get("VRAMTOP_BENCH_DIR", f"/tmp/vramtop-bench-{os.getpid()}"))
     results = {"facts": gpu_facts(), "results": []}
+    chosen = args.workloads.split(",")
     for name, make, steps in (("mlp", workloads.mlp, args.mlp_steps),
                               ("gpt2", lambda: workloads.gpt2(batch=args.gpt2_batch), args.gpt2_steps)):
+        if name not in chosen:
+            continue
         work = make()
         results["results"].append(bench(name, work, args.rounds, steps, directory))
         del work

@@ -394,3 +394,17 @@ def test_an_agent_that_vanishes_is_reported_by_the_source(agent, agent_dir, fake
     finally:
         source.close()
     assert not Path(socket_path(os.getpid(), agent_dir)).exists()
+
+
+def test_gradients_now_follow_zero_grad_while_the_peak_keeps_their_full_size(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    param_bytes = sum(rounded(p.numel() * 4) for p in model.parameters())
+    model(torch.randn(8, 64)).sum().backward()
+    opt.step()  # the census at this boundary sees every gradient
+    wait_for(lambda: agent._latest.devices[0].census and agent._latest.devices[0].census.gradients == param_bytes)
+    opt.zero_grad(set_to_none=True)  # the program frees them
+    census = wait_for(lambda: (c := agent._latest.devices[0].census) and c.gradients == 0 and c)
+    assert census.gradients_peak == param_bytes

@@ -26,7 +26,7 @@ from vramtop.model import AgentDevice, AgentSample, StepPeak, TensorCensus
 from vramtop.protocol import runtime_dir
 
 from . import _torchstats as ts
-from ._census import take_census
+from ._census import gradient_bytes, take_census
 from ._server import AgentServer
 from ._stack import inspect_thread
 
@@ -87,6 +87,8 @@ class Agent:
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
         self._last_boundary_read = 0.0
+        self._trainable: list[Any] = []  # weak references to trainable parameters, from the census
+        self._grads_cost = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
@@ -240,13 +242,17 @@ class Agent:
                 self._snapshot, self._snapshot_cost = snapshot, snapshot.cost
         if not self._optimizers and self._modules and self._census_due(now):
             self._census()  # no training seen (inference): count what the models hold
+        grads_now = self._gradients_now()
         devices = []
         for state in self._devices.values():
             stats = ts.allocator_stats(torch, state.index, self._snapshot)
             state.max_allocated = max(state.max_allocated, stats.allocated)
             state.max_reserved = max(state.max_reserved, stats.reserved)
+            census = state.census
+            if census is not None and grads_now is not None:
+                census = replace(census, gradients=grads_now.get(state.index, 0))
             devices.append(AgentDevice(index=state.index, uuid=state.uuid, name=state.name, stats=stats,
-                                       census=state.census, last_step=state.last_step,
+                                       census=census, last_step=state.last_step,
                                        peak_step=state.peak_step))
         sample = AgentSample(
             pid=self.pid,
@@ -310,6 +316,18 @@ class Agent:
                 )
                 state.max_allocated = state.max_reserved = 0
 
+    def _gradients_now(self) -> dict[int, int] | None:
+        """Gradient bytes at this tick (None: keep the census's figure, the check is too slow)."""
+        if not self._trainable or self._grads_cost > GIL_BUDGET * self.interval * 10:
+            return None
+        started = time.perf_counter()
+        try:
+            return gradient_bytes(self._torch, list(self._trainable), self._device_type)
+        except RuntimeError:
+            return None
+        finally:
+            self._grads_cost = time.perf_counter() - started
+
     def _census_due(self, now: float) -> bool:
         return now - self._last_census >= max(1.0, self._census_cost / GIL_BUDGET)
 
@@ -317,7 +335,8 @@ class Agent:
         self._last_census = time.monotonic()
         started = time.perf_counter()
         try:
-            result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
+            result = take_census(self._torch, self._optimizers, self._modules, self._device_type,
+                                 trainable_out=self._trainable)
         except RuntimeError:  # a dict changed size while the program was building its model
             return
         finally:
