@@ -1,0 +1,788 @@
+"""OOM risk: early warnings from a bounded history of samples, and the OOM post-mortem.
+
+:class:`RiskTracker` is fed every sample in order and answers with the warnings in force. Each
+rule looks at one process with the agent on one GPU (or, for neighbours, at one GPU) and says
+which level its condition reaches now and which level it may keep; a small latch per warning
+turns that into a display that does not flicker: a warning is raised after its condition held
+for ``raise_after`` consecutive samples (at once for events: retries, OOMs), and lowered after
+its weaker clear condition failed for ``clear_after`` samples (events are held for
+``event_hold`` seconds). Time comes from the samples; nothing here reads a clock.
+
+The thresholds and the reasoning behind each default are in docs/risk.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
+from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy
+from vramtop.model import NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
+from vramtop.units import GiB, MiB, fmt_bytes
+
+INFO, WARNING, CRITICAL = "info", "warning", "critical"
+LEVELS = (INFO, WARNING, CRITICAL)
+_RANK: dict[str | None, int] = {None: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
+_LEVEL: dict[int, str | None] = {v: k for k, v in _RANK.items()}
+
+OOM, RETRIES, HEADROOM, LEAK, FRAGMENTATION, NEIGHBOUR = (
+    "oom", "retries", "headroom", "leak", "fragmentation", "neighbour")
+KINDS = (OOM, RETRIES, HEADROOM, LEAK, FRAGMENTATION, NEIGHBOUR)  # display order within a level
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When each rule fires; docs/risk.md says why each default is what it is."""
+
+    margin: float = 0.10  # share of the device kept free for evaluation, a profiler, debugging
+    critical_margin: float = 0.10 / 3  # within a third of the margin: one more transient away
+    clear_band: float = 0.02  # share of the device the projection must fall below a line to clear
+    raise_after: int = 3  # consecutive samples a condition must hold before it is shown
+    clear_after: int = 5  # consecutive samples its clear condition must fail before it goes
+    event_hold: float = 300.0  # seconds a retry or OOM warning stays after the last one
+    leak_warmup_steps: int = 20  # optimizer state, AMP scaler, compiled graphs appear in these
+    leak_window: int = 96  # step-boundary points kept per process and GPU
+    leak_point_gap: float = 2.0  # seconds between kept points, so the window spans minutes
+    leak_min_points: int = 8
+    leak_min_span: float = 10.0  # seconds
+    leak_monotone: float = 0.8  # share of rising pairs among rising + falling ones
+    leak_monotone_clear: float = 0.65
+    leak_max_jump: float = 1 / 3  # one increment may make at most this share of the growth
+    leak_min_growth: int = 64 * MiB  # fitted growth over the window, above allocator granularity
+    leak_min_rate: float = GiB / 3600  # bytes per second (1 GiB/h)
+    leak_horizon: float = 24 * 3600.0  # a time-to-OOM beyond this is info, not a warning
+    leak_critical: float = 600.0  # a time-to-OOM under this is critical
+    frag_ratio: float = 0.5
+    frag_clear_ratio: float = 0.4
+    frag_min_cache: int = 1 * GiB
+    frag_min_share: float = 0.05  # the cache must also be this share of the device
+    neighbour_min_bytes: int = 1 * GiB  # a neighbour counts from the smaller of these two
+    neighbour_min_share: float = 0.05
+    forget_after: float = 60.0  # seconds after which state of a vanished process is dropped
+
+
+@dataclass(frozen=True)
+class RiskWarning:
+    """One warning: what, about whom, the numbers, and one thing to do."""
+
+    level: str  # info | warning | critical
+    kind: str  # one of KINDS
+    gpu_uuid: str
+    gpu_index: int | None
+    pid: int | None  # the process concerned (the neighbour's, for a neighbour warning)
+    title: str  # one line
+    evidence: dict[str, float] = field(hash=False)  # numbers: bytes, ratios, seconds, counts
+    sentence: str  # the evidence in words, with those numbers
+    action: str  # one concrete thing to do
+    since: float | None = None  # sample time at which it was raised
+
+    @property
+    def key(self) -> tuple[str, str, int | None]:
+        return (self.kind, self.gpu_uuid, self.pid)
+
+
+# -- the leak fit --------------------------------------------------------------------------
+
+
+class LeakPoint(NamedTuple):
+    step: int
+    time: float
+    persistent: int  # bytes allocated at the step boundary
+
+
+@dataclass(frozen=True)
+class LeakFit:
+    """A robust line through persistent memory at step boundaries."""
+
+    points: int
+    steps: int  # optimizer steps spanned
+    seconds: float  # time spanned
+    per_step: float  # bytes per optimizer step (Theil-Sen: median of pairwise slopes)
+    per_second: float  # bytes per second (Theil-Sen over time)
+    growth: float  # per_step * steps: bytes the line rises over the window
+    monotone: float  # rising pairs / (rising + falling pairs); 0.5 for flat noise
+    largest_jump: float  # the largest single increment as a share of the growth
+    noise: float  # median absolute residual, bytes
+
+
+def fit_leak(points: Sequence[LeakPoint]) -> LeakFit | None:
+    """Theil-Sen slopes against steps and time, and how monotone the series is.
+
+    Theil-Sen ignores up to ~29% outliers (an evaluation that briefly holds memory at a step
+    boundary); pair concordance, unlike "share of increments that rise", accepts a staircase
+    leak that grows every few steps and rejects flat noise.
+    """
+    n = len(points)
+    if n < 3:
+        return None
+    by_step: list[float] = []
+    by_time: list[float] = []
+    up = down = 0
+    for i in range(n):
+        si, ti, yi = points[i]
+        for j in range(i + 1, n):
+            sj, tj, yj = points[j]
+            dy = yj - yi
+            if sj != si:
+                by_step.append(dy / (sj - si))
+            if tj != ti:
+                by_time.append(dy / (tj - ti))
+            if dy > 0:
+                up += 1
+            elif dy < 0:
+                down += 1
+    if not by_step or not by_time:
+        return None
+    per_step = statistics.median(by_step)
+    per_second = statistics.median(by_time)
+    steps = points[-1].step - points[0].step
+    growth = per_step * steps
+    intercept = statistics.median(p.persistent - per_step * p.step for p in points)
+    noise = statistics.median(abs(p.persistent - per_step * p.step - intercept) for p in points)
+    jump = max(points[i + 1].persistent - points[i].persistent for i in range(n - 1))
+    return LeakFit(
+        points=n,
+        steps=steps,
+        seconds=points[-1].time - points[0].time,
+        per_step=per_step,
+        per_second=per_second,
+        growth=growth,
+        monotone=up / (up + down) if up + down else 0.5,
+        largest_jump=jump / growth if growth > 0 else 1.0,
+        noise=noise,
+    )
+
+
+# -- joining a sample's parts ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Place:
+    """The memory a process competes for: a GPU, or the MIG device it runs on."""
+
+    uuid: str
+    index: int | None
+    total: int | None
+    used: int | None
+    driver_reserved: int
+    processes: tuple[ProcessSample, ...]
+
+
+def _places(sample: Sample) -> dict[str, _Place]:
+    out: dict[str, _Place] = {}
+    for gpu in sample.gpus:
+        if gpu.error:
+            continue
+        out[gpu.uuid] = _Place(gpu.uuid, gpu.index, gpu.memory_total, gpu.memory_used, gpu.memory_reserved or 0,
+                               gpu.processes)
+        for mig in gpu.mig_devices:
+            procs = tuple(p for p in gpu.processes if p.gpu_instance_id == mig.gpu_instance_id)
+            out[mig.uuid] = _Place(mig.uuid, gpu.index, mig.memory_total, mig.memory_used, 0, procs)
+    return out
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """One process with the agent on one device, and its projected step peak."""
+
+    pid: int  # as NVML reports it when matched, else the agent's own
+    agent: AgentSample
+    device: AgentDevice
+    place: _Place
+    row: ProcessSample | None  # its NVML process row
+    non_pytorch: int | None  # NVML per-process used - reserved, or the last consistent value
+    others: int  # bytes used on the device by everything else (other processes)
+    own_peak: int  # reserved at the allocator's peak + non-PyTorch
+    projected: int  # own_peak + others + driver-reserved
+    bill: Bill | None  # at the allocator's peak
+
+
+def _subjects(sample: Sample, places: Mapping[str, _Place],
+              non_pytorch: Mapping[tuple[int, str], int]) -> list[_Subject]:
+    out = []
+    for agent in sample.agents:
+        pids = {agent.pid} if agent.host_pid is None else {agent.pid, agent.host_pid}
+        for device in agent.devices:
+            uuid = device.uuid
+            if uuid is None and len(places) == 1:
+                uuid = next(iter(places))  # a single GPU: it can only be this one
+            place = places.get(uuid) if uuid is not None else None
+            if place is None:
+                continue
+            row = next((p for p in place.processes if p.pid in pids), None)
+            pid = agent.host_pid if agent.host_pid is not None else (row.pid if row else agent.pid)
+            out.append(_project(agent, device, place, row, pid, non_pytorch.get((pid, place.uuid))))
+    return out
+
+
+def _project(agent: AgentSample, device: AgentDevice, place: _Place, row: ProcessSample | None,
+             pid: int, known_non_pytorch: int | None) -> _Subject:
+    stats = device.stats
+    used = row.used_memory if row else None
+    # NVML's per-process figure may be polled at another moment than the allocator: it is only
+    # comparable when it covers what is reserved; otherwise reuse the last consistent value
+    # (the CUDA context and library workspaces barely change during training).
+    non_pt = used - stats.reserved if used is not None and used >= stats.reserved else known_non_pytorch
+    if place.used is not None:
+        # Everything else on the device, including processes NVML cannot attribute (containers);
+        # the device and per-process figures come from the same NVML poll, so compare those.
+        own_now = used if used is not None else stats.reserved + (non_pt or 0)
+        others = max(0, place.used - own_now)
+    else:
+        others = sum(p.used_memory or 0 for p in place.processes if p is not row)
+    own_peak = stats.reserved_peak + (non_pt or 0)
+    bill = bill_at_peak(device, None if non_pt is None else stats.reserved + non_pt)
+    return _Subject(pid, agent, device, place, row, non_pt, others, own_peak,
+                    own_peak + others + place.driver_reserved, bill)
+
+
+def _advice(s: _Subject, margin: float, assumptions: Assumptions | None = None,
+            need: int | None = None) -> tuple[Advice, ...]:
+    if s.bill is None:
+        return ()
+    stats = s.device.stats
+    frag = fragmentation(stats)
+    last = s.device.last_step
+    census = s.device.census
+    return advise(
+        s.bill,
+        device_total=s.place.total,
+        others=s.projected - s.own_peak,
+        margin=margin,
+        expandable_segments=s.agent.expandable_segments,
+        fragmentation=frag,
+        optimizer=census.seen if census else None,
+        step_seconds=last.duration / max(1, last.steps) if last and last.duration > 0 else None,
+        need=need,
+        assumptions=assumptions,
+    )
+
+
+def advice_for(sample: Sample, agent: AgentSample, device: AgentDevice, thresholds: Thresholds | None = None,
+               assumptions: Assumptions | None = None) -> tuple[Advice, ...]:
+    """The ranked advice for one process with the agent on one of its devices (empty when the
+    device is not in the sample or nothing is counted yet)."""
+    t = thresholds or Thresholds()
+    single = replace(sample, agents=(replace(agent, devices=(device,)),))
+    subjects = _subjects(single, _places(sample), {})
+    return _advice(subjects[0], t.margin, assumptions) if subjects else ()
+
+
+# -- hysteresis -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """What a rule says about one subject in one sample."""
+
+    want: str | None  # the level whose raise condition holds now
+    keep: str | None  # the highest level whose clear condition has not failed
+    warning: RiskWarning | None  # the content, whenever keep (or want) is not None
+    immediate: bool = False  # events: raise at once
+    hold: float = 0.0  # events: seconds to keep the level afterwards
+
+
+_NOTHING = _Finding(None, None, None)
+
+
+@dataclass
+class _Latch:
+    level: str | None = None
+    up: int = 0
+    down: int = 0
+    since: float | None = None
+    hold_until: float = float("-inf")
+    hold_level: str | None = None
+    content: RiskWarning | None = None
+
+    def step(self, f: _Finding, now: float, t: Thresholds) -> None:
+        if f.warning is not None:
+            self.content = f.warning
+        if f.hold and f.want is not None:
+            held = _RANK[self.hold_level] if now < self.hold_until else 0
+            self.hold_until = now + f.hold
+            self.hold_level = _LEVEL[max(_RANK[f.want], held)]
+        want = _RANK[f.want]
+        keep = max(want, _RANK[f.keep], _RANK[self.hold_level] if now < self.hold_until else 0)
+        current = _RANK[self.level]
+        if want > current:
+            self.up += 1
+            if f.immediate or self.up >= t.raise_after:
+                self.level, self.up, self.down = f.want, 0, 0
+                if current == 0:
+                    self.since = now
+                return
+        else:
+            self.up = 0
+        if keep < current:
+            self.down += 1
+            if self.down >= t.clear_after:
+                self.level, self.down = _LEVEL[keep], 0
+                if keep == 0:
+                    self.since = None
+        else:
+            self.down = 0
+
+
+# -- the tracker ----------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """What the tracker remembers about one process on one device."""
+
+    retries: int | None = None
+    ooms: int | None = None
+    oom_event: Mapping[str, Any] | None = None
+    points: deque[LeakPoint] = field(default_factory=deque)
+    last_step: int | None = None
+    fit: LeakFit | None = None
+    non_pytorch: int | None = None
+    last_seen: float = 0.0
+    subject: _Subject | None = None
+
+
+class RiskTracker:
+    """Feed it every sample in order; it answers with the warnings in force."""
+
+    def __init__(self, thresholds: Thresholds | None = None, assumptions: Assumptions | None = None) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.assumptions = assumptions
+        self._states: dict[tuple[int, str], _State] = {}
+        self._latches: dict[tuple[str, str, int | None], _Latch] = {}
+        self._last_time: float | None = None
+        self._warnings: tuple[RiskWarning, ...] = ()
+        self._pending: list[Any] = []  # events that came with a stale sample
+
+    @property
+    def warnings(self) -> tuple[RiskWarning, ...]:
+        """The warnings in force after the last sample, most severe first."""
+        return self._warnings
+
+    def advice(self, pid: int, uuid: str) -> tuple[Advice, ...]:
+        """Ranked advice for a process (PID as NVML reports it) on a GPU, from the last sample."""
+        state = self._states.get((pid, uuid))
+        if state is None or state.subject is None:
+            return ()
+        return _advice(state.subject, self.thresholds.margin, self.assumptions)
+
+    def leak(self, pid: int, uuid: str) -> LeakFit | None:
+        """The latest fit of persistent memory for a process on a GPU."""
+        state = self._states.get((pid, uuid))
+        return state.fit if state else None
+
+    def update(self, sample: Sample, events: Iterable[Any] = ()) -> tuple[RiskWarning, ...]:
+        """Take one sample (and the agents' events since the last one: OOM events as the agent
+        sends them or as a recording stores them) and return the warnings in force."""
+        # A stale sample repeats old data: counting it would make conditions "hold" that were
+        # seen once. The same goes for a sample seen twice.
+        if sample.stale or sample.time == self._last_time:
+            self._pending.extend(events)
+            self._pending = self._pending[-256:]
+            return self._warnings
+        self._last_time = now = sample.time
+        events, self._pending = [*self._pending, *events], []
+        t = self.thresholds
+        places = _places(sample)
+        known = {k: s.non_pytorch for k, s in self._states.items() if s.non_pytorch is not None}
+        subjects = _subjects(sample, places, known)
+        ooms = _oom_events(events)
+        findings: dict[tuple[str, str, int | None], _Finding] = {}
+        for s in subjects:
+            state = self._states.setdefault((s.pid, s.place.uuid), _State())
+            state.last_seen, state.subject = now, s
+            if s.non_pytorch is not None:
+                state.non_pytorch = s.non_pytorch
+            event = ooms.get((s.agent.pid, s.device.index))
+            for kind, finding in (
+                (OOM, self._oom(s, state, event)),
+                (RETRIES, self._retries(s, state)),
+                (HEADROOM, self._headroom(s)),
+                (LEAK, self._leak(s, state)),
+                (FRAGMENTATION, self._fragmentation(s)),
+            ):
+                if finding is not _NOTHING:
+                    findings[(kind, s.place.uuid, s.pid)] = finding
+        # An OOM event whose process is gone (it died of it) still belongs to its last figures.
+        for (agent_pid, index), event in ooms.items():
+            if any(s.agent.pid == agent_pid and s.device.index == index for s in subjects):
+                continue
+            for (pid, uuid), state in self._states.items():
+                old = state.subject
+                if old is not None and old.agent.pid == agent_pid and old.device.index == index:
+                    findings[(OOM, uuid, pid)] = self._oom(old, state, event)
+        findings.update(self._neighbours(subjects, places))
+        for key, f in findings.items():
+            if key not in self._latches and (f.want is not None or f.keep is not None):
+                self._latches[key] = _Latch()
+        for key, latch in self._latches.items():
+            latch.step(findings.get(key, _NOTHING), now, t)
+        self._forget(now)
+        active = [replace(latch.content, level=latch.level, since=latch.since)
+                  for latch in self._latches.values() if latch.level is not None and latch.content is not None]
+        order = {k: i for i, k in enumerate(KINDS)}
+        active.sort(key=lambda w: (-_RANK[w.level], order[w.kind],
+                                   w.gpu_index if w.gpu_index is not None else 1 << 30, w.pid or 0))
+        self._warnings = tuple(active)
+        return self._warnings
+
+    def _forget(self, now: float) -> None:
+        # Bounded memory: an idle latch holds nothing worth keeping, and a process gone for a
+        # while is dropped once nothing about it is shown.
+        for key, latch in list(self._latches.items()):
+            if latch.level is None and latch.up == 0 and now >= latch.hold_until:
+                del self._latches[key]
+        shown = {(k[2], k[1]) for k in self._latches}
+        for subject, state in list(self._states.items()):
+            if now - state.last_seen > self.thresholds.forget_after and subject not in shown:
+                del self._states[subject]
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _warning(self, s: _Subject, level: str, kind: str, title: str, evidence: dict[str, float],
+                 sentence: str, action: str) -> RiskWarning:
+        return RiskWarning(level, kind, s.place.uuid, s.place.index, s.pid, title, evidence, sentence, action)
+
+    def _lines(self, s: _Subject) -> tuple[int, int, int, int] | None:
+        """Raise and clear lines (bytes) for warning and critical, on this subject's device."""
+        total = s.place.total
+        if not total:
+            return None
+        t = self.thresholds
+        warn, crit = total * (1 - t.margin), total * (1 - t.critical_margin)
+        band = total * t.clear_band
+        return int(warn), int(crit), int(warn - band), int(crit - band)
+
+    def _action(self, s: _Subject, fallback: str, need: int | None = None) -> str:
+        top = top_advice(_advice(s, self.thresholds.margin, self.assumptions, need))
+        return top.text if top else fallback
+
+    def _headroom(self, s: _Subject) -> _Finding:
+        lines = self._lines(s)
+        if lines is None:
+            return _NOTHING
+        warn, crit, warn_clear, crit_clear = lines
+        p = s.projected
+        want = CRITICAL if p > crit else WARNING if p > warn else None
+        keep = CRITICAL if p > crit_clear else WARNING if p > warn_clear else None
+        if keep is None:
+            return _NOTHING
+        total = s.place.total or 0
+        short = p - warn
+        evidence: dict[str, float] = {
+            "projected": p, "total": total, "limit": warn, "share": p / total, "own_peak": s.own_peak,
+            "reserved_peak": s.device.stats.reserved_peak, "non_pytorch": s.non_pytorch or 0,
+            "others": s.others, "driver_reserved": s.place.driver_reserved, "shortfall": max(0, short),
+        }
+        non_pt = "unknown non-PyTorch" if s.non_pytorch is None else f"{fmt_bytes(s.non_pytorch)} non-PyTorch"
+        sentence = (
+            f"PID {s.pid}'s step peak ({fmt_bytes(s.device.stats.reserved_peak)} reserved at the allocator's peak "
+            f"+ {non_pt}) plus {fmt_bytes(s.others)} used by others and {fmt_bytes(s.place.driver_reserved)} "
+            f"reserved by the driver comes to {fmt_bytes(p)}, {p / total:.0%} of {fmt_bytes(total)}; "
+            + (f"that is {fmt_bytes(short)} past the {self.thresholds.margin:.0%} safety margin."
+               if short > 0 else f"only {fmt_bytes(-short)} inside the {self.thresholds.margin:.0%} safety margin.")
+        )
+        title = f"GPU {s.place.index}: projected step peak {fmt_bytes(p)} of {fmt_bytes(total)} ({p / total:.0%})"
+        action = self._action(s, "Lower the step peak (a smaller micro-batch) or free memory on this GPU.")
+        return _Finding(want, keep, self._warning(s, keep, HEADROOM, title, evidence, sentence, action))
+
+    def _retries(self, s: _Subject, state: _State) -> _Finding:
+        count = s.device.stats.num_alloc_retries
+        before, state.retries = state.retries, count
+        if count <= (before if before is not None else 0):
+            return _NOTHING
+        first = before is None
+        delta = count - (before or 0)
+        level = INFO if first else WARNING
+        evidence: dict[str, float] = {"retries": count, "delta": delta, "reserved": s.device.stats.reserved}
+        if first:
+            sentence = (f"PID {s.pid}'s allocator had already flushed its cache and retried cudaMalloc {count} "
+                        f"time{'s' if count != 1 else ''} before vramtop started watching it.")
+        else:
+            sentence = (f"PID {s.pid}'s allocator flushed its cache and retried cudaMalloc {delta} more "
+                        f"time{'s' if delta != 1 else ''} ({count} in all): each retry synchronises the device "
+                        "and the next failure is an OOM.")
+        frag = fragmentation(s.device.stats) or 0.0
+        if s.agent.expandable_segments is not True and frag > self.thresholds.frag_ratio:
+            action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True so freed blocks can be reused instead "
+                      "of flushed.")
+        else:
+            action = self._action(s, "Lower the step peak, e.g. a smaller micro-batch with gradient accumulation.")
+        title = f"GPU {s.place.index}: allocation retries in PID {s.pid} ({count})"
+        return _Finding(level, level, self._warning(s, level, RETRIES, title, evidence, sentence, action),
+                        immediate=True, hold=self.thresholds.event_hold)
+
+    def _oom(self, s: _Subject, state: _State, event: Mapping[str, Any] | None) -> _Finding:
+        count = s.device.stats.num_ooms
+        before, state.ooms = state.ooms, count
+        rose = count > (before if before is not None else 0)
+        if event is not None:
+            state.oom_event = event
+        if not rose and event is None:
+            return _NOTHING
+        first = before is None and event is None
+        delta = count - (before or 0)
+        level = WARNING if first else CRITICAL
+        ev = state.oom_event
+        evidence: dict[str, float] = {"ooms": count, "delta": max(0, delta)}
+        detail = ""
+        need = None
+        if ev is not None:
+            requested, free = int(ev.get("requested", 0)), int(ev.get("device_free", 0))
+            evidence.update(requested=requested, device_free=free, device_total=int(ev.get("device_total", 0)))
+            detail = f"; it asked for {fmt_bytes(requested)} with {fmt_bytes(free)} free"
+            if s.place.total:
+                need = max(0, requested - free) + int(s.place.total * self.thresholds.margin)
+        if first:
+            sentence = (f"PID {s.pid} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
+                        "before vramtop started watching it (the program caught the error).")
+        else:
+            # An event may arrive before (or, if the process died, without) the counter's rise.
+            so_far = f" ({count} OOM{'s' if count != 1 else ''} so far)" if count else ""
+            sentence = f"PID {s.pid} ran out of GPU memory{so_far}{detail}."
+        action = self._action(s, "Lower the step peak: a smaller micro-batch with gradient accumulation.", need)
+        title = f"GPU {s.place.index}: out of memory in PID {s.pid}"
+        return _Finding(level, level, self._warning(s, level, OOM, title, evidence, sentence, action),
+                        immediate=True, hold=self.thresholds.event_hold)
+
+    def _leak(self, s: _Subject, state: _State) -> _Finding:
+        t = self.thresholds
+        last = s.device.last_step
+        if last is not None and last.step > t.leak_warmup_steps and last.step != state.last_step:
+            state.last_step = last.step
+            at = s.agent.time
+            if not state.points or at - state.points[-1].time >= t.leak_point_gap:
+                if state.points and last.step < state.points[-1].step:
+                    state.points.clear()  # the step counter went back: another run in this process
+                state.points.append(LeakPoint(last.step, at, last.persistent))
+                while len(state.points) > t.leak_window:
+                    state.points.popleft()
+                state.fit = fit_leak(state.points)
+        fit = state.fit
+        if fit is None or fit.points < t.leak_min_points or fit.per_second <= 0:
+            return _NOTHING
+        raise_ok = (fit.seconds >= t.leak_min_span and fit.monotone >= t.leak_monotone
+                    and fit.largest_jump <= t.leak_max_jump and fit.growth >= t.leak_min_growth
+                    and fit.growth >= 3 * fit.noise and fit.per_second >= t.leak_min_rate)
+        keep_ok = (fit.monotone >= t.leak_monotone_clear and fit.growth >= t.leak_min_growth / 2
+                   and fit.per_second >= t.leak_min_rate / 2)
+        if not keep_ok:
+            return _NOTHING
+        total = s.place.total
+        eta = margin_eta = steps_eta = None
+        if total:
+            eta = max(0.0, (total - s.projected) / fit.per_second)
+            margin_eta = max(0.0, (total * (1 - t.margin) - s.projected) / fit.per_second)
+            steps_eta = max(0.0, (total - s.projected) / fit.per_step) if fit.per_step > 0 else None
+        level = (CRITICAL if eta is not None and eta < t.leak_critical
+                 else INFO if eta is not None and eta > t.leak_horizon else WARNING)
+        evidence: dict[str, float] = {
+            "per_step": fit.per_step, "per_second": fit.per_second, "growth": fit.growth, "points": fit.points,
+            "steps": fit.steps, "seconds": fit.seconds, "monotone": fit.monotone,
+            "persistent": last.persistent if last else 0, "projected": s.projected,
+        }
+        if eta is not None:
+            evidence.update(seconds_to_oom=eta, seconds_to_margin=margin_eta or 0.0)
+        if steps_eta is not None:
+            evidence["steps_to_oom"] = steps_eta
+        when = ("" if eta is None else
+                f"; at this rate the step peak reaches the device total in ~{_duration(eta)}"
+                + (f" (~{steps_eta:,.0f} steps)" if steps_eta is not None else "")
+                + f" and the {t.margin:.0%} margin in ~{_duration(margin_eta or 0.0)}")
+        sentence = (f"Memory still allocated after each optimizer step in PID {s.pid} grew "
+                    f"{fmt_bytes(int(fit.growth))} over the last {fit.steps} steps ({_duration(fit.seconds)}): "
+                    f"{fmt_bytes(int(fit.per_step))}/step, {fmt_bytes(int(fit.per_second * 60))}/min{when}.")
+        action = ("Look for tensors kept across steps: losses or outputs appended to a list without .item() or "
+                  ".detach(), growing caches, or hooks that store activations.")
+        title = f"GPU {s.place.index}: persistent memory of PID {s.pid} grows {fmt_bytes(int(fit.per_step))}/step"
+        want = level if raise_ok else None
+        return _Finding(want, level, self._warning(s, level, LEAK, title, evidence, sentence, action))
+
+    def _fragmentation(self, s: _Subject) -> _Finding:
+        t = self.thresholds
+        stats = s.device.stats
+        frag = fragmentation(stats)
+        proxy = frag is None
+        if frag is None and s.agent.expandable_segments is not True:
+            frag = fragmentation_proxy(stats)  # meaningless with expandable segments
+        if frag is None:
+            return _NOTHING
+        cache = stats.reserved - stats.allocated
+        floor = max(t.frag_min_cache, int(t.frag_min_share * s.place.total)) if s.place.total else t.frag_min_cache
+        high = frag > t.frag_ratio and cache >= floor
+        keep = frag > t.frag_clear_ratio and cache >= floor * 3 // 4
+        if not keep:
+            return _NOTHING
+        lines = self._lines(s)
+        pressed = stats.num_alloc_retries > 0 or (lines is not None and s.projected > lines[0])
+        level = WARNING if pressed else INFO
+        evidence: dict[str, float] = {"fragmentation": frag, "cache": cache, "retries": stats.num_alloc_retries}
+        if stats.largest_free_block is not None:
+            evidence["largest_free_block"] = stats.largest_free_block
+        block = ("" if stats.largest_free_block is None
+                 else f", its largest free block only {fmt_bytes(stats.largest_free_block)}")
+        sentence = (f"PID {s.pid}'s allocator caches {fmt_bytes(cache)} unused by any tensor{block}: fragmentation "
+                    f"{frag:.2f}{' (estimated between snapshots)' if proxy else ''}"
+                    + (f", with {stats.num_alloc_retries} allocation retries." if stats.num_alloc_retries else "."))
+        if s.agent.expandable_segments is True:
+            action = ("Expandable segments are already on: make tensor sizes repeat (pad sequence lengths to a few "
+                      "buckets) so freed blocks are reused.")
+        else:
+            action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts so the cache "
+                      "stays usable for large tensors.")
+        title = f"GPU {s.place.index}: fragmented allocator cache in PID {s.pid} ({frag:.2f} of {fmt_bytes(cache)})"
+        return _Finding(level if high else None, level,
+                        self._warning(s, level, FRAGMENTATION, title, evidence, sentence, action))
+
+    def _neighbours(self, subjects: Sequence[_Subject],
+                    places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], _Finding]:
+        t = self.thresholds
+        out: dict[tuple[str, str, int | None], _Finding] = {}
+        by_place: dict[str, list[_Subject]] = {}
+        for s in subjects:
+            by_place.setdefault(s.place.uuid, []).append(s)
+        for uuid, training in by_place.items():
+            place = places[uuid]
+            if any(s.row is None for s in training) and place.processes:
+                # A training process NVML lists under a PID we could not match (PID namespaces):
+                # any row might be its own, so no row can be called a neighbour.
+                continue
+            floor = min(t.neighbour_min_bytes, int(t.neighbour_min_share * place.total)) if place.total \
+                else t.neighbour_min_bytes
+            pressed = any((ln := self._lines(s)) is not None and s.projected > ln[0] for s in training)
+            for proc in place.processes:
+                used = proc.used_memory
+                victims = [s for s in training if s.pid != proc.pid]
+                if used is None or not victims or used < floor * 3 // 4:
+                    continue
+                level = WARNING if pressed else INFO
+                who = proc.command or proc.name or "command unknown"
+                if proc.visibility == NOT_VISIBLE:
+                    who += ", not visible here: another container?"
+                if proc.user:
+                    who += f", user {proc.user}"
+                pids = ", ".join(str(s.pid) for s in victims)
+                share = used / place.total if place.total else 0.0
+                sentence = (f"PID {proc.pid} ({_short(who)}) holds {fmt_bytes(used)}"
+                            + (f" ({share:.0%} of the GPU)" if place.total else "")
+                            + f" on GPU {place.index}, next to training PID {pids}.")
+                action = (f"Stop PID {proc.pid} or move it to another GPU (CUDA_VISIBLE_DEVICES): that gives "
+                          f"{fmt_bytes(used)} back to training.")
+                title = f"GPU {place.index}: PID {proc.pid} holds {fmt_bytes(used)} next to training"
+                warning = RiskWarning(level, NEIGHBOUR, uuid, place.index, proc.pid, title,
+                                      {"used": used, "share": share, "threshold": floor}, sentence, action)
+                out[(NEIGHBOUR, uuid, proc.pid)] = _Finding(level if used >= floor else None, level, warning)
+        return out
+
+
+def assess(sample: Sample, thresholds: Thresholds | None = None) -> tuple[RiskWarning, ...]:
+    """The warnings one sample supports on its own (``vramtop --once``): no hysteresis, no leak
+    trend; retries and OOMs count as having happened before."""
+    t = replace(thresholds or Thresholds(), raise_after=1)
+    return RiskTracker(t).update(sample)
+
+
+def _oom_events(events: Iterable[Any]) -> dict[tuple[int, int], Mapping[str, Any]]:
+    """OOM events by (PID, CUDA device index), from live messages or recorded Events."""
+    out: dict[tuple[int, int], Mapping[str, Any]] = {}
+    for e in events:
+        if isinstance(e, Mapping):
+            kind, pid, data = e.get("kind"), e.get("pid"), e.get("data", e)
+        else:
+            kind, pid, data = getattr(e, "kind", None), getattr(e, "pid", None), getattr(e, "data", {})
+        if kind != "oom" or pid is None or not isinstance(data, Mapping):
+            continue
+        out[(int(pid), int(data.get("device", 0)))] = data
+    return out
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+# -- the OOM post-mortem ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostMortem:
+    """What an OOM asked for, what there was, where the memory had gone, and what to change."""
+
+    step: int | None
+    time: float | None
+    device_index: int | None
+    requested: int
+    device_free: int
+    device_total: int
+    missing: int  # requested - free: what the device lacked
+    need: int  # what the step peak must drop by to fit with the safety margin
+    fragmented: bool | None  # the cache held enough in total, but in blocks too small
+    bill: Bill | None  # at the last sample before the OOM
+    advice: tuple[Advice, ...]
+    top: Advice | None
+    lines: tuple[str, ...]
+
+
+def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvml_process_used: int | None, *,
+                       expandable_segments: bool | None = None, thresholds: Thresholds | None = None,
+                       assumptions: Assumptions | None = None) -> PostMortem:
+    """A human summary of one OOM.
+
+    ``event`` is what the agent's OOM observer records (device, requested, device_total,
+    device_free, step, time); ``device`` the agent's last figures for that device before it;
+    ``nvml_process_used`` NVML's per-process figure then. Advice counts as sufficient what
+    frees the missing bytes plus the safety margin.
+    """
+    t = thresholds or Thresholds()
+    requested = int(event.get("requested", 0))
+    free = int(event.get("device_free", 0))
+    total = int(event.get("device_total", 0))
+    step = event.get("step")
+    index = event.get("device")
+    missing = max(0, requested - free)
+    need = missing + int(total * t.margin)
+    where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
+    lines = [f"OOM{f' at step {step}' if step is not None else ''} on {where}: asked for {fmt_bytes(requested)} "
+             f"with {fmt_bytes(free)} free of {fmt_bytes(total)}, {fmt_bytes(missing)} short."]
+    bill: Bill | None = None
+    fragmented: bool | None = None
+    advice: tuple[Advice, ...] = ()
+    if device is not None:
+        stats = device.stats
+        cache = stats.reserved - stats.allocated
+        if stats.largest_free_block is not None:
+            fragmented = cache >= requested > stats.largest_free_block
+            lines.append(f"The allocator held {fmt_bytes(cache)} of cache at the last sample, its largest free "
+                         f"block {fmt_bytes(stats.largest_free_block)}"
+                         + (": enough in total but in pieces too small (fragmentation)." if fragmented else "."))
+        bill = bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used)
+        parts = [f"{name} {fmt_bytes(v)}" for name, v in bill.categories() if v]
+        if parts:
+            lines.append("Bill at the allocator's peak: " + " · ".join(parts) + ".")
+        advice = advise(bill, device_total=total or None, margin=t.margin,
+                        expandable_segments=expandable_segments,
+                        fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
+                        need=need, cache=cache, assumptions=assumptions)
+    lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
+    # A fragmented cache that held enough bytes is fixed by the allocator setting first.
+    top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
+    top = top or top_advice(advice)
+    if top is not None:
+        lines.append(f"First thing to try ({top.lever}): {top.text}")
+    elif device is None:
+        lines.append("No allocator figures for this process: start it with `vramtop run` to see the bill.")
+    return PostMortem(step if isinstance(step, int) else None, event.get("time"), index if isinstance(index, int)
+                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines))
