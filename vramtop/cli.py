@@ -64,6 +64,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("attach", "vramtop.commands.attach", "the monitor focused on one process (PID), with its agent if it has one"),
     ("run", "vramtop.commands.run", "run a training command with the vramtop agent in every Python process"),
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
+    ("report", "vramtop.commands.report", "summarize a recording: text, JSON, a web page or a PNG timeline"),
 ]
 
 
