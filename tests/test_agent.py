@@ -404,7 +404,12 @@ def test_gradients_now_follow_zero_grad_while_the_peak_keeps_their_full_size(age
     param_bytes = sum(rounded(p.numel() * 4) for p in model.parameters())
     model(torch.randn(8, 64)).sum().backward()
     opt.step()  # the census at this boundary sees every gradient
-    wait_for(lambda: agent._latest.devices[0].census and agent._latest.devices[0].census.gradients == param_bytes)
+
+    def census():
+        sample = agent._latest
+        return sample.devices[0].census if sample and sample.devices else None
+
+    wait_for(lambda: (c := census()) and c.gradients == param_bytes)
     opt.zero_grad(set_to_none=True)  # the program frees them
-    census = wait_for(lambda: (c := agent._latest.devices[0].census) and c.gradients == 0 and c)
-    assert census.gradients_peak == param_bytes
+    freed = wait_for(lambda: (c := census()) and c.gradients == 0 and c)
+    assert freed.gradients_peak == param_bytes

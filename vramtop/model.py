@@ -162,6 +162,7 @@ class AgentSample:
     expandable_segments: bool | None = None
     dropped: int = 0  # frames the agent dropped because a monitor was slow
     host_pid: int | None = None  # the PID as NVML reports it, when the monitor could match it
+    error: str | None = None  # the agent's last internal error (it keeps going; shown, not hidden)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ DEVICE_RESCAN = 2.0  # seconds between checks for newly used devices
 # Allocator figures are read at most this often at step boundaries: steps faster than this
 # are grouped, so a launch-bound loop of 2 ms steps pays ~20 us per 20 ms, not per step.
 BOUNDARY_GAP = 0.02
+# Module-call hooks stay until this many optimizer steps in a row met no new model.
+DISCOVERY_STEPS = 3
+# The sampler gives up after this many failed ticks in a row (a torch it cannot read).
+MAX_TICK_ERRORS = 20
 # Work done while holding the GIL (census, snapshot) is spaced so that it takes at most this
 # share of wall time, however large the model or the allocator's block list.
 GIL_BUDGET = 0.002
@@ -84,6 +88,11 @@ class Agent:
         self._last_boundary: _Boundary | None = None
         self._train_thread: int | None = None
         self._hooks: list[Any] = []
+        self._discovery: list[Any] = []  # the module-call hooks, removed once the models are known
+        self._call_depth = threading.local()
+        self._quiet_steps = 0  # optimizer steps in a row that met no new model
+        self._new_model = False
+        self.tick_errors = 0
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
         self._last_boundary_read = 0.0
@@ -104,10 +113,12 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._end_discovery()
         for hook in self._hooks:
             with contextlib.suppress(Exception):
                 hook.remove()
         self._hooks.clear()
+        _oom_observer.agent = None
         if self._server is not None:
             self._server.stop()
 
@@ -140,7 +151,14 @@ class Agent:
             while not self._stop.wait(self.interval):
                 if os.getpid() != self.pid:
                     return
-                self.tick()
+                try:
+                    self.tick()
+                    self.tick_errors = 0
+                except Exception as err:
+                    self.error = f"{type(err).__name__}: {err}"
+                    self.tick_errors += 1
+                    if self.tick_errors >= MAX_TICK_ERRORS:
+                        raise
         except Exception as err:
             self.error = f"{type(err).__name__}: {err}"
             with contextlib.suppress(Exception):
@@ -178,16 +196,45 @@ class Agent:
     # -- hooks on the training thread: microseconds, never raise ---------------------------
 
     def _register_hooks(self, torch: Any) -> None:
-        # torch.optim does not always expose its ``optimizer`` submodule as an attribute.
+        # torch.optim and torch.nn do not always expose their submodules as attributes.
         base = getattr(getattr(torch, "optim", None), "Optimizer", None)
         optim = sys.modules.get(getattr(base, "__module__", ""), None)
         register = getattr(optim, "register_optimizer_step_post_hook", None)
         if register is not None:
             self._hooks.append(register(self._after_optimizer_step))
-        attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
-        if attach is not None:
+        module_base = getattr(getattr(torch, "nn", None), "Module", None)
+        modules = sys.modules.get(getattr(module_base, "__module__", ""), None)
+        pre = getattr(modules, "register_module_forward_pre_hook", None)
+        post = getattr(modules, "register_module_forward_hook", None)
+        if pre is not None and post is not None:
             with contextlib.suppress(Exception):
-                attach(self._on_oom)
+                self._discovery.append(pre(self._before_module_call))
+                self._discovery.append(post(self._after_module_call, always_call=True))
+        _oom_observer.attach(torch, self)
+
+    # Models are found by watching module calls for a few steps: the outermost module a thread
+    # calls is a model (the frozen base of a LoRA model included). Once optimizer steps stop
+    # meeting new models, the hooks are removed and module calls cost nothing again.
+
+    def _before_module_call(self, module: Any, args: Any) -> None:
+        try:
+            depth = getattr(self._call_depth, "depth", 0)
+            self._call_depth.depth = depth + 1
+            if depth == 0 and module not in self._modules:
+                self._modules.add(module)
+                self._new_model = True
+        except Exception:
+            pass
+
+    def _after_module_call(self, module: Any, args: Any, output: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._call_depth.depth = max(0, getattr(self._call_depth, "depth", 1) - 1)
+
+    def _end_discovery(self) -> None:
+        for hook in self._discovery:
+            with contextlib.suppress(Exception):
+                hook.remove()
+        self._discovery.clear()
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Runs on the training thread after every optimizer step: a counter, and at most
@@ -197,6 +244,11 @@ class Agent:
             if os.getpid() != self.pid or self._stop.is_set():
                 return
             self.step += 1
+            if self._discovery:
+                self._quiet_steps = 0 if self._new_model else self._quiet_steps + 1
+                self._new_model = False
+                if self._quiet_steps >= DISCOVERY_STEPS and self._modules:
+                    self._end_discovery()
             new_optimizer = optimizer not in self._optimizers
             if new_optimizer:
                 self._optimizers.add(optimizer)
@@ -214,7 +266,7 @@ class Agent:
             self._boundaries.append(_Boundary(self.step, now, current, peak))
             if new_optimizer or self._census_due(now):
                 self._census()
-        except Exception:  # noqa: BLE001, S110 - the training step must go on
+        except Exception:
             pass
 
     def _on_oom(self, device: int, requested: int, device_total: int, device_free: int) -> None:
@@ -230,11 +282,8 @@ class Agent:
         now = time.monotonic()
         self._rescan_devices()
         self._close_steps()
-        phase, root = inspect_thread(self._train_thread or threading.main_thread().ident or 0)
+        phase = inspect_thread(self._train_thread or threading.main_thread().ident or 0)
         self.phase = phase
-        if root is not None and hasattr(root, "parameters"):
-            with contextlib.suppress(TypeError):
-                self._modules.add(root)
         if now - self._last_snapshot >= max(1.0, self._snapshot_cost / GIL_BUDGET):
             snapshot = ts.take_snapshot(torch)
             self._last_snapshot = now
@@ -263,6 +312,7 @@ class Agent:
             phase=phase,
             rank=_env_int("RANK"),
             expandable_segments=ts.expandable_segments(self._snapshot),
+            error=self.error,
             dropped=self._server.dropped if self._server else 0,
         )
         self._latest = sample
@@ -286,8 +336,10 @@ class Agent:
 
     def _close_steps(self) -> None:
         """Turn the step boundaries recorded by the hook into per-step peaks."""
+        closed = False
         while self._boundaries:
             boundary = self._boundaries.popleft()
+            closed = True
             previous = self._last_boundary
             self._last_boundary = boundary
             if previous is None:
@@ -314,6 +366,10 @@ class Agent:
                     exact=exact,
                     steps=boundary.step - previous.step,
                 )
+        # The sampled maxima cover every boundary that closed since the last tick (they all fell
+        # between the same two samples); start afresh for the next ones.
+        if closed:
+            for state in self._devices.values():
                 state.max_allocated = state.max_reserved = 0
 
     def _gradients_now(self) -> dict[int, int] | None:
@@ -358,3 +414,30 @@ class Agent:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value and value.isdigit() else None
+
+
+class _OomObserver:
+    """torch keeps every observer it is given for the life of the process, so one is attached
+    per process and forwards to whichever agent is current."""
+
+    def __init__(self) -> None:
+        self.attached = False
+        self.agent: Agent | None = None
+
+    def attach(self, torch: Any, agent: Agent) -> None:
+        self.agent = agent
+        if self.attached:
+            return
+        attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
+        if attach is not None:
+            with contextlib.suppress(Exception):
+                attach(self)
+                self.attached = True
+
+    def __call__(self, device: int, requested: int, device_total: int, device_free: int) -> None:
+        agent = self.agent
+        if agent is not None:
+            agent._on_oom(device, requested, device_total, device_free)
+
+
+_oom_observer = _OomObserver()

@@ -28,7 +28,7 @@ def _load_agent() -> None:
                     sys.modules["vramtop"] = module
                     spec.loader.exec_module(module)
         import vramtop.agent._autostart  # noqa: F401 - starts the agent if VRAMTOP_AGENT is set
-    except Exception as err:  # noqa: BLE001 - never break the program's start-up
+    except Exception as err:
         if os.environ.get("VRAMTOP_DEBUG"):
             print(f"vramtop: agent not started: {err}", file=sys.stderr)
 
@@ -43,7 +43,7 @@ def _chain_to_the_programs_sitecustomize() -> None:
     except ImportError:
         if this_module is not None:
             sys.modules["sitecustomize"] = this_module
-    except Exception as err:  # noqa: BLE001 - the program's own sitecustomize failed: say so
+    except Exception as err:
         print(f"sitecustomize failed: {err!r}", file=sys.stderr)
     finally:
         sys.path[:] = saved_path
