@@ -413,3 +413,22 @@ def test_gradients_now_follow_zero_grad_while_the_peak_keeps_their_full_size(age
     opt.zero_grad(set_to_none=True)  # the program frees them
     freed = wait_for(lambda: (c := census()) and c.gradients == 0 and c)
     assert freed.gradients_peak == param_bytes
+
+
+def test_a_device_that_gets_memory_after_cuda_init_is_picked_up_at_the_first_step(agent_dir):
+    fake = FakeCudaTorch(torch)  # CUDA initialised, nothing allocated yet
+    fake.initialized = True
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake, device_type="cpu")
+    a.start()
+    try:
+        wait_for(lambda: a.active)
+        assert a._latest is not None and a._latest.devices == ()
+        fake.allocator.set(64 * MiB)  # the first allocation
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(torch.randn(8, 64)).sum().backward()
+        opt.step()
+        # Known at once (not at the next periodic rescan), with a census from this very step.
+        assert list(a._devices) == [0] and a._devices[0].census is not None
+    finally:
+        a.stop()

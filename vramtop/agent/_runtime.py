@@ -71,6 +71,9 @@ class Agent:
     def __init__(self, interval: float = DEFAULT_INTERVAL, directory: Path | None = None,
                  torch: Any = None, device_type: str = "cuda") -> None:
         self.interval = interval
+        # Allocator snapshots give the largest free block (exact fragmentation); without them
+        # fragmentation is the inactive-split proxy. VRAMTOP_AGENT_SNAPSHOTS=0 turns them off.
+        self.snapshots = os.environ.get("VRAMTOP_AGENT_SNAPSHOTS", "1") != "0"
         # Both are injected only by CPU-only tests, which fake the CUDA allocator.
         self._given_torch = torch
         self._device_type = device_type
@@ -257,6 +260,8 @@ class Agent:
                 return
             self._last_boundary_read = now
             self._train_thread = threading.get_ident()
+            if not self._devices:
+                self._rescan_devices(force=True)  # the first step came before the first tick saw memory
             current, peak = {}, {}
             for index in list(self._devices):
                 raw = ts.raw_stats(self._torch, index)
@@ -284,7 +289,7 @@ class Agent:
         self._close_steps()
         phase = inspect_thread(self._train_thread or threading.main_thread().ident or 0)
         self.phase = phase
-        if now - self._last_snapshot >= max(1.0, self._snapshot_cost / GIL_BUDGET):
+        if self.snapshots and now - self._last_snapshot >= max(1.0, self._snapshot_cost / GIL_BUDGET):
             snapshot = ts.take_snapshot(torch)
             self._last_snapshot = now
             if snapshot is not None:
@@ -324,7 +329,9 @@ class Agent:
 
     def _rescan_devices(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_rescan < DEVICE_RESCAN:
+        # CUDA can be initialised a moment before the first allocation: until a device shows
+        # up, look at every tick.
+        if not force and self._devices and now - self._last_rescan < DEVICE_RESCAN:
             return
         self._last_rescan = now
         for index in ts.used_devices(self._torch):
