@@ -71,3 +71,14 @@ def test_fragmentation_definitions():
     assert fragmentation_proxy(stats(inactive_split=3 * GiB)) == 0.5
     assert largest_fit(stats(largest=GiB), device_free=5 * GiB) == 5 * GiB
     assert largest_fit(stats(largest=None), device_free=None) is None
+
+
+def test_gradients_freed_since_the_boundary_are_not_billed_and_the_sum_still_holds():
+    # Counted at the boundary: 1 GiB of gradients. Now only 5.5 GiB is allocated: params 3,
+    # optimizer 2, other 0.5 leave room for 0 GiB of gradients -> they were freed.
+    dev = device(stats=stats(allocated=int(5.5 * GiB), reserved=36 * GiB),
+                 last_step=StepPeak(step=3, duration=0.3, peak_allocated=40 * GiB, peak_reserved=44 * GiB,
+                                    persistent=int(6.5 * GiB), exact=True))
+    bill = bill_now(dev, nvml_used=37 * GiB)
+    assert bill.gradients == 0 and bill.activations == 0 and bill.other_persistent == GiB // 2
+    assert total(bill) == 37 * GiB

@@ -10,7 +10,6 @@ the unit of ``allocated_bytes``.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,10 +46,9 @@ class _Counter:
 
 
 def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
-                device_type: str = "cuda", trainable_out: list[Any] | None = None) -> dict[int, TensorCensus]:
+                device_type: str = "cuda") -> dict[int, TensorCensus]:
     """Per device index, the bytes of each persistent category (``device_type`` is "cpu" only in
-    CPU-only tests). ``trainable_out`` receives weak references to the trainable parameters, for
-    the cheaper :func:`gradient_bytes` between censuses."""
+    CPU-only tests). Call it on the training thread only (see _runtime.py)."""
     optimizers = list(optimizers)
     modules = list(modules)
     params: dict[int, Any] = {}
@@ -66,8 +64,6 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
     counter = _Counter(torch, device_type)
     for p in params.values():
         counter.add(p, TRAINABLE if p.requires_grad else FROZEN)
-    if trainable_out is not None:
-        trainable_out[:] = [weakref.ref(p) for p in params.values() if p.requires_grad]
     for p in params.values():
         if p.grad is not None:
             counter.add(p.grad, GRADIENTS)
@@ -96,17 +92,6 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
         )
         for device, b in counter.bytes.items()
     }
-
-
-def gradient_bytes(torch: Any, trainable: Iterable[Any], device_type: str = "cuda") -> dict[int, int]:
-    """Bytes of the gradients that exist right now, per device (they come and go within a step:
-    ``zero_grad(set_to_none=True)`` frees them)."""
-    counter = _Counter(torch, device_type)
-    for ref in trainable:
-        p = ref()
-        if p is not None and p.grad is not None:
-            counter.add(p.grad, GRADIENTS)
-    return {device: b[GRADIENTS] for device, b in counter.bytes.items()}
 
 
 def describe(optimizers: list[Any], modules: list[Any], n_params: int, opaque: list[str]) -> str:

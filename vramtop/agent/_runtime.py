@@ -1,5 +1,11 @@
 """The agent: waits for the program to use CUDA, then samples the allocator and serves it.
 
+Tensors are only ever touched on the program's own thread, in the optimizer-step hook (and,
+without an optimizer, after a model's forward call): the autograd engine writes ``.grad`` from
+its own threads without the GIL, so reading a tensor from the sampler thread is a data race
+that can crash the process. The sampler thread reads only the allocator's own statistics and
+snapshots, which the allocator serves under its lock.
+
 Rules it keeps (each has a test): it never initialises CUDA (it waits for
 ``torch.cuda.is_initialized()``), never creates a context on a device the program did not
 use, never synchronises, resets peaks, empties the cache or changes allocator settings; its
@@ -26,7 +32,7 @@ from vramtop.model import AgentDevice, AgentSample, StepPeak, TensorCensus
 from vramtop.protocol import runtime_dir
 
 from . import _torchstats as ts
-from ._census import gradient_bytes, take_census
+from ._census import take_census
 from ._server import AgentServer
 from ._stack import inspect_thread
 
@@ -99,8 +105,6 @@ class Agent:
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
         self._last_boundary_read = 0.0
-        self._trainable: list[Any] = []  # weak references to trainable parameters, from the census
-        self._grads_cost = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
@@ -230,8 +234,15 @@ class Agent:
             pass
 
     def _after_module_call(self, module: Any, args: Any, output: Any) -> None:
-        with contextlib.suppress(Exception):
-            self._call_depth.depth = max(0, getattr(self._call_depth, "depth", 1) - 1)
+        try:
+            depth = max(0, getattr(self._call_depth, "depth", 1) - 1)
+            self._call_depth.depth = depth
+            # No optimizer (inference): count what the models hold, here on the calling thread,
+            # between forward passes.
+            if depth == 0 and not self._optimizers and self._devices and self._census_due(time.monotonic()):
+                self._census()
+        except Exception:
+            pass
 
     def _end_discovery(self) -> None:
         for hook in self._discovery:
@@ -294,19 +305,13 @@ class Agent:
             self._last_snapshot = now
             if snapshot is not None:
                 self._snapshot, self._snapshot_cost = snapshot, snapshot.cost
-        if not self._optimizers and self._modules and self._census_due(now):
-            self._census()  # no training seen (inference): count what the models hold
-        grads_now = self._gradients_now()
         devices = []
         for state in self._devices.values():
             stats = ts.allocator_stats(torch, state.index, self._snapshot)
             state.max_allocated = max(state.max_allocated, stats.allocated)
             state.max_reserved = max(state.max_reserved, stats.reserved)
-            census = state.census
-            if census is not None and grads_now is not None:
-                census = replace(census, gradients=grads_now.get(state.index, 0))
             devices.append(AgentDevice(index=state.index, uuid=state.uuid, name=state.name, stats=stats,
-                                       census=census, last_step=state.last_step,
+                                       census=state.census, last_step=state.last_step,
                                        peak_step=state.peak_step))
         sample = AgentSample(
             pid=self.pid,
@@ -379,18 +384,6 @@ class Agent:
             for state in self._devices.values():
                 state.max_allocated = state.max_reserved = 0
 
-    def _gradients_now(self) -> dict[int, int] | None:
-        """Gradient bytes at this tick (None: keep the census's figure, the check is too slow)."""
-        if not self._trainable or self._grads_cost > GIL_BUDGET * self.interval * 10:
-            return None
-        started = time.perf_counter()
-        try:
-            return gradient_bytes(self._torch, list(self._trainable), self._device_type)
-        except RuntimeError:
-            return None
-        finally:
-            self._grads_cost = time.perf_counter() - started
-
     def _census_due(self, now: float) -> bool:
         return now - self._last_census >= max(1.0, self._census_cost / GIL_BUDGET)
 
@@ -398,8 +391,7 @@ class Agent:
         self._last_census = time.monotonic()
         started = time.perf_counter()
         try:
-            result = take_census(self._torch, self._optimizers, self._modules, self._device_type,
-                                 trainable_out=self._trainable)
+            result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
         except RuntimeError:  # a dict changed size while the program was building its model
             return
         finally:

@@ -52,12 +52,16 @@ def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | N
     if census is None or gradients is None:
         return Bill(None, None, None, None, None, None, reserved - allocated, non_pytorch, allocated, reserved,
                     nvml_used)
-    counted = census.parameters_trainable + census.parameters_frozen + gradients + census.optimizer_state
+    fixed = census.parameters_trainable + census.parameters_frozen + census.optimizer_state
     other = 0
     if device.last_step is not None:
         # At the step boundary every gradient exists, so compare with the full gradient size.
-        at_boundary = counted - gradients + census.gradients_peak
-        other = max(0, device.last_step.persistent - at_boundary)
+        other = max(0, device.last_step.persistent - fixed - census.gradients_peak)
+    # Gradients are counted at the step boundary (the agent reads tensors only on the training
+    # thread). If less is allocated now than that count allows, the program has freed them
+    # since (zero_grad(set_to_none=True)): bill only what can still exist.
+    gradients = min(gradients, max(0, allocated - fixed - other))
+    counted = fixed + gradients
     return Bill(
         parameters_trainable=census.parameters_trainable,
         parameters_frozen=census.parameters_frozen,
@@ -74,7 +78,8 @@ def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | N
 
 
 def bill_now(device: AgentDevice, nvml_used: int | None) -> Bill:
-    """The bill at the latest sample (the census may be up to a second older)."""
+    """The bill at the latest sample. Parameters, gradients and optimizer state are as counted
+    at the last census (a step boundary); gradients freed since are taken out (see _bill)."""
     stats = device.stats
     grads = device.census.gradients if device.census else None
     return _bill(device, stats.allocated, stats.reserved, grads, nvml_used)
