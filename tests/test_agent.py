@@ -433,8 +433,8 @@ def test_a_device_that_gets_memory_after_cuda_init_is_picked_up_at_the_first_ste
     a = Agent(interval=0.02, directory=agent_dir, torch=fake, device_type="cpu")
     a.start()
     try:
-        wait_for(lambda: a.active)
-        assert a._latest is not None and a._latest.devices == ()
+        wait_for(lambda: a.active and a._latest is not None)
+        assert a._latest.devices == ()
         fake.allocator.set(64 * MiB)  # the first allocation
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
