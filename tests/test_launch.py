@@ -154,3 +154,17 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert with_agent and with_agent[-1].agents[0].devices[0].stats.allocated == 123 << 20
     ooms = [e for e in recording.events if e.kind == "oom"]
     assert ooms and ooms[0].data["requested"] == 1 << 30
+
+
+def test_run_reaches_every_torchrun_rank(runtime, tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys\n"
+        "agent = sys.modules.get('vramtop.agent')\n"
+        "print('RANK', os.environ['RANK'], 'AGENT', agent is not None and agent.current() is not None, flush=True)\n"
+    )
+    result = vramtop("run", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc_per_node", "2", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RANK 0 AGENT True" in result.stdout and "RANK 1 AGENT True" in result.stdout
