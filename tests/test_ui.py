@@ -202,7 +202,8 @@ def line_with(app: VramtopApp, needle: str) -> str:
 
 def row_on_screen(app: VramtopApp, pid: int) -> str:
     """The process table's line for ``pid`` (GPU index, then PID)."""
-    rows = [line for line in screen_text(app).splitlines() if re.match(rf" \d+ +{pid} ", line)]
+    # The PID carries a mark when the process runs the agent.
+    rows = [line for line in screen_text(app).splitlines() if re.match(rf" \d+ +●?{pid} ", line)]
     assert rows, f"no row for PID {pid} on screen:\n{screen_text(app)}"
     return rows[0]
 
@@ -670,3 +671,42 @@ def test_snapshot_confirm_kill_160x48(snap_compare, monkeypatch):
     # The PIDs in ``box`` are made up: let the UI ask about one without looking it up here.
     monkeypatch.setattr("vramtop.ui.app.signal_refusal", lambda pid, create_time: None)
     assert snap_compare(monitor(), terminal_size=WIDE_SIZE, run_before=fed(box(), press=("k",)))
+
+
+# -- the agent's bill and the warnings ---------------------------------------------------------
+
+
+def agent_box(t: float, reserved_peak: int) -> Sample:
+    """TRAIN runs the agent; its allocator peak is ``reserved_peak`` on an 81559 MiB GPU."""
+    from vramtop.model import AgentDevice, AgentSample, AllocatorStats, StepPeak, TensorCensus
+
+    stats = AllocatorStats(allocated=50 * GiB, reserved=58 * GiB, active=50 * GiB, requested=50 * GiB,
+                           inactive_split=0, allocated_peak=reserved_peak - 2 * GiB,
+                           reserved_peak=reserved_peak, num_alloc_retries=0, num_ooms=0)
+    census = TensorCensus(parameters_trainable=7 * GiB, parameters_frozen=0, gradients=7 * GiB,
+                          optimizer_state=14 * GiB, time=t, seen="1 optimizer (AdamW); 1 model (LlamaForCausalLM)",
+                          gradients_peak=7 * GiB)
+    device = AgentDevice(index=0, uuid=GPU0, name="NVIDIA H100 80GB HBM3", stats=stats, census=census,
+                         last_step=StepPeak(step=100, duration=0.9, peak_allocated=reserved_peak - 2 * GiB,
+                                            peak_reserved=reserved_peak, persistent=29 * GiB, exact=False),
+                         peak_step=12)
+    agent = AgentSample(pid=TRAIN.pid, time=t, torch_version="2.11.0", devices=(device,), step=100,
+                        phase="backward")
+    return box(t, agents=(agent,))
+
+
+async def test_the_bill_of_an_agent_process_and_a_headroom_warning_with_advice():
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        # 77 GiB reserved at the peak + the CUDA context + the eval's 900 MiB: past 90% of the card.
+        await feed(pilot, *(agent_box(T0 + i, reserved_peak=77 * GiB) for i in range(4)))
+        assert f"●{TRAIN.pid}" in row_on_screen(app, TRAIN.pid)
+        detail = detail_text(app)
+        for label in ("parameters (trainable)", "optimizer state", "activations & temporaries*",
+                      "= NVML per process", "LlamaForCausalLM", "advice (in the order to try)"):
+            assert label in detail, detail
+        warning = line_with(app, "projected step peak")
+        assert "CRITICAL" in warning or "WARNING" in warning
+        # Back to a comfortable peak: the warning clears (after its hold), it does not flicker.
+        await feed(pilot, *(agent_box(T0 + 10 + i, reserved_peak=40 * GiB) for i in range(8)))
+        assert "projected step peak" not in screen_text(app)

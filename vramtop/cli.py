@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from vramtop import __version__
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
@@ -54,7 +55,28 @@ def _source_options() -> argparse.ArgumentParser:
                         help="seconds between refreshes (default: 1.0)")
     shared.add_argument("--gpu", type=_gpu_list, action="extend", default=None, metavar="IDS",
                         help="only these GPUs: comma-separated NVML indices or UUID prefixes")
+    shared.add_argument("--margin", type=_percent, default=10.0, metavar="PCT",
+                        help="share of each GPU to keep free for evaluation, profiling and debugging; "
+                             "warn when the projected peak eats into it (default: 10)")
     return shared
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= value < 50:
+        raise argparse.ArgumentTypeError("must be from 0 to 50 (percent of the GPU)")
+    return value
+
+
+def thresholds_from(args: argparse.Namespace) -> Any:
+    """The risk thresholds the command line asks for (imported lazily: --help stays fast)."""
+    from vramtop.analysis.risk import Thresholds
+
+    margin = args.margin / 100
+    return Thresholds(margin=margin, critical_margin=margin / 3)
 
 
 # Subcommands: (name, module). Each module defines ``add_arguments(parser)`` and
@@ -103,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.once:
             from vramtop.commands.once import run_once
 
-            return run_once(gpus=args.gpu, as_json=args.json)
+            return run_once(gpus=args.gpu, as_json=args.json, thresholds=thresholds_from(args))
         from vramtop.commands.top import run_top
 
-        return run_top(gpus=args.gpu, interval=args.interval)
+        return run_top(gpus=args.gpu, interval=args.interval, thresholds=thresholds_from(args))
     except VramtopError as err:
         print(f"vramtop: {err.message}", file=sys.stderr)
         return err.exit_code

@@ -57,6 +57,7 @@ def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | N
     if device.last_step is not None:
         # At the step boundary every gradient exists, so compare with the full gradient size.
         other = max(0, device.last_step.persistent - fixed - census.gradients_peak)
+        other = min(other, max(0, allocated - fixed))  # what persisted then need not all exist now
     # Gradients are counted at the step boundary (the agent reads tensors only on the training
     # thread). If less is allocated now than that count allows, the program has freed them
     # since (zero_grad(set_to_none=True)): bill only what can still exist.

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         from vramtop.ui.app import VramtopApp
 
         hint = None if has_agent else enable_hint(pid)
-        VramtopApp(source, interval=args.interval, focus_pid=pid, notice=hint).run()
+        from vramtop.cli import thresholds_from
+
+        VramtopApp(source, interval=args.interval, focus_pid=pid, notice=hint,
+                   thresholds=thresholds_from(args)).run()
     finally:
         source.close()
     return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from vramtop.analysis.risk import Thresholds, assess
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
 from vramtop.sources.agent import AgentSource, MonitorSource
@@ -15,14 +16,17 @@ ONCE_DEADLINE_S = 10.0
 AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
-def run_once(*, gpus: Sequence[str] | None, as_json: bool) -> int:
+def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Thresholds | None = None) -> int:
     source = MonitorSource(NvmlSource(gpus), AgentSource(), agent_wait=AGENT_WAIT_S)
     source.open()
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()
     finally:
         source.close()
-    print(render_json(sample) if as_json else render_text(sample))
+    # One sample: the rules that need no history (headroom, retries, OOMs, fragmentation,
+    # neighbours); the leak trend needs a run, i.e. the live monitor or a recording.
+    warnings = assess(sample, thresholds)
+    print(render_json(sample, warnings) if as_json else render_text(sample, warnings))
     failed = [g for g in sample.gpus if g.error]
     for gpu in failed:
         print(f"vramtop: GPU {gpu.index} ({gpu.uuid}): {gpu.error}", file=sys.stderr)

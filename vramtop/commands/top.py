@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from vramtop.analysis.risk import Thresholds
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
 
 
-def run_top(*, gpus: Sequence[str] | None, interval: float) -> int:
+def run_top(*, gpus: Sequence[str] | None, interval: float, thresholds: Thresholds | None = None) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("the live monitor needs a terminal; use --once or --once --json", EXIT_USAGE)
     # NVML for every process; the allocator bill for those that run the vramtop agent.
@@ -19,7 +20,7 @@ def run_top(*, gpus: Sequence[str] | None, interval: float) -> int:
     from vramtop.ui.app import VramtopApp
 
     try:
-        VramtopApp(source, interval=interval).run()
+        VramtopApp(source, interval=interval, thresholds=thresholds).run()
     finally:
         source.close()
     return EXIT_OK

@@ -4,24 +4,57 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 
 from vramtop import __version__
 from vramtop.model import GpuSample, ProcessSample, Sample
+from vramtop.analysis.risk import RiskWarning
 from vramtop.protocol import sample_document
 from vramtop.units import fmt_bytes, fmt_mib, fmt_rate, mib, percent
 
 
-def render_json(sample: Sample) -> str:
-    return json.dumps(sample_document(sample), indent=2)
+def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
+    """The sample document plus ``warnings`` (each: level, kind, gpu_uuid, gpu_index, pid,
+    title, evidence, sentence, action, since)."""
+    doc = sample_document(sample)
+    doc["warnings"] = [asdict(w) for w in warnings]
+    return json.dumps(doc, indent=2)
 
 
-def render_text(sample: Sample) -> str:
+def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     lines = [_header(sample)]
     if sample.error:
         lines.append(f"! {sample.error}")
     for gpu in sample.gpus:
         lines.extend(_gpu_lines(gpu))
+        lines.extend(_agent_lines(sample, gpu))
+    for w in warnings:
+        lines.append(f"{w.level.upper()}: {w.title} — {w.sentence} → {w.action}")
     return "\n".join(lines)
+
+
+def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
+    """The allocator and the bill of each process on this GPU that runs the agent."""
+    from vramtop.analysis.bill import bill_now
+    from vramtop.ui.widgets.bill import SHORT
+
+    lines = []
+    for proc in gpu.processes:
+        for agent in sample.agents:
+            if agent.pid != proc.pid:
+                continue
+            for device in agent.devices:
+                if device.uuid != gpu.uuid:
+                    continue
+                st = device.stats
+                bill = bill_now(device, proc.used_memory)
+                lines.append(f"  PID {proc.pid} torch: allocated {fmt_bytes(st.allocated)} / reserved "
+                             f"{fmt_bytes(st.reserved)}, retries {st.num_alloc_retries}, OOMs {st.num_ooms}, "
+                             f"step {agent.step}")
+                lines.append("    bill: " + ", ".join(f"{SHORT[name]} {fmt_bytes(value)}"
+                                                     for name, value in bill.categories()))
+    return lines
 
 
 def _header(sample: Sample) -> str:

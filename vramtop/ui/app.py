@@ -15,6 +15,7 @@ from textual.message import Message
 from textual.widgets import Footer, Static
 
 from vramtop.analysis.history import History
+from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
 from vramtop.model import Sample
 from vramtop.processes import send_signal, signal_refusal
 from vramtop.sources.poller import DeadlineReader, Poller, Source
@@ -22,6 +23,7 @@ from vramtop.ui.screens import ConfirmScreen, HelpScreen
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
+from vramtop.ui.widgets.warnings import WarningList
 from vramtop.units import fmt_bytes
 
 # Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
@@ -63,8 +65,10 @@ class VramtopApp(App[None]):
 
     def __init__(self, source: Source, *, interval: float = 1.0, deadline: float = 5.0,
                  poll: bool = True, focus_pid: int | None = None, notice: str | None = None,
-                 **kwargs: Any) -> None:
+                 thresholds: Thresholds | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.risk = RiskTracker(thresholds)
+        self.warnings: tuple[RiskWarning, ...] = ()
         self.focus_pid = focus_pid  # `vramtop attach PID`
         self.notice = notice  # a standing message, e.g. how to enable the agent
         self._source = source
@@ -85,6 +89,7 @@ class VramtopApp(App[None]):
         yield Static(id="status")
         yield Static(id="banner")
         yield GpuList(id="gpus")
+        yield WarningList(id="warnings")
         yield ProcessTable(id="procs")
         yield ProcessDetail(id="detail")
         yield Footer()
@@ -110,6 +115,8 @@ class VramtopApp(App[None]):
 
     def on_sample_arrived(self, message: SampleArrived) -> None:
         self.history.add(message.sample)
+        if not message.sample.stale:  # stale data says nothing new about risk
+            self.warnings = self.risk.update(message.sample)
         self.failure = None
         self.latest = message.sample
         if self.paused:
@@ -127,8 +134,7 @@ class VramtopApp(App[None]):
 
     def on_data_table_row_highlighted(self) -> None:
         if self.sample is not None:
-            self.query_one(ProcessDetail).show(self.sample, self.query_one(ProcessTable).selected_key(),
-                                               self.narrow)
+            self._show_detail(self.sample)
 
     def _set_narrow(self, width: int) -> None:
         self.narrow = width < NARROW_WIDTH
@@ -153,9 +159,19 @@ class VramtopApp(App[None]):
             return
         gpus = tuple(g for g in sample.gpus if self.gpu_filter in (None, g.uuid))
         self.query_one(GpuList).show(gpus, self.history, self.narrow, self.gpu_filter)
+        shown = tuple(w for w in self.warnings if self.gpu_filter in (None, w.gpu_uuid))
+        self.query_one(WarningList).show(shown, self.narrow)
         table = self.query_one(ProcessTable)
         table.show(sample, self.gpu_filter, self.sort, self.narrow)
-        self.query_one(ProcessDetail).show(sample, table.selected_key(), self.narrow)
+        self._show_detail(sample)
+
+    def _show_detail(self, sample: Sample) -> None:
+        key = self.query_one(ProcessTable).selected_key()
+        advice = ()
+        if key is not None:
+            uuid, _, pid = key.rpartition(":")
+            advice = self.risk.advice(int(pid), uuid)
+        self.query_one(ProcessDetail).show(sample, key, self.narrow, advice)
 
     def _problem(self) -> str | None:
         if self.failure and self.sample is None:

@@ -7,11 +7,14 @@ from textual.widgets import Static
 
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
+from vramtop.analysis.advice import Advice
 from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent
+from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
 
 
-def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True) -> Text:
+def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True,
+                  advice: tuple[Advice, ...] = ()) -> Text:
     if key is None:
         return Text("no process selected", style="dim")
     uuid, _, pid_text = key.rpartition(":")
@@ -40,6 +43,7 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
+        t.append_text(render_advice(advice, narrow))
         return t
     t.append("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
@@ -56,11 +60,11 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
 
 
 class ProcessDetail(Static):
-    def show(self, sample: Sample, key: str | None, narrow: bool = True) -> None:
+    def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = ()) -> None:
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
         self.set_class(bool(found), "agent")
-        content = render_detail(sample, key, width, narrow)
+        content = render_detail(sample, key, width, narrow, advice)
         if content != getattr(self, "_drawn", None):  # unchanged: no redraw
             self._drawn = content
             self.update(content)

@@ -1,0 +1,56 @@
+"""The warnings in force, most severe first: what, the numbers, and one thing to do."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from vramtop.analysis.advice import Advice
+from vramtop.analysis.risk import RiskWarning
+from vramtop.units import fmt_bytes
+
+LEVEL_STYLES = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
+MAX_SHOWN = 4
+
+
+def render_warnings(warnings: tuple[RiskWarning, ...], width: int, narrow: bool) -> Text:
+    lines = []
+    for w in warnings[:MAX_SHOWN]:
+        line = Text()
+        line.append(f" {w.level.upper()} ", style=LEVEL_STYLES.get(w.level, "bold"))
+        line.append(f" {w.title}", style="bold")  # the title names the GPU and the process
+        if not narrow:
+            line.append(f" — {w.sentence}")
+        line.append(" → ", style="dim")
+        line.append(w.action, style="italic")
+        line.truncate(width, overflow="ellipsis")
+        lines.append(line)
+    if len(warnings) > MAX_SHOWN:
+        lines.append(Text(f" … and {len(warnings) - MAX_SHOWN} more", style="dim"))
+    return Text("\n").join(lines)
+
+
+def render_advice(advice: tuple[Advice, ...], narrow: bool) -> Text:
+    """The levers, in the order to try them, each with what it would free at the peak."""
+    out = Text()
+    shown = advice[: 2 if narrow else 4]
+    if not shown:
+        return out
+    out.append("\nadvice (in the order to try):", style="bold")
+    for item in shown:
+        out.append("\n • ")
+        out.append(f"{item.lever} ", style="bold cyan")
+        out.append(f"−{fmt_bytes(item.saves)} ", style="green")
+        out.append(item.text, style="" if not item.conditional else "dim")
+    return out
+
+
+class WarningList(Static):
+    """Hidden when nothing is wrong."""
+
+    def show(self, warnings: tuple[RiskWarning, ...], narrow: bool) -> None:
+        self.display = bool(warnings)
+        content = render_warnings(warnings, max(self.size.width, 40), narrow)
+        if content != getattr(self, "_drawn", None):
+            self._drawn = content
+            self.update(content)
