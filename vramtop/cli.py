@@ -85,6 +85,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     # (name, module, one-line help)
     ("attach", "vramtop.commands.attach", "the monitor focused on one process (PID), with its agent if it has one"),
     ("run", "vramtop.commands.run", "run a training command with the vramtop agent in every Python process"),
+    ("replay", "vramtop.commands.replay", "the monitor over a recording: pause, step, jump to warnings and the peak"),
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
     ("report", "vramtop.commands.report", "summarize a recording: text, JSON, a web page or a PNG timeline"),
 ]

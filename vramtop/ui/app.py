@@ -173,6 +173,10 @@ class VramtopApp(App[None]):
             advice = self.risk.advice(int(pid), uuid)
         self.query_one(ProcessDetail).show(sample, key, self.narrow, advice)
 
+    def status_extra(self) -> Text:
+        """Shown right after the name in the status line (a replay's playhead)."""
+        return Text()
+
     def _problem(self) -> str | None:
         if self.failure and self.sample is None:
             return self.failure
@@ -184,6 +188,7 @@ class VramtopApp(App[None]):
     def _status_line(self) -> Text:
         t = Text()
         t.append(" vramtop ", style="bold reverse")
+        t.append_text(self.status_extra())
         sample = self.sample
         if sample is not None:
             host = sample.host

@@ -23,6 +23,7 @@ HELP = """\
   ↑ ↓        select a process; its details show below the table
   t          send SIGTERM to the selected process (asks first)
   k          send SIGKILL to the selected process (asks first)
+  replay:    → ← step · + - speed · w next warning · P peak · Home End
 
 [b]Numbers[/b] (nvidia-smi's names)
   used / free / reserved / total: memory.used / .free / .reserved / .total,

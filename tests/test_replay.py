@@ -1,0 +1,111 @@
+"""`vramtop replay`: the monitor over a recording, driven by its playhead."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_tui_tmux import SESSION, Tmux
+from tests.test_ui import line_with, screen_text
+from vramtop.recording import read_recording
+from vramtop.ui.replay import ReplayApp, _peak_index
+from vramtop.units import mib
+
+REPO = Path(__file__).resolve().parent.parent
+REAL = REPO / "screenshots" / "data" / "gpt2-training.jsonl"  # recorded on an H100
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return list(read_recording(REAL).samples)
+
+
+def used_mib(sample) -> str:
+    g = sample.gpus[0]
+    return f"{mib(g.memory_used)}/{mib(g.memory_total)} MiB"
+
+
+async def test_replay_steps_jumps_to_the_peak_and_to_warnings(samples):
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("space")  # pause at the start
+        await pilot.pause()
+        assert "REPLAY 1/" in line_with(app, "REPLAY") and "PAUSED" in line_with(app, "REPLAY")
+        assert used_mib(samples[0]) in screen_text(app)
+        await pilot.press("right", "right")
+        await pilot.pause()
+        assert app.position == 2 and used_mib(samples[2]) in screen_text(app)
+        await pilot.press("left")
+        await pilot.pause()
+        assert app.position == 1
+        await pilot.press("P")
+        await pilot.pause()
+        peak = _peak_index(samples)
+        assert app.position == peak and used_mib(samples[peak]) in screen_text(app)
+        assert max(s.gpus[0].memory_used for s in samples) == samples[peak].gpus[0].memory_used
+        # Warnings raised in this real run: the cache's fragmentation, then the (caught) OOM it
+        # ends with. "w" visits them in order.
+        kinds = []
+        for _ in range(6):
+            await pilot.press("w")
+            await pilot.pause()
+            kinds.append({w.kind for w in app.warnings})
+            if "oom" in kinds[-1]:
+                break
+        assert "fragmentation" in set().union(*kinds) and "oom" in kinds[-1]
+        assert "out of memory" in screen_text(app)
+        await pilot.press("plus", "plus")
+        await pilot.pause()
+        assert "×4" in line_with(app, "REPLAY")
+        await pilot.press("end")
+        await pilot.pause()
+        assert app.position == len(samples) - 1
+
+
+async def test_replay_plays_on_by_itself(samples):
+    app = ReplayApp(samples[:6], title="t", interval=0.05, speed=4.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.02)
+            if app.position == 5:
+                break
+        assert app.position == 5 and "end" in line_with(app, "REPLAY")
+
+
+def vramtop(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramtop", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_replay_refuses_clearly(tmp_path):
+    missing = vramtop("replay", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text('{"type":"header","schema":"vramtop.recording","version":99}\n')
+    result = vramtop("replay", str(newer))
+    assert result.returncode == 1 and "newer" in result.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(REAL.read_bytes().split(b"\n", 1)[0] + b"\n")  # the header alone
+    result = vramtop("replay", str(empty))
+    assert result.returncode == 1 and "no samples" in result.stderr
+    assert vramtop("replay", str(REAL)).returncode == 2  # no terminal
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_truncated_recording_replays_up_to_the_damage_in_a_real_terminal(tmp_path):
+    data = REAL.read_bytes()
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # as if the recorder was killed mid-line
+    tmux = Tmux()
+    try:
+        tmux.start([sys.executable, "-m", "vramtop", "replay", str(cut)], 80, 24, tmp_path / "status")
+        screen = tmux.wait_for(lambda s: "REPLAY" in s and "no end record" in s, "the replay")
+        assert "MiB" in screen
+        tmux("send-keys", "-t", SESSION, "q")
+        assert tmux.wait_for_exit() == 0
+    finally:
+        tmux.kill_server()

@@ -1,0 +1,55 @@
+"""``vramtop replay FILE``: the monitor over a recording, with pause, step, jumps and speed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a recording made by `vramtop record` (.jsonl or .jsonl.gz)")
+    parser.add_argument("--speed", type=float, default=1.0, metavar="X",
+                        help="playback speed, 0.25 to 32 (default: 1; + and - change it while playing)")
+
+
+def load(path: str) -> tuple[list, float | None, str | None]:  # type: ignore[type-arg]
+    """(samples, recorded interval, a notice about damage) or a VramtopError in one line."""
+    from vramtop.protocol import SchemaError
+    from vramtop.recording import read_recording
+
+    try:
+        recording = read_recording(path)
+    except SchemaError as err:
+        raise VramtopError(f"{path}: {err}", EXIT_FAILURE) from None
+    if not recording.samples:
+        raise VramtopError(f"{path}: no samples to replay"
+                           + (f" ({recording.problems[0]})" if recording.problems else ""), EXIT_FAILURE)
+    notes = []
+    damaged = [p for p in recording.problems if p.line is not None]
+    if damaged:
+        notes.append(f"{len(damaged)} damaged line(s) skipped (first: {damaged[0]}); "
+                     "replaying everything readable")
+    if recording.writer_died:
+        notes.append("no end record: the recorder was killed or is still writing; "
+                     f"replaying up to the last complete sample ({len(recording.samples)})")
+    interval = recording.header.interval if recording.header else None
+    return list(recording.samples), interval, " · ".join(notes) or None
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.25 <= args.speed <= 32:
+        raise VramtopError("--speed must be between 0.25 and 32", EXIT_USAGE)
+    samples, interval, notice = load(args.file)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise VramtopError("replay needs a terminal; `vramtop report FILE` summarises a recording as text",
+                           EXIT_USAGE)
+    from vramtop.cli import thresholds_from
+    from vramtop.ui.replay import ReplayApp, replay_interval
+
+    app = ReplayApp(samples, title=os.path.basename(args.file), interval=replay_interval(samples, interval),
+                    speed=args.speed, notice=notice, thresholds=thresholds_from(args))
+    app.run()
+    return EXIT_OK

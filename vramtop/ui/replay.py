@@ -1,0 +1,153 @@
+"""The monitor over a recording: the same screen, driven by a playhead instead of a poller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+from textual.binding import Binding
+
+from vramtop.analysis.history import History
+from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
+from vramtop.model import Sample
+from vramtop.ui.app import SampleArrived, VramtopApp
+
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+class _NoSource:
+    """A replay never polls: samples come from the recording, in order, by the playhead."""
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Sample:
+        raise RuntimeError("a replay is fed by its playhead")
+
+    def close(self) -> None:
+        pass
+
+
+def _warnings_timeline(samples: Sequence[Sample], thresholds: Thresholds | None) -> list[tuple[RiskWarning, ...]]:
+    """The warnings in force at every sample, computed once (the rules are pure)."""
+    tracker = RiskTracker(thresholds)
+    return [tracker.update(s) if not s.stale else tracker.warnings for s in samples]
+
+
+def _peak_index(samples: Sequence[Sample]) -> int:
+    """The sample where the GPUs together used the most memory."""
+    return max(range(len(samples)), key=lambda i: sum(g.memory_used or 0 for g in samples[i].gpus))
+
+
+class ReplayApp(VramtopApp):
+    """Pause, step, jump to warnings and to the peak, change the speed."""
+
+    # Added to the monitor's own keys (Textual merges bindings along the class hierarchy).
+    # Priority: the process table would otherwise take the arrows, Home and End.
+    BINDINGS = [
+        Binding("right,l", "step(1)", "Step", key_display="→", priority=True),
+        Binding("left,h", "step(-1)", "Back", key_display="←", priority=True),
+        Binding("plus,equals_sign", "speed(1)", "Faster", key_display="+"),
+        Binding("minus", "speed(-1)", "Slower", key_display="-"),
+        Binding("w", "next_warning", "Warning"),
+        Binding("P", "peak", "Peak"),
+        Binding("home", "jump(0)", "Start", show=False, priority=True),
+        Binding("end", "jump(-1)", "End", show=False, priority=True),
+    ]
+
+    def __init__(self, samples: Sequence[Sample], *, title: str, interval: float, speed: float = 1.0,
+                 notice: str | None = None, thresholds: Thresholds | None = None, **kwargs: Any) -> None:
+        super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,  # type: ignore[arg-type]
+                         thresholds=thresholds, **kwargs)
+        self.samples = list(samples)
+        self.recording_title = title
+        self.position = -1
+        self.speed = min(SPEEDS, key=lambda s: abs(s - speed))
+        self._timeline = _warnings_timeline(self.samples, thresholds)
+        self._timer: Any = None
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._show(0)
+        self._restart_timer()
+
+    def _restart_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_interval(max(0.02, self.interval / self.speed), self._advance)
+
+    def _advance(self) -> None:
+        if not self.paused and self.position < len(self.samples) - 1:
+            self._show(self.position + 1)
+
+    def _show(self, index: int) -> None:
+        """Put the playhead on ``index``: the screen, history and warnings as they were then."""
+        index = max(0, min(index, len(self.samples) - 1))
+        if index != self.position + 1:  # a jump: rebuild the history that leads here
+            self.history = History(self.history.maxlen)
+            for sample in self.samples[max(0, index - self.history.maxlen):index]:
+                self.history.add(sample)
+        self.position = index
+        self.warnings = self._timeline[index]
+        sample = self.samples[index]
+        self.history.add(sample)
+        self.latest = sample
+        self.sample = sample
+        self.render_view()
+
+    def on_sample_arrived(self, message: SampleArrived) -> None:
+        """Not used: the playhead sets the sample (a recording's warnings are precomputed)."""
+
+    def status_extra(self) -> Text:
+        t = Text(f" REPLAY {self.position + 1}/{len(self.samples)} ×{self.speed:g}", style="bold magenta")
+        if self.position >= len(self.samples) - 1:
+            t.append(" end", style="magenta")
+        return t
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def action_toggle_pause(self) -> None:
+        if not self.paused and self.position >= len(self.samples) - 1:
+            self._show(0)  # at the end, "play" starts again
+        super().action_toggle_pause()
+
+    def action_step(self, delta: int) -> None:
+        self.paused = True
+        self._show(self.position + delta)
+
+    def action_jump(self, index: int) -> None:
+        self._show(index if index >= 0 else len(self.samples) - 1)
+
+    def action_speed(self, direction: int) -> None:
+        i = SPEEDS.index(self.speed)
+        self.speed = SPEEDS[max(0, min(len(SPEEDS) - 1, i + direction))]
+        self._restart_timer()
+        self.render_view()
+
+    def action_next_warning(self) -> None:
+        """The next sample at which a warning appears (wrapping to the first)."""
+        def raised(i: int) -> bool:
+            before = {w.key for w in self._timeline[i - 1]} if i else set()
+            return any(w.key not in before for w in self._timeline[i])
+
+        n = len(self.samples)
+        for offset in range(1, n + 1):
+            i = (self.position + offset) % n
+            if raised(i):
+                self.paused = True
+                self._show(i)
+                return
+        self.notify("no warning in this recording")
+
+    def action_peak(self) -> None:
+        self.paused = True
+        self._show(_peak_index(self.samples))
+
+
+def replay_interval(samples: Sequence[Sample], recorded: float | None) -> float:
+    """Seconds between samples as recorded (the header's interval, else their spacing)."""
+    if recorded:
+        return recorded
+    gaps = sorted(b.time - a.time for a, b in zip(samples, samples[1:]) if b.time > a.time)
+    return gaps[len(gaps) // 2] if gaps else 1.0
