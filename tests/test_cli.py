@@ -138,3 +138,14 @@ def test_newer_schema_is_refused_clearly():
         sample_from_document({"schema": SAMPLE_SCHEMA, "version": 2})
     with pytest.raises(SchemaError, match="not a vramtop.sample"):
         sample_from_document({"schema": "other"})
+
+
+def test_shared_options_work_before_and_after_the_command_name():
+    from vramtop.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-i", "2", "record"]).interval == 2.0
+    assert parser.parse_args(["record", "-i", "3"]).interval == 3.0
+    assert parser.parse_args(["record"]).interval == 1.0
+    assert parser.parse_args(["--gpu", "1", "replay", "f"]).gpu == ["1"]
+    assert parser.parse_args(["attach", "1", "--margin", "20"]).margin == 20.0

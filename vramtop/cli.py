@@ -48,14 +48,17 @@ def _gpu_list(text: str) -> list[str]:
     return items
 
 
-def _source_options() -> argparse.ArgumentParser:
-    """Options shared by every command that reads GPUs (defined once)."""
+def _source_options(defaults: bool = True) -> argparse.ArgumentParser:
+    """Options shared by every command that reads GPUs (defined once). Subcommands get them
+    without defaults, so `vramtop -i 2 record` keeps the 2 given before the command name."""
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("-i", "--interval", type=_interval, default=1.0, metavar="S",
+    shared.add_argument("-i", "--interval", type=_interval, default=1.0 if defaults else argparse.SUPPRESS,
+                        metavar="S",
                         help="seconds between refreshes (default: 1.0)")
-    shared.add_argument("--gpu", type=_gpu_list, action="extend", default=None, metavar="IDS",
+    shared.add_argument("--gpu", type=_gpu_list, action="extend", default=None if defaults else argparse.SUPPRESS,
+                        metavar="IDS",
                         help="only these GPUs: comma-separated NVML indices or UUID prefixes")
-    shared.add_argument("--margin", type=_percent, default=10.0, metavar="PCT",
+    shared.add_argument("--margin", type=_percent, default=10.0 if defaults else argparse.SUPPRESS, metavar="PCT",
                         help="share of each GPU to keep free for evaluation, profiling and debugging; "
                              "warn when the projected peak eats into it (default: 10)")
     return shared
@@ -108,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     if SUBCOMMANDS:
         commands = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, module, summary in SUBCOMMANDS:
-            sub = commands.add_parser(name, help=summary, description=summary, parents=[shared])
+            sub = commands.add_parser(name, help=summary, description=summary,
+                                      parents=[_source_options(defaults=False)])
             sub.set_defaults(module=module)
             importlib.import_module(module).add_arguments(sub)
     return parser

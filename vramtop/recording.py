@@ -398,12 +398,21 @@ class RecordingReader:
         raise RecordingError(f"cannot read {self.path}: no such file")
 
     def _read_gzip(self, raw: IO[bytes]) -> None:
+        # A streaming decompressor hands over every byte it could decode, so a file cut off
+        # by a crash still yields all its complete lines (GzipFile.read would drop the chunk).
         unpacked = 0
+        inflate = zlib.decompressobj(wbits=31)
         try:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as packed:
-                while chunk := packed.read(_CHUNK):
-                    unpacked += len(chunk)
-                    self._feed(chunk)
+            while chunk := raw.read(_CHUNK):
+                while chunk:
+                    data = inflate.decompress(chunk)
+                    unpacked += len(data)
+                    self._feed(data)
+                    chunk = inflate.unused_data  # a second gzip member, if any
+                    if chunk:
+                        inflate = zlib.decompressobj(wbits=31)
+            if not inflate.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker")
         except (EOFError, OSError, zlib.error) as err:
             self.problems.append(Problem(
                 None,
