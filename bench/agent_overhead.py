@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-import workloads  # noqa: E402
+import torch
+import workloads
 
-import vramtop.agent as agent  # noqa: E402
-from vramtop.agent._runtime import DEFAULT_INTERVAL  # noqa: E402
+import vramtop.agent as agent
+from vramtop.agent._runtime import DEFAULT_INTERVAL
 
 CONDITIONS = {"off": None, "on": DEFAULT_INTERVAL, "on-10x": DEFAULT_INTERVAL / 10}
 
@@ -69,7 +69,7 @@ def bench(name: str, work: workloads.Workload, rounds: int, steps: int, director
             blocks[condition].append(run_block(condition, work, steps, directory))
     result = {"workload": name, "rounds": rounds, "steps_per_block": steps, "conditions": {}}
     for condition in CONDITIONS:
-        paired = [100 * (on / off - 1) for on, off in zip(blocks[condition], blocks["off"])]
+        paired = [100 * (on / off - 1) for on, off in zip(blocks[condition], blocks["off"], strict=False)]
         low, mid, high = quartiles(paired)
         result["conditions"][condition] = {
             "interval_s": CONDITIONS[condition],

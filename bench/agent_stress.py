@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import workloads  # noqa: E402
+import workloads
 
-import vramtop.agent as agent  # noqa: E402
+import vramtop.agent as agent
 
 
 def main() -> int:

@@ -33,7 +33,8 @@ def main() -> int:
         "nvmlDeviceGetMigMode": (lambda: nvml.nvmlDeviceGetMigMode(h), 200),
         "nvmlDeviceGetComputeRunningProcesses_v3": (lambda: nvml.nvmlDeviceGetComputeRunningProcesses_v3(h), 200),
         "nvmlDeviceGetGraphicsRunningProcesses_v3": (lambda: nvml.nvmlDeviceGetGraphicsRunningProcesses_v3(h), 200),
-        "nvmlDeviceGetPcieThroughput(TX)": (lambda: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES), 10),
+        "nvmlDeviceGetPcieThroughput(TX)": (
+            lambda: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES), 10),
     }
     rows = {name: measure(fn, reps) for name, (fn, reps) in calls.items()}
     print(f"nvmlInit: {init_ms:.1f} ms")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-import workloads  # noqa: E402
+import torch
+import workloads
 
 
 def main() -> int:

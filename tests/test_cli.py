@@ -136,7 +136,7 @@ def test_monitor_without_a_terminal_says_so():
 def test_newer_schema_is_refused_clearly():
     with pytest.raises(SchemaError, match="newer than this vramtop"):
         sample_from_document({"schema": SAMPLE_SCHEMA, "version": 2})
-    with pytest.raises(SchemaError, match="not a vramtop.sample"):
+    with pytest.raises(SchemaError, match=r"not a vramtop\.sample"):
         sample_from_document({"schema": "other"})
 
 

@@ -59,7 +59,7 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise DecodeError(f"{path}: expected an object, got {type(value).__name__}")
         return {_decode(key_t, k, path): _decode(val_t, v, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise DecodeError(f"{path}: expected an object, got {type(value).__name__}")
         hints = _hints(tp)

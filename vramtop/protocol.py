@@ -157,4 +157,4 @@ def check_hello(message: dict[str, Any]) -> int:
             f"peer speaks protocol {versions[0]}-{versions[1]}, this vramtop speaks "
             f"{AGENT_PROTOCOL_MIN}-{AGENT_PROTOCOL_MAX}: upgrade the older side"
         )
-    return high
+    return int(high)

@@ -58,7 +58,7 @@ def test_once_json_equals_nvidia_smi_at_the_same_moment(holder):
         pytest.fail("GPU memory kept changing during the comparison")
     gpus, apps = before
     assert len(doc["gpus"]) == len(gpus)
-    for ours, theirs in zip(doc["gpus"], gpus):
+    for ours, theirs in zip(doc["gpus"], gpus, strict=False):
         uuid, total, used, free, reserved = theirs
         assert ours["uuid"] == uuid
         assert [mib(ours["memory_total"]), mib(ours["memory_used"]), mib(ours["memory_free"]),

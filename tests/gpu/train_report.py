@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import torch  # noqa: E402
-import workloads  # noqa: E402
+import torch
+import workloads
 
-from vramtop.analysis.bill import bill_at_peak, bill_now  # noqa: E402
-from vramtop.codec import to_dict  # noqa: E402
-from vramtop.sources.agent import AgentSource  # noqa: E402
-from vramtop.sources.nvml import NvmlSource  # noqa: E402
+from vramtop.analysis.bill import bill_at_peak, bill_now
+from vramtop.codec import to_dict
+from vramtop.sources.agent import AgentSource
+from vramtop.sources.nvml import NvmlSource
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ def enable_hint(pid: int) -> str:
         name = proc.name()
     except psutil.Error:
         argv, name = [], "?"
-    if not any("python" in part.rsplit("/", 1)[-1] for part in argv[:1] + [name]):
+    if not any("python" in part.rsplit("/", 1)[-1] for part in [*argv[:1], name]):
         return f"PID {pid} ({name}) is not a Python process: NVML figures only."
     command = " ".join(argv) or "python train.py"
     return (f"No vramtop agent in PID {pid}: NVML shows how much it holds, not why. For the bill, "

@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import sys
+from typing import NoReturn
 
 from vramtop.errors import EXIT_USAGE, VramtopError
 
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the command to run, e.g. -- python train.py --lr 3e-4")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> NoReturn:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -32,5 +33,4 @@ def run(args: argparse.Namespace) -> int:
           "watch it with `vramtop` in another pane", file=sys.stderr)
     sys.stderr.flush()
     # Become the command: signals, the exit status and the PID are the program's own.
-    os.execvpe(argv[0], argv, env)
-    return 1  # not reached
+    os.execvpe(argv[0], argv, env)  # does not return

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from vramtop import __version__
-from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.analysis.risk import RiskWarning
+from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
 from vramtop.units import fmt_bytes, fmt_mib, fmt_rate, mib, percent
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -167,7 +168,8 @@ class NvmlSource:
             raise NvmlUnavailable(_INIT_MESSAGES[ERR_LIBRARY_NOT_FOUND][0], EXIT_NO_DRIVER) from err
         self._opened = True
         try:
-            self._driver_version = self._optional(lambda: _text(nvml.nvmlSystemGetDriverVersion()))
+            driver = self._optional(nvml.nvmlSystemGetDriverVersion)
+            self._driver_version = None if driver is None else _text(driver)
             cuda = self._optional(nvml.nvmlSystemGetCudaDriverVersion_v2)
             self._cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None
             self._devices = self._select(self._enumerate())
@@ -192,7 +194,7 @@ class NvmlSource:
             raise NvmlUnavailable(
                 "the nvidia-ml-py package is not installed (pip install nvidia-ml-py)", EXIT_NO_DRIVER
             ) from None
-        return pynvml
+        return typing.cast(ModuleType, pynvml)
 
     def _enumerate(self) -> list[_Device]:
         nvml = self._nvml
@@ -201,7 +203,7 @@ class NvmlSource:
         devices = []
         for index in range(count):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            pci = self._optional(lambda h=handle: nvml.nvmlDeviceGetPciInfo(h))
+            pci = self._optional(nvml.nvmlDeviceGetPciInfo, handle)
             devices.append(
                 _Device(
                     index=index,
@@ -209,7 +211,7 @@ class NvmlSource:
                     name=_text(nvml.nvmlDeviceGetName(handle)),
                     handle=handle,
                     pci_bus_id=_text(pci.busId) if pci is not None else None,
-                    power_limit=self._optional(lambda h=handle: nvml.nvmlDeviceGetEnforcedPowerLimit(h)),
+                    power_limit=self._optional(nvml.nvmlDeviceGetEnforcedPowerLimit, handle),
                 )
             )
         if not devices:
@@ -219,7 +221,7 @@ class NvmlSource:
     def _select(self, devices: list[_Device]) -> list[_Device]:
         if not self._selection:
             return devices
-        chosen = []
+        chosen: list[_Device] = []
         for wanted in self._selection:
             match = [d for d in devices if str(d.index) == wanted or d.uuid.lower().startswith(wanted.lower())]
             if not match:
@@ -249,7 +251,7 @@ class NvmlSource:
         h = dev.handle
         try:
             total, used, free, reserved = self._memory(h)
-            util = self._optional(lambda: nvml.nvmlDeviceGetUtilizationRates(h))
+            util = self._optional(nvml.nvmlDeviceGetUtilizationRates, h)
             mig_enabled = self._mig_mode(dev, now)
             tx, rx = self._pcie(dev, now)
             return GpuSample(
@@ -264,10 +266,8 @@ class NvmlSource:
                 utilization_memory=None if util is None else int(util.memory),
                 pcie_tx=tx,
                 pcie_rx=rx,
-                temperature=self._optional(
-                    lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
-                ),
-                power_usage=self._optional(lambda: nvml.nvmlDeviceGetPowerUsage(h)),
+                temperature=self._optional(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU),
+                power_usage=self._optional(nvml.nvmlDeviceGetPowerUsage, h),
                 power_limit=dev.power_limit,
                 pci_bus_id=dev.pci_bus_id,
                 mig_enabled=mig_enabled,
@@ -286,7 +286,7 @@ class NvmlSource:
             return cached[1]
         nvml = self._nvml
         assert nvml is not None
-        mode = self._optional(lambda: nvml.nvmlDeviceGetMigMode(dev.handle))
+        mode = self._optional(nvml.nvmlDeviceGetMigMode, dev.handle)
         enabled = None if mode is None else bool(mode[0])
         self._mig_cache[dev.uuid] = (now, enabled)
         return enabled
@@ -315,8 +315,8 @@ class NvmlSource:
         nvml = self._nvml
         assert nvml is not None
         # NVML reports KB/s over a 20 ms window.
-        tx = self._optional(lambda: nvml.nvmlDeviceGetPcieThroughput(dev.handle, nvml.NVML_PCIE_UTIL_TX_BYTES))
-        rx = self._optional(lambda: nvml.nvmlDeviceGetPcieThroughput(dev.handle, nvml.NVML_PCIE_UTIL_RX_BYTES))
+        tx = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
+        rx = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
         result = (None if tx is None else tx * 1024, None if rx is None else rx * 1024)
         self._pcie_cache[dev.uuid] = (now, *result)
         return result
@@ -324,19 +324,19 @@ class NvmlSource:
     def _mig_devices(self, handle: Any) -> tuple[MigDeviceSample, ...]:
         nvml = self._nvml
         assert nvml is not None
-        count = self._optional(lambda: nvml.nvmlDeviceGetMaxMigDeviceCount(handle)) or 0
+        count = self._optional(nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
         found = []
         for i in range(count):
-            mig = self._optional(lambda i=i: nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+            mig = self._optional(nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, i)
             if mig is None:
                 continue
-            mem = self._optional(lambda m=mig: nvml.nvmlDeviceGetMemoryInfo(m))
+            mem = self._optional(nvml.nvmlDeviceGetMemoryInfo, mig)
             found.append(
                 MigDeviceSample(
                     index=i,
                     uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
-                    gpu_instance_id=self._optional(lambda m=mig: nvml.nvmlDeviceGetGpuInstanceId(m)),
-                    compute_instance_id=self._optional(lambda m=mig: nvml.nvmlDeviceGetComputeInstanceId(m)),
+                    gpu_instance_id=self._optional(nvml.nvmlDeviceGetGpuInstanceId, mig),
+                    compute_instance_id=self._optional(nvml.nvmlDeviceGetComputeInstanceId, mig),
                     memory_total=None if mem is None else int(mem.total),
                     memory_used=None if mem is None else int(mem.used),
                     memory_free=None if mem is None else int(mem.free),
@@ -402,12 +402,12 @@ class NvmlSource:
         self._process_fns[base] = None
         return []
 
-    def _optional(self, call: Callable[[], T]) -> T | None:
-        """``call()``, or None when NVML says the value is not available here."""
+    def _optional(self, call: Callable[..., T], *args: Any) -> T | None:
+        """``call(*args)``, or None when NVML says the value is not available here."""
         nvml = self._nvml
         assert nvml is not None
         try:
-            return call()
+            return call(*args)
         except nvml.NVMLError as err:
             if nvml_error_code(err) in _FIELD_UNAVAILABLE:
                 return None

@@ -14,6 +14,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Footer, Static
 
+from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
 from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
 from vramtop.model import Sample
@@ -102,8 +103,8 @@ class VramtopApp(App[None]):
             self._poller = Poller(
                 DeadlineReader(self._source, self._deadline),
                 self.interval,
-                deliver=lambda s: self.post_message(SampleArrived(s)),
-                on_error=lambda e: self.post_message(SourceFailed(e.message)),
+                deliver=lambda s: void(self.post_message(SampleArrived(s))),
+                on_error=lambda e: void(self.post_message(SourceFailed(e.message))),
             )
             self._poller.start()
 
@@ -167,7 +168,7 @@ class VramtopApp(App[None]):
 
     def _show_detail(self, sample: Sample) -> None:
         key = self.query_one(ProcessTable).selected_key()
-        advice = ()
+        advice: tuple[Advice, ...] = ()
         if key is not None:
             uuid, _, pid = key.rpartition(":")
             advice = self.risk.advice(int(pid), uuid)
@@ -266,6 +267,10 @@ class VramtopApp(App[None]):
                 self.notify(send_signal(proc.pid, proc.create_time, signum))
 
         self.push_screen(ConfirmScreen(f"Send {name} to PID {proc.pid}?\n{command}"), answered)
+
+
+def void(_: object) -> None:
+    """Drop a result (post_message says whether the message was queued; the poller does not care)."""
 
 
 def _update(widget: Static, content: Text) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ class ReplayApp(VramtopApp):
 
     def __init__(self, samples: Sequence[Sample], *, title: str, interval: float, speed: float = 1.0,
                  notice: str | None = None, thresholds: Thresholds | None = None, **kwargs: Any) -> None:
-        super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,  # type: ignore[arg-type]
+        super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,
                          thresholds=thresholds, **kwargs)
         self.samples = list(samples)
         self.recording_title = title
@@ -149,5 +150,5 @@ def replay_interval(samples: Sequence[Sample], recorded: float | None) -> float:
     """Seconds between samples as recorded (the header's interval, else their spacing)."""
     if recorded:
         return recorded
-    gaps = sorted(b.time - a.time for a, b in zip(samples, samples[1:]) if b.time > a.time)
+    gaps = sorted(b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time)
     return gaps[len(gaps) // 2] if gaps else 1.0

@@ -104,7 +104,8 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     bar_width = max(10, width - 2)
     out.append_text(stacked_bar(now, bar_width, total))
     out.append("\n")
-    rows = list(zip(now.categories(), (peak.categories() if peak else [(n, None) for n, _ in now.categories()])))
+    at_peak = peak.categories() if peak else [(name, None) for name, _ in now.categories()]
+    rows = list(zip(now.categories(), at_peak, strict=True))
     if narrow:
         cells = []
         for (name, value), (_, at_peak) in rows:

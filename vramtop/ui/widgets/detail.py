@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from vramtop.analysis.advice import Advice
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
-from vramtop.analysis.advice import Advice
 from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
