@@ -109,3 +109,19 @@ def test_a_truncated_recording_replays_up_to_the_damage_in_a_real_terminal(tmp_p
         assert tmux.wait_for_exit() == 0
     finally:
         tmux.kill_server()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_demo_runs_with_no_gpu_in_a_real_terminal(tmp_path):
+    """`vramtop demo` is what a new user without a GPU sees first: the packaged H100 recording."""
+    tmux = Tmux()
+    try:
+        tmux.start([sys.executable, "-m", "vramtop", "demo", "--speed", "32"], 80, 24, tmp_path / "status")
+        screen = tmux.wait_for(lambda s: "REPLAY" in s and "H100" in s and "Demo:" in s, "the demo")
+        # At 32x the run plays through to its end: the agent's bill and the OOM it ends with.
+        screen = tmux.wait_for(lambda s: " end" in s and "out of memory" in s, "the end of the demo", timeout=30)
+        assert "●" in screen  # the training process runs the agent
+        tmux("send-keys", "-t", SESSION, "q")
+        assert tmux.wait_for_exit() == 0
+    finally:
+        tmux.kill_server()

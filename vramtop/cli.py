@@ -90,6 +90,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("run", "vramtop.commands.run", "run a training command with the vramtop agent in every Python process"),
     ("replay", "vramtop.commands.replay", "the monitor over a recording: pause, step, jump to warnings and the peak"),
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
+    ("demo", "vramtop.commands.demo", "no GPU needed: replay a real H100 training run recorded with vramtop"),
     ("report", "vramtop.commands.report", "summarize a recording: text, JSON, a web page or a PNG timeline"),
 ]
 

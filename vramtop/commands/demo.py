@@ -1,0 +1,30 @@
+"""``vramtop demo``: what vramtop shows, with no GPU at all: the replay of a real recording."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speed", type=float, default=2.0, metavar="X",
+                        help="playback speed (default: 2; + and - change it while playing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vramtop.commands.replay import load
+    from vramtop.demo import RECORDING
+
+    samples, interval, _ = load(str(RECORDING))
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise VramtopError("the demo needs a terminal", EXIT_USAGE)
+    from vramtop.cli import thresholds_from
+    from vramtop.ui.replay import ReplayApp, replay_interval
+
+    notice = ("Demo: a recording of GPT-2 small training on an NVIDIA H100 with the vramtop agent. "
+              "space pauses · → ← step · w next warning · P peak · q quits")
+    ReplayApp(samples, title="demo", interval=replay_interval(samples, interval), speed=args.speed,
+              notice=notice, thresholds=thresholds_from(args)).run()
+    return EXIT_OK
