@@ -3,6 +3,7 @@ only the CUDA allocator is a fake (FakeCudaTorch)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -444,3 +445,27 @@ def test_a_device_that_gets_memory_after_cuda_init_is_picked_up_at_the_first_ste
         assert list(a._devices) == [0] and a._devices[0].census is not None
     finally:
         a.stop()
+
+
+def test_an_oom_leaves_a_post_mortem_file_and_a_sticky_report(agent, fake_torch, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # "next to the program": its working directory
+    fake_torch.initialized = True
+    fake_torch.allocator.free_blocks = [3 * MiB]
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(8, 64)).sum().backward()
+    opt.step()
+    observer = fake_torch.oom_observers[0]  # what torch's allocator calls when it cannot allocate
+    observer(0, 2 << 30, 80 << 30, 1 << 20)
+    observer(0, 2 << 30, 80 << 30, 1 << 20)  # OOMs come in bursts: one message for them all
+    files = sorted(tmp_path.glob(f"vramtop-oom-{os.getpid()}-*.json"))
+    assert files
+    doc = json.loads(files[-1].read_text())
+    assert doc["schema"] == "vramtop.oom" and doc["report"]["requested"] == 2 << 30
+    assert doc["report"]["allocated"] == 100 * MiB and doc["report"]["step"] == 1
+    assert doc["report"]["census"]["optimizer_state"] > 0 and doc["summary"]
+    assert capfd.readouterr().err.count("post-mortem:") == 1
+    report = wait_for(lambda: agent._latest.last_oom)
+    assert report.path == str(files[-1]) and report.largest_free_block == 3 * MiB
+    assert report.largest_live_blocks == (100 * MiB,)

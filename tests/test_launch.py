@@ -143,8 +143,10 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     """)
     out = tmp_path / "run.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_INTERVAL": "0.05"}
-    result = subprocess.run([sys.executable, "-m", "tests.fakes.run_with_fake_nvml", "record", "-o", str(out),
-                             "-i", "0.1", "--", sys.executable, "-c", program], cwd=REPO, env=env,
+    launcher = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "runpy.run_module('tests.fakes.run_with_fake_nvml', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", launcher, str(REPO), "record", "-o", str(out),
+                             "-i", "0.1", "--", sys.executable, "-c", program], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     from vramtop.recording import read_recording
@@ -154,6 +156,10 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert with_agent and with_agent[-1].agents[0].devices[0].stats.allocated == 123 << 20
     ooms = [e for e in recording.events if e.kind == "oom"]
     assert ooms and ooms[0].data["requested"] == 1 << 30
+    # The post-mortem: a file next to the program, and a report that stays in its samples.
+    assert with_agent[-1].agents[0].last_oom is not None
+    assert with_agent[-1].agents[0].last_oom.requested == 1 << 30
+    assert list(tmp_path.glob("vramtop-oom-*.json")) and "post-mortem:" in result.stderr
 
 
 def test_run_reaches_every_torchrun_rank(runtime, tmp_path):

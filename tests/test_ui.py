@@ -254,6 +254,8 @@ async def test_live_numbers_from_nvml_appear_as_nvidia_smi_prints_them():
         assert "free 40956" in gpu0 and "reserved 480" in gpu0
         assert "0/81559 MiB" in line_with(app, "free 81079")  # GPU 1, idle
         assert "util  97%" in line_with(app, "GPU-c597915a") and "104/700 W" in screen_text(app)
+        # The table lays its columns out on the next refresh after its rows arrive.
+        await wait_until(pilot, lambda: "39800 MiB" in screen_text(app))
         row = row_on_screen(app, os.getpid())
         assert "39800 MiB" in row and "python" in row  # this test process, as NVML lists it
 
@@ -676,7 +678,7 @@ def test_snapshot_confirm_kill_160x48(snap_compare, monkeypatch):
 # -- the agent's bill and the warnings ---------------------------------------------------------
 
 
-def agent_box(t: float, reserved_peak: int) -> Sample:
+def agent_box(t: float, reserved_peak: int, oom: object = None) -> Sample:
     """TRAIN runs the agent; its allocator peak is ``reserved_peak`` on an 81559 MiB GPU."""
     from vramtop.model import AgentDevice, AgentSample, AllocatorStats, StepPeak, TensorCensus
 
@@ -691,7 +693,7 @@ def agent_box(t: float, reserved_peak: int) -> Sample:
                                             peak_reserved=reserved_peak, persistent=29 * GiB, exact=False),
                          peak_step=12)
     agent = AgentSample(pid=TRAIN.pid, time=t, torch_version="2.11.0", devices=(device,), step=100,
-                        phase="backward")
+                        phase="backward", last_oom=oom)  # type: ignore[arg-type]
     return box(t, agents=(agent,))
 
 
@@ -710,3 +712,20 @@ async def test_the_bill_of_an_agent_process_and_a_headroom_warning_with_advice()
         # Back to a comfortable peak: the warning clears (after its hold), it does not flicker.
         await feed(pilot, *(agent_box(T0 + 10 + i, reserved_peak=40 * GiB) for i in range(8)))
         assert "projected step peak" not in screen_text(app)
+
+
+async def test_an_oom_post_mortem_stays_on_screen_for_that_process():
+    from vramtop.model import OomReport
+
+    report = OomReport(time=T0, device=0, requested=12 * GiB, device_limit=80 * GiB, device_free=3 * GiB,
+                       allocated=70 * GiB, reserved=76 * GiB, step=97, phase="backward",
+                       largest_free_block=2 * GiB, largest_live_blocks=(8 * GiB, 4 * GiB),
+                       path="/runs/vramtop-oom-30512-20260101-100000.json")
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, agent_box(T0 + 1, reserved_peak=60 * GiB, oom=report))
+        await feed(pilot, agent_box(T0 + 2, reserved_peak=60 * GiB, oom=report))  # later samples keep it
+        detail = detail_text(app)
+        assert "OUT OF MEMORY" in detail and "step 97 · backward: asked for 12.0 GiB with 3.0 GiB free" in detail
+        assert "biggest live blocks 8.0 GiB, 4.0 GiB" in detail
+        assert "post-mortem: /runs/vramtop-oom-30512-20260101-100000.json" in detail

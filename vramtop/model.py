@@ -149,6 +149,27 @@ class AgentDevice:
 
 
 @dataclass(frozen=True)
+class OomReport:
+    """What the allocator and the bill looked like at the instant of a CUDA out-of-memory
+    error in this process (even one the program caught). Captured by the agent on the thread
+    that failed to allocate, before the exception reached the program."""
+
+    time: float
+    device: int  # CUDA device index in the process
+    requested: int  # bytes the failing allocation asked for
+    device_limit: int  # the device's memory, or the process's cap (set_per_process_memory_fraction)
+    device_free: int  # free on the device at that moment
+    allocated: int  # allocated_bytes.all.current then
+    reserved: int  # reserved_bytes.all.current then
+    step: int  # optimizer steps completed
+    phase: str  # forward | backward | optimizer | unknown
+    largest_free_block: int | None = None  # in the allocator's cache
+    largest_live_blocks: tuple[int, ...] = ()  # the biggest allocated blocks, bytes (no stack traces)
+    census: TensorCensus | None = None  # parameters, gradients, optimizer state then
+    path: str | None = None  # the post-mortem file the agent wrote
+
+
+@dataclass(frozen=True)
 class AgentSample:
     """What the in-process agent reports about its own process."""
 
@@ -163,6 +184,7 @@ class AgentSample:
     dropped: int = 0  # frames the agent dropped because a monitor was slow
     host_pid: int | None = None  # the PID as NVML reports it, when the monitor could match it
     error: str | None = None  # the agent's last internal error (it keeps going; shown, not hidden)
+    last_oom: OomReport | None = None  # the latest out-of-memory error, kept for the process's life
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from typing import Any
 
 from vramtop import __version__
 from vramtop.codec import to_dict
-from vramtop.model import AgentDevice, AgentSample, StepPeak, TensorCensus
+from vramtop.model import AgentDevice, AgentSample, OomReport, StepPeak, TensorCensus
 from vramtop.protocol import runtime_dir
 
+from . import _postmortem
 from . import _torchstats as ts
 from ._census import take_census
 from ._server import AgentServer
@@ -109,7 +110,9 @@ class Agent:
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
-        self.ooms: deque[dict[str, Any]] = deque(maxlen=16)
+        self.ooms: deque[dict[str, Any]] = deque(maxlen=16)  # events not yet published
+        self.last_oom: OomReport | None = None
+        self._told_postmortem = False
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
 
     # -- life cycle -------------------------------------------------------------------------
@@ -285,11 +288,42 @@ class Agent:
         except Exception:
             pass
 
-    def _on_oom(self, device: int, requested: int, device_total: int, device_free: int) -> None:
-        with contextlib.suppress(Exception):
-            self.ooms.append({"time": time.time(), "device": device, "requested": requested,
-                              "device_total": device_total, "device_free": device_free,
-                              "step": self.step})
+    def _on_oom(self, device: int, requested: int, device_limit: int, device_free: int) -> None:
+        """Called by the allocator on the thread whose allocation failed, before the program
+        sees the exception (the allocator's lock is released): record everything now."""
+        try:
+            if os.getpid() != self.pid:
+                return
+            torch = self._torch
+            raw = ts.raw_stats(torch, device)
+            snapshot = ts.take_snapshot(torch, live_blocks=8)
+            try:  # on this thread tensors are safe to read: the census at the moment of failure
+                census = take_census(torch, self._optimizers, self._modules, self._device_type).get(device)
+            except Exception:
+                census = self._devices[device].census if device in self._devices else None
+            report = OomReport(
+                time=time.time(),
+                device=device,
+                requested=int(requested),
+                device_limit=int(device_limit),
+                device_free=int(device_free),
+                allocated=int(raw["allocated_bytes"]["all"]["current"]),
+                reserved=int(raw["reserved_bytes"]["all"]["current"]),
+                step=self.step,
+                phase=inspect_thread(threading.get_ident()),
+                largest_free_block=snapshot.largest_free.get(device) if snapshot else None,
+                largest_live_blocks=tuple(snapshot.largest_live.get(device, ())) if snapshot else (),
+                census=census,
+            )
+            path = _postmortem.write(report, self.directory)
+            report = replace(report, path=path)
+            if path and not self._told_postmortem:
+                self._told_postmortem = True  # once per process: OOMs often come in bursts
+                print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
+            self.last_oom = report
+            self.ooms.append({**to_dict(report), "device_total": report.device_limit})
+        except Exception:
+            pass
 
     # -- the sampler thread ----------------------------------------------------------------
 
@@ -323,6 +357,7 @@ class Agent:
             rank=_env_int("RANK"),
             expandable_segments=ts.expandable_segments(self._snapshot),
             error=self.error,
+            last_oom=self.last_oom,
             dropped=self._server.dropped if self._server else 0,
         )
         self._latest = sample
@@ -420,18 +455,18 @@ class _OomObserver:
     per process and forwards to whichever agent is current."""
 
     def __init__(self) -> None:
-        self.attached = False
+        self.attached_to: set[int] = set()  # id() of each torch._C given the observer
         self.agent: Agent | None = None
 
     def attach(self, torch: Any, agent: Agent) -> None:
         self.agent = agent
-        if self.attached:
+        if id(torch._C) in self.attached_to:
             return
         attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
         if attach is not None:
             with contextlib.suppress(Exception):
                 attach(self)
-                self.attached = True
+                self.attached_to.add(id(torch._C))
 
     def __call__(self, device: int, requested: int, device_total: int, device_free: int) -> None:
         agent = self.agent

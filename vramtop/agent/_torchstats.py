@@ -117,13 +117,14 @@ class SnapshotSummary:
                  settings: dict[str, Any], cost: float) -> None:
         self.largest_free = largest_free
         self.free = free
+        self.largest_live: dict[int, list[int]] = {}  # biggest allocated blocks, filled on demand
         self.segments = segments
         self.settings = settings
         self.cost = cost  # seconds the snapshot took: it grows with the number of blocks
         self.time = time.time()
 
 
-def take_snapshot(torch: Any) -> SnapshotSummary | None:
+def take_snapshot(torch: Any, live_blocks: int = 0) -> SnapshotSummary | None:
     """Walk the allocator's segments (no stack traces are requested or kept)."""
     started = time.perf_counter()
     fn = getattr(torch._C, "_cuda_memorySnapshot", None)
@@ -141,6 +142,7 @@ def take_snapshot(torch: Any) -> SnapshotSummary | None:
     largest: dict[int, int] = {}
     free: dict[int, int] = {}
     count: dict[int, int] = {}
+    live: dict[int, list[int]] = {}
     for seg in segments:
         device = int(seg.get("device", 0))
         count[device] = count.get(device, 0) + 1
@@ -151,9 +153,13 @@ def take_snapshot(torch: Any) -> SnapshotSummary | None:
                 size = int(block.get("size", 0))
                 largest[device] = max(largest[device], size)
                 free[device] += size
+            elif live_blocks and block.get("state") == "active_allocated":
+                live.setdefault(device, []).append(int(block.get("size", 0)))
     settings = snap.get("allocator_settings", {}) if isinstance(snap, dict) else {}
-    return SnapshotSummary(largest, free, count, settings if isinstance(settings, dict) else {},
-                           time.perf_counter() - started)
+    summary = SnapshotSummary(largest, free, count, settings if isinstance(settings, dict) else {},
+                              time.perf_counter() - started)
+    summary.largest_live = {d: sorted(sizes, reverse=True)[:live_blocks] for d, sizes in live.items()}
+    return summary
 
 
 def expandable_segments(snapshot: SnapshotSummary | None) -> bool | None:

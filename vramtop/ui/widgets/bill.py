@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
-from vramtop.model import AgentDevice, AgentSample, GpuSample, ProcessSample
+from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
 from vramtop.units import fmt_bytes
 
 # One colour per bill category, in the bill's order; the stacked bar uses the same ones.
@@ -104,8 +106,8 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     bar_width = max(10, width - 2)
     out.append_text(stacked_bar(now, bar_width, total))
     out.append("\n")
-    at_peak = peak.categories() if peak else [(name, None) for name, _ in now.categories()]
-    rows = list(zip(now.categories(), at_peak, strict=True))
+    peak_rows = peak.categories() if peak else [(name, None) for name, _ in now.categories()]
+    rows = list(zip(now.categories(), peak_rows, strict=True))
     if narrow:
         cells = []
         for (name, value), (_, at_peak) in rows:
@@ -131,6 +133,24 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     note += f"Seen: {census.seen}" if census else "No parameters counted yet (no optimizer step or model seen)."
     out.append(note, style="dim")
     return out
+
+
+def render_oom(report: OomReport) -> Text:
+    """The sticky post-mortem of the process's latest out-of-memory error."""
+    t = Text()
+    t.append(" OUT OF MEMORY ", style="bold white on red")
+    when = time.strftime("%H:%M:%S", time.localtime(report.time))
+    t.append(f" {when} · step {report.step} · {report.phase}: asked for {fmt_bytes(report.requested)} "
+             f"with {fmt_bytes(report.device_free)} free of {fmt_bytes(report.device_limit)}\n", style="bold red")
+    t.append(f"PyTorch held {fmt_bytes(report.reserved)} (allocated {fmt_bytes(report.allocated)})")
+    if report.largest_free_block is not None:
+        t.append(f", largest cached free block {fmt_bytes(report.largest_free_block)}")
+    if report.largest_live_blocks:
+        t.append("; biggest live blocks " + ", ".join(fmt_bytes(b) for b in report.largest_live_blocks[:4]))
+    if report.path:
+        t.append(f"\npost-mortem: {report.path}", style="dim")
+    t.append("\n")
+    return t
 
 
 def agent_title(agent: AgentSample, device: AgentDevice) -> Text:

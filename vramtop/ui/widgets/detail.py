@@ -8,7 +8,7 @@ from textual.widgets import Static
 from vramtop.analysis.advice import Advice
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
-from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent
+from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent, render_oom
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
 
@@ -42,6 +42,8 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
         if room > 12:
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
+        if agent.last_oom is not None and agent.last_oom.device == device.index:
+            t.append_text(render_oom(agent.last_oom))  # sticky: it stays for the process's life
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
         t.append_text(render_advice(advice, narrow))
         return t
