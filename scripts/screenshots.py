@@ -100,6 +100,17 @@ def load_recording(path: Path) -> list[Sample]:
     return samples[: with_agents[-1] + 1] if with_agents else samples
 
 
+def report_svg(path: Path) -> str:
+    """The memory timeline `vramtop report FILE --svg` draws for a recording."""
+    from vramtop.analysis.report import panels, summarize
+    from vramtop.recording import read_recording
+    from vramtop.sinks.report_svg import render_svg
+
+    recording = read_recording(path)
+    report = summarize(recording, None)
+    return render_svg(panels(recording, report), report)
+
+
 def interval_of(samples: Sequence[Sample]) -> float:
     """The refresh interval the samples were taken at (1 s for a single sample)."""
     gaps = [b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time]
@@ -156,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"screenshots: {err}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
+    for path in files:  # recordings also get their `vramtop report` timeline
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            target = args.out / f"{path.name.split('.')[0]}-report.svg"
+            target.write_text(report_svg(path))
+            print(target)
     for name, samples in inputs:
         for width, height in args.size or SIZES:
             svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}"))
