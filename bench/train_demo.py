@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--leak", action="store_true", help="keep each step's loss and its graph")
+    parser.add_argument("--leak-mib", type=int, default=0, help="keep this many MiB more on the GPU at every step")
     parser.add_argument("--oom", action="store_true", help="end with an allocation that cannot fit")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between steps")
     args = parser.parse_args()
@@ -38,6 +39,8 @@ def main() -> int:
         loss.backward()
         work.optimizer.step()
         work.optimizer.zero_grad(set_to_none=True)
+        if args.leak_mib:  # a tensor kept in a list every step: memory that is never freed
+            kept.append(torch.empty(args.leak_mib << 20, dtype=torch.uint8, device="cuda"))
         if args.leak:
             kept.append(work.model.transformer.h[0].mlp.c_fc(torch.randn(64, 1024, 768, device="cuda")))
         if step % 10 == 0:
