@@ -1,7 +1,7 @@
 #!/bin/bash
 # Everything that needs the GPU machine, in one call: the GPU test suite, the benchmarks and a
 # real recording for screenshots. Writes into $OUT (default ./gpu-out). Usage, from the repo root:
-#   bash bench/gpu_session.sh [costs] [overhead] [tests] [record] [monitor]   (default: all)
+#   bash bench/gpu_session.sh [stress] [costs] [overhead] [tests] [record] [monitor]   (default: all)
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -12,7 +12,7 @@ else
     export PYTHONPATH=$PWD:${PYTHONPATH:-}
 fi
 export PYTHONUNBUFFERED=1
-steps=${*:-costs overhead tests record monitor}
+steps=${*:-stress costs overhead tests record monitor}
 summary=$OUT/summary.md
 {
     echo "# GPU session $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -22,6 +22,13 @@ summary=$OUT/summary.md
 section() { echo; echo "## $1 ($(date -u +%H:%M:%S))"; }
 for step in $steps; do
     case $step in
+    stress)  # the agent must never crash its host process: run before anything is timed
+        section "agent stress (exit 0 = survived)" >> "$summary"
+        for variant in "--cycles 80" "--steady 60"; do
+            timeout 300 python3 -X faulthandler bench/agent_stress.py $variant > "$OUT/stress.log" 2>&1
+            echo "agent_stress.py $variant: exit $?" >> "$summary"
+            grep -v Warning "$OUT/stress.log" | tail -n 30 >> "$summary"
+        done ;;
     costs)
         { section "NVML call costs"; python3 bench/nvml_costs.py "$OUT/nvml_costs.json"; } >> "$summary" 2>&1 ;;
     overhead)
