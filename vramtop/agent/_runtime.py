@@ -122,6 +122,8 @@ class Agent:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop and remove the hooks. Call it from the program's own thread (as
+        ``vramtop.agent.stop()`` is): torch's hook dictionaries are not locked."""
         self._stop.set()
         self._end_discovery()
         for hook in self._hooks:
@@ -171,8 +173,13 @@ class Agent:
                         raise
         except Exception as err:
             self.error = f"{type(err).__name__}: {err}"
+            # Give up quietly. The hooks stay registered but inert (they check the stop flag):
+            # removing them from this thread could mutate torch's hook dictionaries while the
+            # training thread iterates them, which would raise in the program.
+            self._stop.set()
             with contextlib.suppress(Exception):
-                self.stop()
+                if self._server is not None:
+                    self._server.stop()
 
     def _wait_for_cuda(self) -> Any:
         """The program's torch, once it has initialised CUDA itself; None if we are stopped."""
