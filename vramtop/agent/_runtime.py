@@ -235,6 +235,8 @@ class Agent:
 
     def _before_module_call(self, module: Any, args: Any) -> None:
         try:
+            if self._stop.is_set():
+                return
             depth = getattr(self._call_depth, "depth", 0)
             self._call_depth.depth = depth + 1
             if depth == 0 and module not in self._modules:
@@ -299,7 +301,7 @@ class Agent:
         """Called by the allocator on the thread whose allocation failed, before the program
         sees the exception (the allocator's lock is released): record everything now."""
         try:
-            if os.getpid() != self.pid:
+            if os.getpid() != self.pid or self._stop.is_set():
                 return
             torch = self._torch
             raw = ts.raw_stats(torch, device)
