@@ -466,6 +466,6 @@ def test_an_oom_leaves_a_post_mortem_file_and_a_sticky_report(agent, fake_torch,
     assert doc["report"]["allocated"] == 100 * MiB and doc["report"]["step"] == 1
     assert doc["report"]["census"]["optimizer_state"] > 0 and doc["summary"]
     assert capfd.readouterr().err.count("post-mortem:") == 1
-    report = wait_for(lambda: agent._latest.last_oom)
+    report = wait_for(lambda: agent._latest and agent._latest.last_oom)
     assert report.path == str(files[-1]) and report.largest_free_block == 3 * MiB
     assert report.largest_live_blocks == (100 * MiB,)

@@ -152,7 +152,9 @@ class Agent:
 
     @property
     def active(self) -> bool:
-        return self._server is not None and not self._stop.is_set() and os.getpid() == self.pid
+        """Serving samples: the socket is up and the first sample is taken."""
+        return (self._server is not None and self._latest is not None and not self._stop.is_set()
+                and os.getpid() == self.pid)
 
     def _run(self) -> None:
         try:
