@@ -255,8 +255,10 @@ async def test_live_numbers_from_nvml_appear_as_nvidia_smi_prints_them():
         assert "0/81559 MiB" in line_with(app, "free 81079")  # GPU 1, idle
         assert "util  97%" in line_with(app, "GPU-c597915a") and "104/700 W" in screen_text(app)
         # The table lays its columns out on the next refresh after its rows arrive.
-        await wait_until(pilot, lambda: "39800 MiB" in screen_text(app))
-        row = row_on_screen(app, os.getpid())
+        pid = os.getpid()
+        await wait_until(pilot, lambda: any(re.match(rf" \d+ +●?{pid} ", line) and "39800 MiB" in line
+                                            for line in screen_text(app).splitlines()))
+        row = row_on_screen(app, pid)
         assert "39800 MiB" in row and "python" in row  # this test process, as NVML lists it
 
         fake.gpus[0].used = 50_000 * MiB  # the next poll must show the change
