@@ -168,7 +168,8 @@ def test_run_reaches_every_torchrun_rank(runtime, tmp_path):
     script.write_text(
         "import os, sys\n"
         "agent = sys.modules.get('vramtop.agent')\n"
-        "print('RANK', os.environ['RANK'], 'AGENT', agent is not None and agent.current() is not None, flush=True)\n"
+        "line = f\"RANK {os.environ['RANK']} AGENT {agent is not None and agent.current() is not None}\\n\"\n"
+        "os.write(1, line.encode())  # one write: the two ranks share the pipe\n"
     )
     result = vramtop("run", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
                      "--nproc_per_node", "2", str(script), cwd=tmp_path)
