@@ -88,7 +88,8 @@ def test_agent_waits_for_the_program_to_initialise_cuda(agent, agent_dir, fake_t
     time.sleep(0.3)
     assert not socket_path(os.getpid(), agent_dir).exists()
     fake_torch.initialized = True  # the program initialised CUDA itself
-    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    wait_for(lambda: agent.active)  # listening, with a first sample to send
+    path = socket_path(os.getpid(), agent_dir)
     assert stat.S_IMODE(os.stat(agent_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
     beacon = (agent_dir / f"{os.getpid()}.json").read_text()
@@ -221,7 +222,8 @@ def test_agent_failures_never_reach_the_training_loop(agent, fake_torch):
 
 def test_many_monitors_a_garbage_client_and_a_stuck_client(agent, agent_dir, fake_torch):
     fake_torch.initialized = True
-    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    wait_for(lambda: agent.active)  # listening, with a first sample to send
+    path = socket_path(os.getpid(), agent_dir)
     stuck = socket.socket(socket.AF_UNIX)
     stuck.connect(str(path))
     stuck.sendall(encode_frame(hello("monitor")))  # then never reads
@@ -251,7 +253,8 @@ def test_many_monitors_a_garbage_client_and_a_stuck_client(agent, agent_dir, fak
 
 def test_protocol_version_mismatch_is_refused_with_a_message(agent, agent_dir, fake_torch):
     fake_torch.initialized = True
-    path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+    wait_for(lambda: agent.active)  # listening, with a first sample to send
+    path = socket_path(os.getpid(), agent_dir)
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(str(path))
     sock.sendall(encode_frame({"type": "hello", "protocol": [7, 9]}))
@@ -348,7 +351,8 @@ def test_other_users_are_refused_by_peer_credentials(fake_torch):
     a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
     a.start()
     try:
-        path = wait_for(lambda: socket_path(os.getpid(), agent_dir).exists() and socket_path(os.getpid(), agent_dir))
+        wait_for(lambda: a.active)
+        path = socket_path(os.getpid(), agent_dir)
         os.chmod(top, 0o711)
         os.chmod(agent_dir, 0o711)
         os.chmod(path, 0o777)
