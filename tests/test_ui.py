@@ -731,3 +731,13 @@ async def test_an_oom_post_mortem_stays_on_screen_for_that_process():
         assert "OUT OF MEMORY" in detail and "step 97 · backward: asked for 12.0 GiB with 3.0 GiB free" in detail
         assert "biggest live blocks 8.0 GiB, 4.0 GiB" in detail
         assert "post-mortem: /runs/vramtop-oom-30512-20260101-100000.json" in detail
+
+
+async def test_an_agent_that_stopped_reporting_is_flagged_and_its_errors_shown():
+    sample = agent_box(T0, reserved_peak=40 * GiB)
+    agent = replace(sample.agents[0], time=T0 - 30, error="RuntimeError: odd torch")
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, replace(sample, agents=(agent,)))
+        detail = detail_text(app)
+        assert "agent: no news for 30 s" in detail and "agent error: RuntimeError: odd torch" in detail

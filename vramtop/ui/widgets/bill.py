@@ -153,9 +153,17 @@ def render_oom(report: OomReport) -> Text:
     return t
 
 
-def agent_title(agent: AgentSample, device: AgentDevice) -> Text:
+AGENT_STALE_S = 5.0  # an agent sample older than this (against NVML's) is flagged
+
+
+def agent_title(agent: AgentSample, device: AgentDevice, now: float | None = None) -> Text:
     t = Text()
-    t.append(" agent ", style="bold reverse green")
+    age = None if now is None else now - agent.time
+    if age is not None and age > AGENT_STALE_S:
+        # The process is stopped, swapping, or its agent thread is starved: say so, keep the data.
+        t.append(f" agent: no news for {age:.0f} s ", style="bold black on yellow")
+    else:
+        t.append(" agent ", style="bold reverse green")
     t.append(f" step {agent.step}")
     if device.last_step is not None and device.last_step.duration > 0:
         per_step = device.last_step.duration / max(1, device.last_step.steps)
@@ -168,4 +176,6 @@ def agent_title(agent: AgentSample, device: AgentDevice) -> Text:
         t.append(" · expandable segments", style="dim")
     if agent.dropped:
         t.append(f" · {agent.dropped} frames dropped", style="yellow")
+    if agent.error:
+        t.append(f" · agent error: {agent.error[:80]}", style="yellow")
     return t

@@ -36,7 +36,7 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if found is not None:
         agent, device = found
         t.append("\n")
-        t.append_text(agent_title(agent, device))
+        t.append_text(agent_title(agent, device, sample.time))
         t.append("  ")
         room = width - t.split("\n")[-1].cell_len
         if room > 12:
