@@ -20,8 +20,15 @@ SORTS: dict[str, Callable[[ProcessSample], Any]] = {
 }
 SORT_NAMES = list(SORTS)
 
-WIDE = ("GPU", "PID", "USER", "TYPE", "GPU MEM", "%MEM", "TORCH ALLOC/RSV", "HOST RSS", "COMMAND")
-NARROW = ("GPU", "PID", "USER", "GPU MEM", "RSS", "COMMAND")
+# (label, width) of every column but the last, COMMAND, which takes the rest of the row. Fixed
+# widths keep the columns still from one refresh to the next, and do not depend on the table
+# measuring its cells when idle (which a busy live feed can postpone for seconds).
+WIDE_COLUMNS = (("GPU", 3), ("PID", 8), ("USER", 12), ("TYPE", 4), ("GPU MEM", 10), ("%MEM", 6),
+                ("TORCH ALLOC/RSV", 19), ("HOST RSS", 9))
+NARROW_COLUMNS = (("GPU", 3), ("PID", 8), ("USER", 8), ("GPU MEM", 10), ("RSS", 8))
+WIDE = (*(label for label, _ in WIDE_COLUMNS), "COMMAND")
+NARROW = (*(label for label, _ in NARROW_COLUMNS), "COMMAND")
+MIN_COMMAND = 16
 AGENT_MARK = "●"  # the process runs the vramtop agent: its bill is in the detail pane
 
 
@@ -43,23 +50,33 @@ class ProcessTable(DataTable[Any]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self._narrow: bool | None = None
+        self._layout_width = 0  # the table width the columns were laid out for
+        self._last: tuple[Sample, str | None, str, bool] | None = None
         self._totals: dict[str, int | None] = {}
         self._agents: dict[tuple[int, str], AgentDevice] = {}
         self._shown: list[tuple[str, tuple[Any, ...]]] | None = None
         self.focus_pid: int | None = None  # `vramtop attach PID`: start on this process
 
     def show(self, sample: Sample, gpu: str | None, sort: str, narrow: bool) -> None:
+        self._last = (sample, gpu, sort, narrow)
         selected = self.selected_key()
         self._totals = {g.uuid: g.memory_total for g in sample.gpus}
         self._agents = {(a.pid, d.uuid or ""): d for a in sample.agents for d in a.devices}
         rows = visible_processes(sample, gpu, sort)
         content = [(row_key(p), tuple(self._cells(i, p, narrow))) for i, p in rows]
-        if narrow == self._narrow and content == self._shown:
+        width = self.size.width
+        if narrow == self._narrow and width == self._layout_width and content == self._shown:
             return  # nothing on screen would change: skip the redraw
-        if narrow != self._narrow:
+        if narrow != self._narrow or width != self._layout_width:
             self.clear(columns=True)
-            self.add_columns(*(NARROW if narrow else WIDE))
+            columns = NARROW_COLUMNS if narrow else WIDE_COLUMNS
+            for label, column_width in columns:
+                self.add_column(label, width=column_width)
+            # Each column is padded by one cell on either side.
+            used = sum(w + 2 * self.cell_padding for _, w in columns) + 2 * self.cell_padding
+            self.add_column("COMMAND", width=max(MIN_COMMAND, width - used))
             self._narrow = narrow
+            self._layout_width = width
         else:
             self.clear()
         self._shown = content
@@ -71,6 +88,10 @@ class ProcessTable(DataTable[Any]):
         if selected not in keys and self.focus_pid is not None:
             selected = next((k for k in keys if k.endswith(f":{self.focus_pid}")), selected)
         self.move_cursor(row=keys.index(selected) if selected in keys else 0, animate=False)
+
+    def on_resize(self) -> None:
+        if self._last is not None and self.size.width != self._layout_width:
+            self.show(*self._last)  # COMMAND takes the new width
 
     def selected_key(self) -> str | None:
         if not self.row_count:
