@@ -17,6 +17,18 @@ from dataclasses import dataclass
 
 from vramtop.model import AgentDevice, AllocatorStats
 
+# Compact names of the categories, for narrow terminals and one-line summaries.
+SHORT_NAMES = {
+    "parameters (trainable)": "params",
+    "parameters (frozen)": "frozen",
+    "gradients": "grads",
+    "optimizer state": "optim",
+    "other persistent": "other",
+    "activations & temporaries": "activ*",
+    "allocator cache": "cache",
+    "non-PyTorch": "non-PT",
+}
+
 
 @dataclass(frozen=True)
 class Bill:

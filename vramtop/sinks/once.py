@@ -36,8 +36,7 @@ def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
 
 def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
     """The allocator and the bill of each process on this GPU that runs the agent."""
-    from vramtop.analysis.bill import bill_now
-    from vramtop.ui.widgets.bill import SHORT
+    from vramtop.analysis.bill import SHORT_NAMES, bill_now
 
     lines = []
     for proc in gpu.processes:
@@ -52,7 +51,7 @@ def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
                 lines.append(f"  PID {proc.pid} torch: allocated {fmt_bytes(st.allocated)} / reserved "
                              f"{fmt_bytes(st.reserved)}, retries {st.num_alloc_retries}, OOMs {st.num_ooms}, "
                              f"step {agent.step}")
-                lines.append("    bill: " + ", ".join(f"{SHORT[name]} {fmt_bytes(value)}"
+                lines.append("    bill: " + ", ".join(f"{SHORT_NAMES[name]} {fmt_bytes(value)}"
                                                      for name, value in bill.categories()))
     return lines
 

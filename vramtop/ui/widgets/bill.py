@@ -6,7 +6,15 @@ import time
 
 from rich.text import Text
 
-from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
+from vramtop.analysis.bill import (
+    SHORT_NAMES,
+    Bill,
+    bill_at_peak,
+    bill_now,
+    fragmentation,
+    fragmentation_proxy,
+    largest_fit,
+)
 from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
 from vramtop.units import fmt_bytes
 
@@ -20,16 +28,6 @@ CATEGORY_STYLES = {
     "activations & temporaries": "bold green",
     "allocator cache": "grey62",
     "non-PyTorch": "red",
-}
-SHORT = {
-    "parameters (trainable)": "params",
-    "parameters (frozen)": "frozen",
-    "gradients": "grads",
-    "optimizer state": "optim",
-    "other persistent": "other",
-    "activations & temporaries": "activ*",
-    "allocator cache": "cache",
-    "non-PyTorch": "non-PT",
 }
 
 
@@ -112,7 +110,7 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
         cells = []
         for (name, value), (_, at_peak) in rows:
             cell = Text()
-            cell.append(f"{SHORT[name]} ", style=CATEGORY_STYLES[name])
+            cell.append(f"{SHORT_NAMES[name]} ", style=CATEGORY_STYLES[name])
             cell.append(_gib(value))
             if name == "activations & temporaries" and at_peak is not None:
                 cell.append(f" (peak {_gib(at_peak)})", style="dim")
