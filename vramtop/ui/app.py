@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
-from textual.widgets import Footer, Static
+from textual.widgets import Footer
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
@@ -23,6 +23,7 @@ from vramtop.sources.poller import DeadlineReader, Poller, Source
 from vramtop.ui.screens import ConfirmScreen, HelpScreen
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
+from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
 from vramtop.ui.widgets.warnings import WarningList
 from vramtop.units import fmt_bytes
@@ -87,8 +88,8 @@ class VramtopApp(App[None]):
         self.failure: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
-        yield Static(id="banner")
+        yield Panel(id="status")
+        yield Panel(id="banner")
         yield GpuList(id="gpus")
         yield WarningList(id="warnings")
         yield ProcessTable(id="procs")
@@ -145,15 +146,15 @@ class VramtopApp(App[None]):
 
     def render_view(self) -> None:
         try:
-            status = self.query_one("#status", Static)
+            status = self.query_one("#status", Panel)
         except NoMatches:
             return  # quitting: the poller posted a message just before the widgets were removed
-        _update(status, self._status_line())
-        banner = self.query_one("#banner", Static)
+        status.redraw(self._status_line())
+        banner = self.query_one("#banner", Panel)
         problem = self._problem()
         banner.display = problem is not None or self.notice is not None
         banner.set_class(problem is None, "notice")
-        _update(banner, Text(f" ⚠ {problem}" if problem else f" ℹ {self.notice}" if self.notice else ""))
+        banner.redraw(Text(f" ⚠ {problem}" if problem else f" ℹ {self.notice}" if self.notice else ""))
         sample = self.sample
         if sample is None:
             self.query_one(GpuList).waiting()
@@ -271,11 +272,3 @@ class VramtopApp(App[None]):
 
 def void(_: object) -> None:
     """Drop a result (post_message says whether the message was queued; the poller does not care)."""
-
-
-def _update(widget: Static, content: Text) -> None:
-    """Update only when the content changed: an unchanged widget is not redrawn (the terminal
-    gets no bytes for it)."""
-    if getattr(widget, "_vramtop_shown", None) != content:
-        widget._vramtop_shown = content  # type: ignore[attr-defined]
-        widget.update(content)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from vramtop.analysis.advice import Advice
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
 from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent, render_oom
+from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
 
@@ -61,12 +61,9 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     return t
 
 
-class ProcessDetail(Static):
+class ProcessDetail(Panel):
     def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = ()) -> None:
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
         self.set_class(bool(found), "agent")
-        content = render_detail(sample, key, width, narrow, advice)
-        if content != getattr(self, "_drawn", None):  # unchanged: no redraw
-            self._drawn = content
-            self.update(content)
+        self.redraw(render_detail(sample, key, width, narrow, advice))

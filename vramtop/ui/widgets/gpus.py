@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import Static
 
 from vramtop.analysis.history import History, sparkline
 from vramtop.model import GpuSample
+from vramtop.ui.widgets.panel import Panel
 from vramtop.units import fmt_rate, mib, percent
 
 USED, RESERVED, FREE = "█", "▒", "░"
@@ -125,7 +125,7 @@ def render_gpu(gpu: GpuSample, history: list[int], width: int, narrow: bool, sel
     return Text("\n").join(lines)
 
 
-class GpuList(Static):
+class GpuList(Panel):
     """All GPUs of the current sample; the selected one is marked.
 
     The blocks are laid out for the widget's width, so they are drawn again when it changes:
@@ -136,7 +136,6 @@ class GpuList(Static):
         super().__init__(**kwargs)
         self._shown: tuple[tuple[GpuSample, ...], History, bool, str | None] | None = None
         self._width = 0
-        self._drawn: Text | None = None
 
     def show(self, gpus: tuple[GpuSample, ...], history: History, narrow: bool,
              selected: str | None) -> None:
@@ -144,8 +143,7 @@ class GpuList(Static):
         self._draw()
 
     def waiting(self) -> None:
-        self._drawn = Text("waiting for the first sample…", style="dim")
-        self.update(self._drawn)
+        self.redraw(Text("waiting for the first sample…", style="dim"))
 
     def on_resize(self) -> None:
         if self._shown is not None and self.size.width != self._width:
@@ -158,7 +156,4 @@ class GpuList(Static):
         width = max(self._width, 40)
         blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected)
                   for g in gpus]
-        content = Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim")
-        if content != self._drawn:  # unchanged: no redraw, no bytes to the terminal
-            self._drawn = content
-            self.update(content)
+        self.redraw(Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim"))

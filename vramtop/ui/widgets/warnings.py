@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.risk import RiskWarning
+from vramtop.ui.widgets.panel import Panel
 from vramtop.units import fmt_bytes
 
 LEVEL_STYLES = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
@@ -45,12 +45,9 @@ def render_advice(advice: tuple[Advice, ...], narrow: bool) -> Text:
     return out
 
 
-class WarningList(Static):
+class WarningList(Panel):
     """Hidden when nothing is wrong."""
 
     def show(self, warnings: tuple[RiskWarning, ...], narrow: bool) -> None:
         self.display = bool(warnings)
-        content = render_warnings(warnings, max(self.size.width, 40), narrow)
-        if content != getattr(self, "_drawn", None):
-            self._drawn = content
-            self.update(content)
+        self.redraw(render_warnings(warnings, max(self.size.width, 40), narrow))
