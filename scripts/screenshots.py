@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -111,18 +109,11 @@ def report_svg(path: Path) -> str:
     return render_svg(panels(recording, report), report)
 
 
-def interval_of(samples: Sequence[Sample]) -> float:
-    """The refresh interval the samples were taken at (1 s for a single sample)."""
-    gaps = [b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time]
-    if not gaps:
-        return 1.0
-    return max(0.1, round(statistics.median(gaps), 1))
-
-
 async def render(samples: Sequence[Sample], size: tuple[int, int], title: str) -> str:
     from vramtop.ui.app import SampleArrived, VramtopApp
+    from vramtop.ui.replay import replay_interval
 
-    app = VramtopApp(_NoSource(), poll=False, interval=interval_of(samples))  # type: ignore[arg-type]
+    app = VramtopApp(_NoSource(), poll=False, interval=replay_interval(samples, None))  # type: ignore[arg-type]
     async with app.run_test(size=size) as pilot:
         for sample in samples:
             # One at a time: a newer SampleArrived replaces an unprocessed one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,8 +148,9 @@ class ReplayApp(VramtopApp):
 
 
 def replay_interval(samples: Sequence[Sample], recorded: float | None) -> float:
-    """Seconds between samples as recorded (the header's interval, else their spacing)."""
+    """Seconds between samples as recorded: the header's interval, else their median spacing
+    to a tenth of a second (1 s for a single sample)."""
     if recorded:
         return recorded
-    gaps = sorted(b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time)
-    return gaps[len(gaps) // 2] if gaps else 1.0
+    gaps = [b.time - a.time for a, b in itertools.pairwise(samples) if b.time > a.time]
+    return max(0.1, round(statistics.median(gaps), 1)) if gaps else 1.0
