@@ -24,70 +24,68 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-def test_a_growing_persistent_memory_is_flagged_as_a_leak_with_a_time_to_oom(tmp_path):
-    fake = FakeCudaTorch(torch)
-    fake.initialized = True
-    fake.allocator.set(4 * GiB, 6 * GiB)
-    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
-    agent.start()
-    source = MonitorSource(NvmlSource(nvml=two_gpu_box(), host=HostInfo(holds_gpu=lambda pid: True)),
-                           AgentSource(tmp_path / "run"))
-    # The default rules want minutes of history; the same rules, on a faster clock.
-    tracker = RiskTracker(Thresholds(leak_warmup_steps=5, leak_point_gap=0.05, leak_min_span=1.0,
-                                     leak_min_rate=1.0))
-    model = torch.nn.Linear(64, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(8, 64)
+class Chain:
+    """A training loop with the agent, and the monitor's side reading it through the socket."""
+
+    def __init__(self, directory) -> None:
+        self.fake = FakeCudaTorch(torch)
+        self.fake.initialized = True
+        self.agent = Agent(interval=0.02, directory=directory, torch=self.fake, device_type="cpu")
+        self.source = MonitorSource(NvmlSource(nvml=two_gpu_box(), host=HostInfo(holds_gpu=lambda pid: True)),
+                                    AgentSource(directory))
+        # The default rules want minutes of history; the same rules, on a faster clock.
+        self.tracker = RiskTracker(Thresholds(leak_warmup_steps=5, leak_point_gap=0.05, leak_min_span=1.0,
+                                              leak_min_rate=1.0))
+        self.model = torch.nn.Linear(64, 64)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.x = torch.randn(8, 64)
+        self.agent.start()
+        self.source.open()
+
+    def step(self, peak: int, persistent: int) -> None:
+        """One optimizer step: ``peak`` bytes allocated in it, ``persistent`` left after it."""
+        self.fake.allocator.set(peak)
+        self.model(self.x).sum().backward()
+        self.fake.allocator.set(persistent)
+        self.opt.step()
+        self.opt.zero_grad()
+        time.sleep(0.03)
+
+    def warnings(self):  # type: ignore[no-untyped-def]
+        return self.tracker.update(self.source.read())
+
+    def close(self) -> None:
+        self.source.close()
+        self.agent.stop()
+
+
+@pytest.fixture
+def chain(tmp_path):
+    c = Chain(tmp_path / "run")
+    yield c
+    c.close()
+
+
+def test_a_growing_persistent_memory_is_flagged_as_a_leak_with_a_time_to_oom(chain):
     leak = None
-    try:
-        source.open()
-        deadline = time.monotonic() + 30
-        step = 0
-        while time.monotonic() < deadline and leak is None:
-            step += 1
-            fake.allocator.set(4 * GiB + 8 * GiB)  # the step's activations
-            model(x).sum().backward()
-            fake.allocator.set(4 * GiB + step * 64 * MiB)  # what stays after the step: 64 MiB more each time
-            opt.step()
-            opt.zero_grad()
-            time.sleep(0.03)
-            if step % 3 == 0:
-                warnings = tracker.update(source.read())
-                leak = next((w for w in warnings if w.kind == "leak"), None)
-        assert leak is not None, "no leak warning"
-        assert leak.evidence["per_step"] == pytest.approx(64 * MiB, rel=0.15)
-        assert leak.evidence["seconds_to_oom"] > 0 and "steps" in leak.sentence
-        assert "list" in leak.action  # what to look for: tensors kept across steps
-    finally:
-        source.close()
-        agent.stop()
+    deadline = time.monotonic() + 30
+    step = 0
+    while time.monotonic() < deadline and leak is None:
+        step += 1
+        # 64 MiB more stays allocated after every step.
+        chain.step(peak=12 * GiB, persistent=4 * GiB + step * 64 * MiB)
+        if step % 3 == 0:
+            leak = next((w for w in chain.warnings() if w.kind == "leak"), None)
+    assert leak is not None, "no leak warning"
+    assert leak.evidence["per_step"] == pytest.approx(64 * MiB, rel=0.15)
+    assert leak.evidence["seconds_to_oom"] > 0 and "steps" in leak.sentence
+    assert "list" in leak.action  # what to look for: tensors kept across steps
 
 
-def test_a_flat_run_through_the_same_chain_raises_no_leak(tmp_path):
-    fake = FakeCudaTorch(torch)
-    fake.initialized = True
-    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
-    agent.start()
-    source = MonitorSource(NvmlSource(nvml=two_gpu_box(), host=HostInfo(holds_gpu=lambda pid: True)),
-                           AgentSource(tmp_path / "run"))
-    tracker = RiskTracker(Thresholds(leak_warmup_steps=5, leak_point_gap=0.05, leak_min_span=1.0,
-                                     leak_min_rate=1.0))
-    model = torch.nn.Linear(64, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(8, 64)
+def test_a_flat_run_through_the_same_chain_raises_no_leak(chain):
     kinds: set[str] = set()
-    try:
-        source.open()
-        for step in range(120):
-            fake.allocator.set(12 * GiB)
-            model(x).sum().backward()
-            fake.allocator.set(4 * GiB + (step % 3) * MiB)  # steady, with allocator jitter
-            opt.step()
-            opt.zero_grad()
-            time.sleep(0.03)
-            if step % 3 == 0:
-                kinds |= {w.kind for w in tracker.update(source.read())}
-        assert "leak" not in kinds
-    finally:
-        source.close()
-        agent.stop()
+    for step in range(120):
+        chain.step(peak=12 * GiB, persistent=4 * GiB + (step % 3) * MiB)  # steady, with allocator jitter
+        if step % 3 == 0:
+            kinds |= {w.kind for w in chain.warnings()}
+    assert "leak" not in kinds
