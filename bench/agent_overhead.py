@@ -19,8 +19,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,13 +31,57 @@ import torch
 import workloads
 
 import vramtop.agent as agent
-from vramtop.agent._runtime import DEFAULT_INTERVAL
+from vramtop.agent._runtime import DEFAULT_INTERVAL, Agent
 
 CONDITIONS = {"off": None, "on": DEFAULT_INTERVAL, "on-10x": DEFAULT_INTERVAL / 10}
 
 
-def run_block(name: str, work: workloads.Workload, steps: int, directory: Path) -> float:
-    """Mean seconds per step over one block, with the agent in condition ``name``."""
+class AgentClock:
+    """The agent's own CPU time, measured directly: the time spent in its hooks on the training
+    thread plus the CPU time of its threads. Block times of a launch-bound loop vary by more than
+    the agent costs, so this is the sharper figure of what it can take from the loop (it does not
+    count the GIL hand-over latency when its thread wakes up)."""
+
+    hooks = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        for name in ("_after_optimizer_step", "_before_module_call", "_after_module_call"):
+            setattr(Agent, name, cls._timed(getattr(Agent, name)))
+
+    @classmethod
+    def _timed(cls, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                cls.hooks += time.perf_counter() - started
+        return timed
+
+    @staticmethod
+    def threads() -> float:
+        """CPU seconds of the agent's live threads (NaN where the kernel cannot say)."""
+        total = 0.0
+        for thread in threading.enumerate():
+            if thread.name.startswith("vramtop-agent") and thread.ident is not None:
+                try:
+                    total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+                except OSError:
+                    try:  # nanoseconds on the CPU, first field
+                        total += int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[0]) / 1e9
+                    except OSError:
+                        return float("nan")
+        return total
+
+    @classmethod
+    def read(cls) -> tuple[float, float]:
+        return cls.hooks, cls.threads()
+
+
+def run_block(name: str, work: workloads.Workload, steps: int, directory: Path) -> tuple[float, float, float]:
+    """Mean seconds per step over one block with the agent in condition ``name``, and the
+    agent's CPU seconds in it: (hooks on the training thread, its own threads)."""
     interval = CONDITIONS[name]
     if interval is not None:
         agent.start(interval=interval, directory=directory)
@@ -45,11 +91,14 @@ def run_block(name: str, work: workloads.Workload, steps: int, directory: Path) 
         workloads.timed_steps(work, 3)  # let it see the optimizer and take its first census
     try:
         torch.cuda.synchronize()
+        hooks, threads = AgentClock.read()
         started = time.perf_counter()
         for _ in range(steps):
             work.step()
         torch.cuda.synchronize()
-        return (time.perf_counter() - started) / steps
+        elapsed = time.perf_counter() - started
+        hooks_after, threads_after = AgentClock.read()
+        return elapsed / steps, hooks_after - hooks, threads_after - threads
     finally:
         if interval is not None:
             agent.stop()
@@ -63,15 +112,24 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 def bench(name: str, work: workloads.Workload, rounds: int, steps: int, directory: Path) -> dict:
     workloads.timed_steps(work, 10)  # warm-up: allocator, kernels, optimizer state
     blocks: dict[str, list[float]] = {c: [] for c in CONDITIONS}
+    hooks: dict[str, float] = dict.fromkeys(CONDITIONS, 0.0)
+    threads: dict[str, float] = dict.fromkeys(CONDITIONS, 0.0)
     order = list(CONDITIONS)
     for r in range(rounds):
         for condition in order[r % len(order):] + order[: r % len(order)]:
-            blocks[condition].append(run_block(condition, work, steps, directory))
+            per_step, hook_s, thread_s = run_block(condition, work, steps, directory)
+            blocks[condition].append(per_step)
+            hooks[condition] += hook_s
+            threads[condition] += thread_s
     result = {"workload": name, "rounds": rounds, "steps_per_block": steps, "conditions": {}}
     for condition in CONDITIONS:
         paired = [100 * (on / off - 1) for on, off in zip(blocks[condition], blocks["off"], strict=False)]
         low, mid, high = quartiles(paired)
+        wall = sum(blocks[condition]) * steps
         result["conditions"][condition] = {
+            "agent_hooks_us_per_step": hooks[condition] / (rounds * steps) * 1e6,
+            "agent_threads_cpu_pct": 100 * threads[condition] / wall,
+            "agent_cpu_pct": 100 * (hooks[condition] + threads[condition]) / wall,
             "interval_s": CONDITIONS[condition],
             "median_step_ms": statistics.median(blocks[condition]) * 1e3,
             "block_ms": [b * 1e3 for b in blocks[condition]],
@@ -100,6 +158,7 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     directory = Path(os.environ.get("VRAMTOP_BENCH_DIR", f"/tmp/vramtop-bench-{os.getpid()}"))
+    AgentClock.install()
     results = {"facts": gpu_facts(), "results": []}
     chosen = args.workloads.split(",")
     for name, make, steps in (("mlp", workloads.mlp, args.mlp_steps),
@@ -112,13 +171,16 @@ def main() -> int:
         torch.cuda.empty_cache()  # the benchmark's own housekeeping between workloads
     lines = [f"GPU: {results['facts']['gpu']}  torch {results['facts']['torch']}  {results['facts']['date']}",
              "", "| workload | condition | agent interval | median step | overhead vs off (paired median) "
-             "| interquartile range |", "|---|---|---|---|---|---|"]
+             "| interquartile range | agent hooks per step | agent threads' CPU | agent CPU / step time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["results"]:
         for condition, c in r["conditions"].items():
             interval = "-" if c["interval_s"] is None else f"{c['interval_s']:g} s"
             low, high = c["overhead_pct_iqr"]
             lines.append(f"| {r['workload']} | {condition} | {interval} | {c['median_step_ms']:.3f} ms | "
-                         f"{c['overhead_pct_median']:+.2f}% | {low:+.2f}% .. {high:+.2f}% |")
+                         f"{c['overhead_pct_median']:+.2f}% | {low:+.2f}% .. {high:+.2f}% | "
+                         f"{c['agent_hooks_us_per_step']:.1f} us | {c['agent_threads_cpu_pct']:.3f}% | "
+                         f"{c['agent_cpu_pct']:.3f}% |")
     print("\n".join(lines))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))

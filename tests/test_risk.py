@@ -22,6 +22,7 @@ from vramtop.analysis.risk import (
     Thresholds,
     advice_for,
     assess,
+    batch_fit_for,
     fit_leak,
     postmortem_summary,
 )
@@ -384,12 +385,15 @@ def test_fragmentation_is_info_alone_and_a_warning_with_retries():
     assert (FRAGMENTATION, WARNING) in kinds(warnings)
 
 
-def test_fragmentation_action_changes_when_expandable_segments_are_on():
+def test_fragmentation_is_quiet_when_expandable_segments_are_on():
+    # The allocator unmaps free pages of expandable segments under pressure: a cache in pieces
+    # cannot fail a large request (tests/gpu/test_risk_gpu.py shows it on a real GPU).
     tracker = RiskTracker()
-    for i in range(3):
-        warnings = tracker.update(frag_snap(float(i), expandable=True))
-    (w,) = warnings
-    assert w.kind == FRAGMENTATION and "PYTORCH_CUDA_ALLOC_CONF" not in w.action
+    for i in range(6):
+        assert tracker.update(frag_snap(float(i), expandable=True)) == ()
+    for i in range(6, 9):
+        warnings = tracker.update(frag_snap(float(i), expandable=False))
+    assert kinds(warnings) == {(FRAGMENTATION, INFO)}
 
 
 def test_fragmentation_quiet_for_a_small_cache_or_a_low_ratio():
@@ -562,3 +566,16 @@ def test_recorded_oom_events_are_understood_too():
     other = Event(time=0.5, kind="command-started", pid=PID, data={})
     (w,) = tracker.update(snap(1.0), events=[other, event])
     assert (w.kind, w.level, w.evidence["requested"]) == (OOM, CRITICAL, GiB)
+
+
+def test_batch_fit_for_is_the_figure_in_the_batch_advice():
+    # At the peak: 39 GiB allocated, 8 GiB of it counted (2 + 2 + 4), so 31 GiB of activations;
+    # projected 41 GiB (40 reserved + context + driver); the line at 10% is 72 GiB:
+    # (72 - (41 - 31)) / 31 = 2.0 times the current batch.
+    s = snap(0.0)
+    agent = s.agents[0]
+    fit = batch_fit_for(s, agent, agent.devices[0], margin=0.10)
+    assert fit is not None and abs(fit - 2.0) < 1e-6
+    assert abs(batch_fit_for(s, agent, agent.devices[0], margin=0.0) - (80 - 10) / 31) < 1e-6
+    texts = [a.text for a in advice_for(s, agent, agent.devices[0])]
+    assert any("grow ~2.0x" in t for t in texts), texts

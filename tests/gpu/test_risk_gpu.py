@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from vramtop.analysis.risk import RiskTracker
+from vramtop.analysis.risk import RiskTracker, batch_fit_for
 from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
 
 REPO = Path(__file__).resolve().parents[2]
-GiB = 1 << 30
+GiB, MiB = 1 << 30, 1 << 20
 
 
 @pytest.fixture
@@ -30,9 +30,9 @@ def env(tmp_path):
     return {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}", "XDG_RUNTIME_DIR": str(run)}
 
 
-def start(env, *args: str, cwd: Path = REPO) -> subprocess.Popen[str]:
+def start(env, *args: str, cwd: Path = REPO, script: str = "train_demo.py") -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "vramtop", "run", "--", sys.executable,
-                             str(REPO / "bench" / "train_demo.py"), *args],
+                             str(REPO / "bench" / script), *args],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -147,3 +147,65 @@ def test_a_recording_agrees_with_nvidia_smi_sampled_alongside(env, tmp_path):
         if abs(nearest.time - when) < 0.1:
             matched += mib(nearest.gpus[0].memory_used) == used
     assert matched >= 3, "too few readings at the same moment to compare"
+
+
+@pytest.mark.parametrize("expandable", [False, True], ids=["default", "expandable_segments"])
+def test_fragmentation_is_flagged_and_expandable_segments_remove_it(env, tmp_path, expandable):
+    """bench/fragment_demo.py leaves 8 GiB cached in 500 MiB holes under a cap, then asks for 1 GiB."""
+    if expandable:
+        env = {**env, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    proc = start(env, cwd=tmp_path, script="fragment_demo.py")
+    try:
+        seen = watch(env, proc, 90)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    result, state = out.split("RESULT ", 1)[1].split(" ", 1)
+    state = json.loads(state)
+    assert state["reserved"] - state["allocated"] >= 8 * GiB  # enough in total, in pieces
+    frag = [w for _, ws in seen for w in ws if w.kind == "fragmentation"]
+    agents = [a for s, _ in seen for a in s.agents]
+    assert agents, "the agent was never seen"
+    print(f"expandable={expandable}: {result} {state}; fragmentation warnings {len(frag)}")
+    if not expandable:
+        assert result == "oom"
+        assert frag, "no fragmentation warning"
+        w = frag[0]
+        assert "expandable_segments:True" in w.action
+        assert w.evidence["largest_free_block"] == 500 * MiB and w.evidence["fragmentation"] > 0.9
+        (path,) = tmp_path.glob("vramtop-oom-*.json")
+        report = json.loads(path.read_text())["report"]
+        assert report["requested"] == GiB and report["largest_free_block"] == 500 * MiB
+        print(w.title, "|", w.sentence)
+    else:
+        assert result == "ok"
+        assert all(a.expandable_segments is True for a in agents if a.expandable_segments is not None)
+        assert any(a.expandable_segments is True for a in agents)
+        assert not frag, frag[0].sentence
+
+
+def test_the_batch_size_estimate_matches_the_largest_batch_that_fits(env):
+    """The batch advice's figure (at margin 0) against the real largest batch, found by bisection."""
+    batch = 8
+    proc = start(env, "--steps", "100000", "--batch", str(batch))
+
+    def settled(sample, _):
+        return any(d.census and d.last_step and d.last_step.step >= 20 for a in sample.agents for d in a.devices)
+
+    try:
+        seen = watch(env, proc, 120, until=settled)
+    finally:
+        proc.kill()
+        proc.wait()
+    sample = seen[-1][0]
+    (agent,) = sample.agents
+    fit = batch_fit_for(sample, agent, agent.devices[0], margin=0.0)
+    assert fit is not None
+    predicted = int(batch * fit)
+    search = subprocess.run([sys.executable, str(REPO / "bench" / "largest_batch.py"), "--low", str(batch),
+                             "--high", "160"], env=env, capture_output=True, text=True, timeout=900)
+    assert search.returncode == 0, search.stderr
+    real = int(search.stdout.split("LARGEST ")[1])
+    print(f"batch {batch}: estimated largest batch {predicted} ({fit:.2f}x), real {real}")
+    assert abs(predicted - real) <= 0.15 * real

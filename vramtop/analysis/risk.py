@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
+from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, batch_fit, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy
 from vramtop.model import NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
 from vramtop.units import GiB, MiB, fmt_bytes
@@ -271,6 +271,19 @@ def advice_for(sample: Sample, agent: AgentSample, device: AgentDevice, threshol
     subjects = _subjects(single, _places(sample), {})
     return _advice(subjects[0], t.margin, assumptions) if subjects else ()
 
+
+
+def batch_fit_for(sample: Sample, agent: AgentSample, device: AgentDevice, margin: float) -> float | None:
+    """The largest micro-batch that fits under ``margin``, as a multiple of the current one
+    (the figure behind the batch-size advice); None before the bill has activations."""
+    single = replace(sample, agents=(replace(agent, devices=(device,)),))
+    subjects = _subjects(single, _places(sample), {})
+    if not subjects:
+        return None
+    s = subjects[0]
+    if s.bill is None or not s.place.total:
+        return None
+    return batch_fit(s.bill, s.place.total, s.projected - s.own_peak, margin)
 
 # -- hysteresis -----------------------------------------------------------------------------
 
@@ -605,10 +618,14 @@ class RiskTracker:
     def _fragmentation(self, s: _Subject) -> _Finding:
         t = self.thresholds
         stats = s.device.stats
+        if s.agent.expandable_segments is True:
+            # Under memory pressure the allocator unmaps the free pages of expandable segments and
+            # maps them where they are needed: free blocks in pieces cannot fail a large request.
+            return _NOTHING
         frag = fragmentation(stats)
         proxy = frag is None
-        if frag is None and s.agent.expandable_segments is not True:
-            frag = fragmentation_proxy(stats)  # meaningless with expandable segments
+        if frag is None:
+            frag = fragmentation_proxy(stats)
         if frag is None:
             return _NOTHING
         cache = stats.reserved - stats.allocated
@@ -628,12 +645,8 @@ class RiskTracker:
         sentence = (f"PID {s.pid}'s allocator caches {fmt_bytes(cache)} unused by any tensor{block}: fragmentation "
                     f"{frag:.2f}{' (estimated between snapshots)' if proxy else ''}"
                     + (f", with {stats.num_alloc_retries} allocation retries." if stats.num_alloc_retries else "."))
-        if s.agent.expandable_segments is True:
-            action = ("Expandable segments are already on: make tensor sizes repeat (pad sequence lengths to a few "
-                      "buckets) so freed blocks are reused.")
-        else:
-            action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts so the cache "
-                      "stays usable for large tensors.")
+        action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts so the cache "
+                  "stays usable for large tensors.")
         title = f"GPU {s.place.index}: fragmented allocator cache in PID {s.pid} ({frag:.2f} of {fmt_bytes(cache)})"
         return _Finding(level if high else None, level,
                         self._warning(s, level, FRAGMENTATION, title, evidence, sentence, action))
