@@ -32,15 +32,17 @@ for step in $steps; do
     costs)
         { section "NVML call costs"; python3 bench/nvml_costs.py "$OUT/nvml_costs.json"; } >> "$summary" 2>&1 ;;
     overhead)
-        { section "agent overhead"; python3 bench/agent_overhead.py --json-out "$OUT/agent_overhead.json"; } >> "$summary" 2>&1 ;;
+        { section "agent overhead"; python3 bench/agent_overhead.py --rounds 25 --json-out "$OUT/agent_overhead.json"; } >> "$summary" 2>&1 ;;
     tests)
         section "GPU tests" >> "$summary"
         python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
         tail -n 25 "$OUT/gpu_tests.log" >> "$summary" ;;
     record)
         section "recording a training run" >> "$summary"
-        python3 -m vramtop record -o "$OUT/train.jsonl" -i 0.5 -- \
-            python3 bench/train_demo.py --steps "${DEMO_STEPS:-60}" --oom >> "$summary" 2>&1
+        # From a directory of its own, so the recording names no path of this checkout.
+        run=$(mktemp -d) && cp bench/train_demo.py bench/workloads.py "$run"
+        (cd "$run" && python3 -m vramtop record -o "$OUT/train.jsonl" -i 0.5 -- \
+            python3 train_demo.py --steps "${DEMO_STEPS:-300}" --leak-mib 32 --oom) >> "$summary" 2>&1
         echo "exit $?" >> "$summary" ;;
     monitor)
         { section "monitor CPU, vramtop vs nvitop"; python3 bench/monitor_cpu.py --json-out "$OUT/monitor_cpu.json"; } >> "$summary" 2>&1 ;;

@@ -4,7 +4,9 @@ autocast, fused AdamW. Run it under vramtop, e.g.
     vramtop record -o run.jsonl -- python bench/train_demo.py --steps 150
 
 Options add the mistakes vramtop is meant to catch: ``--leak`` keeps every loss with its
-graph (a classic leak), ``--oom`` ends by asking for more memory than is left.
+graph (a classic leak), ``--leak-mib`` keeps a tensor of that size every step, and ``--oom``
+ends with one step at 8x the batch (as an evaluation with a larger batch would), which runs
+out of memory in the forward pass; the program catches it, as training scripts often do.
 """
 
 from __future__ import annotations
@@ -48,12 +50,16 @@ def main() -> int:
         if args.pause:
             time.sleep(args.pause)
     if args.oom:
-        total = torch.cuda.get_device_properties(0).total_memory
-        try:  # more than the whole card: a real OOM, caught as training scripts often do
-            torch.empty(total, dtype=torch.uint8, device="cuda")
+        big = torch.randint(0, work.model.config.vocab_size, (8 * args.batch, args.seq), device="cuda")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = work.model(input_ids=big, labels=big).loss
+            loss.backward()
         except torch.cuda.OutOfMemoryError as err:
             print(f"caught OOM: {str(err).splitlines()[0]}", flush=True)
-            time.sleep(3)
+            loss = None
+            work.optimizer.zero_grad(set_to_none=True)
+            time.sleep(3)  # the monitor's turn to see it
     return 0
 
 

@@ -4,7 +4,10 @@ Each ``DATA/NAME.json`` holds one ``vramtop --once --json`` document, a JSON lis
 several of them one after another (what that command prints when run repeatedly); each
 ``DATA/NAME.jsonl[.gz]`` is a `vramtop record` recording. The samples
 are shown in time order; the earlier ones build the sparkline history. For each file and size this
-writes ``OUT/NAME-<width>x<height>.svg``. The monitor is rendered off-screen, fed the samples
+writes ``OUT/NAME-<width>x<height>.svg``. A recording gives up to two moments: NAME, shortly after
+the first warning (or its last sample with an agent), and NAME-oom, its last sample with an
+agent if a process ran out of memory (the post-mortem), plus NAME-report.svg, the timeline
+`vramtop report` draws. The monitor is rendered off-screen, fed the samples
 in order, exactly as the live poller would deliver them. Times are shown in UTC (``--tz``) so
 that the output does not depend on where it is rendered.
 
@@ -68,8 +71,6 @@ def read_documents(text: str) -> list[object]:
 
 
 def load_samples(path: Path) -> list[Sample]:
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return load_recording(path)
     try:
         documents = read_documents(path.read_text())
     except (OSError, ValueError) as err:
@@ -83,19 +84,34 @@ def load_samples(path: Path) -> list[Sample]:
     return sorted(samples, key=lambda s: s.time)
 
 
-def load_recording(path: Path) -> list[Sample]:
-    """A `vramtop record` file, up to the last sample in which a process reports through the
-    agent (the moment that shows the most), or the whole of it when none does."""
+# Samples shown after the first warning, so that it has settled on screen.
+AFTER_WARNING = 4
+
+
+def recording_moments(path: Path) -> list[tuple[str, list[Sample]]]:
+    """The moments of a `vramtop record` file worth a picture, each as the samples up to it:
+    ("", ...) shortly after the first warning, else the last sample in which a process reports
+    through the agent, else the whole file; ("-oom", ...) the last agent sample, when an agent
+    captured an out-of-memory error."""
+    from vramtop.analysis.risk import INFO, warnings_over
     from vramtop.recording import RecordingError, read_recording
 
     try:
-        samples = list(read_recording(path).samples)
+        recording = read_recording(path)
     except (OSError, RecordingError) as err:
         raise InputError(f"{path}: {err}") from None
+    samples = list(recording.samples)
     if not samples:
         raise InputError(f"{path}: no samples")
     with_agents = [i for i, s in enumerate(samples) if any(a.devices for a in s.agents)]
-    return samples[: with_agents[-1] + 1] if with_agents else samples
+    last = with_agents[-1] if with_agents else len(samples) - 1
+    timeline = warnings_over(samples, recording.events)
+    warned = next((i for i, ws in enumerate(timeline) if any(w.level != INFO for w in ws)), None)
+    main = last if warned is None else min(last, warned + AFTER_WARNING)
+    moments = [("", samples[: main + 1])]
+    if with_agents and any(a.last_oom for a in samples[last].agents) and last != main:
+        moments.append(("-oom", samples[: last + 1]))
+    return moments
 
 
 def report_svg(path: Path) -> str:
@@ -153,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     try:
-        inputs = [(path.stem, load_samples(path)) for path in files]
+        inputs: list[tuple[str, list[Sample]]] = []
+        for path in files:
+            name = path.name.split(".")[0]
+            if path.name.endswith((".jsonl", ".jsonl.gz")):
+                inputs += [(name + suffix, samples) for suffix, samples in recording_moments(path)]
+            else:
+                inputs.append((name, load_samples(path)))
     except InputError as err:
         print(f"screenshots: {err}", file=sys.stderr)
         return 1
@@ -166,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, samples in inputs:
         for width, height in args.size or SIZES:
             svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}"))
-            target = args.out / f"{name.removesuffix('.jsonl')}-{width}x{height}.svg"
+            target = args.out / f"{name}-{width}x{height}.svg"
             target.write_text(svg)
             print(target)
     return 0

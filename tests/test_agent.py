@@ -134,6 +134,51 @@ def test_census_counts_parameters_and_adam_state_exactly(agent, fake_torch):
     assert fake_torch.forbidden_calls == []
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "autocast"])
+def test_the_agent_says_whether_forward_passes_run_under_autocast(agent, fake_torch, autocast):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 64)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+    sample = wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census and s)
+    assert sample.autocast is autocast
+    assert sample.devices[0].census.parameters_16bit == 0  # fp32 weights either way
+    assert sample.world_size is None  # no process group
+
+
+def test_16bit_parameters_are_counted_apart(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model().to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_bf16 = [torch.randn(8, 64, dtype=torch.bfloat16)]
+    for _ in range(3):
+        model(train_bf16[0]).float().pow(2).mean().backward()
+        opt.step()
+    c = wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census)
+    assert c.parameters_16bit == c.parameters_trainable > 0
+
+
+def test_the_world_size_comes_from_the_process_group(agent, fake_torch, tmp_path):
+    import torch.distributed as dist
+
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = make_model()
+        train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2)
+        assert wait_for(lambda: (s := agent._latest) and s.world_size) == 1
+    finally:
+        dist.destroy_process_group()
+
+
 def test_frozen_parameters_are_found_through_the_model_and_tied_weights_count_once(agent, fake_torch):
     fake_torch.initialized = True
     wait_for(lambda: agent.active)
@@ -199,7 +244,7 @@ def test_step_peak_is_exact_when_the_allocator_peak_rises_and_a_lower_bound_othe
         model(x).sum().backward()
         alloc.set(100 * MiB)  # back to the persistent level at the boundary
         opt.step()
-        time.sleep(0.03)  # real steps take time; faster ones are grouped by the agent
+        time.sleep(0.06)  # real steps take time; faster ones are grouped by the agent
 
     step(300 * MiB)
     step(400 * MiB)  # peak rises: exact
@@ -208,6 +253,22 @@ def test_step_peak_is_exact_when_the_allocator_peak_rises_and_a_lower_bound_othe
     step(350 * MiB)  # below the old peak: not visible exactly
     last = wait_for(lambda: (s := agent._latest.devices[0].last_step) and s.step == 3 and s)
     assert not last.exact and last.peak_allocated <= 350 * MiB
+
+
+def test_step_boundary_reads_are_spaced_by_their_cost(agent, fake_torch):
+    # A read that takes 2 ms may take 0.2% of the training thread's time: one per second at most,
+    # however fast the steps (without the bound: one per 20 ms, some 20 in this loop).
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    fake_torch.allocator.read_delay = 0.002
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, opt, 2)  # the first read comes with the new optimizer; it measures the cost
+    started = time.monotonic()
+    train(model, opt, 40, between=lambda: time.sleep(0.01))
+    assert time.monotonic() - started < 1.5
+    reads = fake_torch.allocator.reads_by_thread.get(threading.get_ident(), 0)
+    assert agent.step == 42 and 1 <= reads <= 3, reads
 
 
 def test_agent_failures_never_reach_the_training_loop(agent, fake_torch):

@@ -160,6 +160,10 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert with_agent[-1].agents[0].last_oom is not None
     assert with_agent[-1].agents[0].last_oom.requested == 1 << 30
     assert list(tmp_path.glob("vramtop-oom-*.json")) and "post-mortem:" in result.stderr
+    # The warning the TUI would have shown is in the file too, with its evidence and action.
+    warned = [e for e in recording.events if e.kind == "warning" and e.data["kind"] == "oom"]
+    assert warned and warned[0].data["level"] == "critical" and warned[0].pid == ooms[0].pid
+    assert warned[0].data["action"] and warned[0].time >= ooms[0].data["time"]  # the sample after the OOM
 
 
 def test_run_reaches_every_torchrun_rank(runtime, tmp_path):

@@ -326,7 +326,12 @@ def test_events_warnings_and_ooms_are_listed_and_drawn(tmp_path, capsys):
     path = write(tmp_path / "ev.jsonl", training(), events)
     assert main(["report", str(path), "--html", str(tmp_path / "ev.html")]) == 0
     out = capsys.readouterr().out
-    assert "+5.5 s  warning (high): persistent memory grows  (PID 100)" in out
+    # The recorder's warning event stays in the file and the JSON; the text lists warnings in full
+    # in WARNINGS (raised again from the samples), not twice.
+    assert "warning (high): persistent memory grows" not in out.split("EVENTS")[1]
+    assert main(["report", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert any(e["kind"] == "warning" and e["data"]["message"] == "persistent memory grows" for e in doc["events"])
     assert "+9.5 s  OOM, requested 2048 MiB, device free 512 MiB  (PID 100)" in out
     assert "command exited with 1" in out
     rec = read_recording(path)
@@ -336,7 +341,7 @@ def test_events_warnings_and_ooms_are_listed_and_drawn(tmp_path, capsys):
     assert {m.kind for m in gpu0.marks} >= {"warning", "oom", "step", "command.started"}
     assert not {"warning", "oom"} & {m.kind for m in gpu1.marks}  # they were about GPU 0
     page = (tmp_path / "ev.html").read_text()
-    assert "OOM, requested 2048 MiB" in page and "warning (high)" in page
+    assert "OOM, requested 2048 MiB" in page and "<h2>Warnings</h2>" in page
 
 
 def test_the_agent_chart_stacks_the_bill_in_the_tui_colours(tmp_path):
@@ -475,8 +480,22 @@ def test_the_svg_alone_is_well_formed_with_axes_and_legend():
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG}svg"
     for text in ("memory (GiB)", "GPU memory.used (NVML)", "memory.total", "steps",
-                 "activations &amp; temporaries (derived)", "zoomed to"):
+                 "activations &amp; temporaries (derived)"):
         assert text in svg
+
+
+def test_the_picture_zooms_on_the_agent_when_it_ran_for_a_small_part_of_the_recording():
+    # The recorder ran on for ten minutes after the training process ended.
+    rec = read_recording(GPT2)
+    last = rec.samples[-1]
+    tail = tuple(replace(last, time=last.time + 10 * k, agents=(), gpus=tuple(
+        replace(g, processes=()) for g in last.gpus)) for k in range(1, 61))
+    rec = replace(rec, samples=rec.samples + tail, end=None)
+    report = summarize(rec)
+    svg = render_svg(panels(rec, report), report)
+    assert "zoomed to" in svg
+    plain = read_recording(GPT2)
+    assert "zoomed to" not in render_svg(panels(plain, summarize(plain)), summarize(plain))
 
 
 def test_png_without_a_converter_says_how_to_get_one(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from vramtop.analysis.advice import EXPANDABLE
+from vramtop.analysis.advice import EXPANDABLE, MIXED_PRECISION, OPTIMIZER
 from vramtop.analysis.risk import (
     CRITICAL,
     FRAGMENTATION,
@@ -579,3 +579,25 @@ def test_batch_fit_for_is_the_figure_in_the_batch_advice():
     assert abs(batch_fit_for(s, agent, agent.devices[0], margin=0.0) - (80 - 10) / 31) < 1e-6
     texts = [a.text for a in advice_for(s, agent, agent.devices[0])]
     assert any("grow ~2.0x" in t for t in texts), texts
+
+
+def test_advice_uses_what_the_agent_saw_of_precision_and_world_size():
+    s = snap(0.0)
+    agent = s.agents[0]
+    device = agent.devices[0]
+
+    def levers(**facts):
+        a = replace(agent, **facts)
+        return {x.lever: x for x in advice_for(replace(s, agents=(a,)), a, device)}
+
+    unknown = levers()[MIXED_PRECISION]
+    assert unknown.conditional and unknown.text.startswith("If the model trains in fp32")
+    fp32 = levers(autocast=False)[MIXED_PRECISION]
+    assert not fp32.conditional and fp32.text.startswith("Run the forward pass")
+    assert MIXED_PRECISION not in levers(autocast=True)  # already under autocast
+    half = replace(device.census, parameters_16bit=device.census.parameters_trainable)
+    bf16_device = replace(device, census=half)
+    a = replace(agent, autocast=False, devices=(bf16_device,))
+    assert MIXED_PRECISION not in {x.lever for x in advice_for(replace(s, agents=(a,)), a, bf16_device)}
+    assert "8-bit" in levers()[OPTIMIZER].text
+    assert "over the 8 ranks" in levers(world_size=8)[OPTIMIZER].text  # 7/8 beats 8-bit's 3/4

@@ -119,6 +119,7 @@ class TensorCensus:
     complete: bool = True  # False: something could not be attributed (see ``seen``)
     gradients_peak: int = 0  # most gradient bytes any census has seen (all grads exist at once
     # in the optimizer step, while a census at a random moment may see them freed)
+    parameters_16bit: int = 0  # of the parameters above, bytes in 16-bit (or narrower) float types
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ class AgentSample:
     host_pid: int | None = None  # the PID as NVML reports it, when the monitor could match it
     error: str | None = None  # the agent's last internal error (it keeps going; shown, not hidden)
     last_oom: OomReport | None = None  # the latest out-of-memory error, kept for the process's life
+    autocast: bool | None = None  # a model's forward ran under torch.autocast; None: no forward seen
+    world_size: int | None = None  # torch.distributed world size, once the process group exists
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ and records any call the agent must never make.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +29,8 @@ class FakeCudaAllocator:
         self.num_alloc_retries = 0
         self.num_ooms = 0
         self.fail_stats = False
+        self.read_delay = 0.0  # seconds each stats() read takes, to play a slow allocator
+        self.reads_by_thread: dict[int, int] = {}
         self.lock = threading.Lock()
 
     def set(self, allocated: int, reserved: int | None = None) -> None:
@@ -40,6 +43,10 @@ class FakeCudaAllocator:
     def stats(self, device: int) -> dict[str, Any]:
         if self.fail_stats:
             raise RuntimeError("fake allocator failure")
+        me = threading.get_ident()
+        self.reads_by_thread[me] = self.reads_by_thread.get(me, 0) + 1
+        if self.read_delay:
+            time.sleep(self.read_delay)
         with self.lock:
             def stat(current: int, peak: int) -> dict[str, Any]:
                 return {"all": {"current": current, "peak": peak, "allocated": peak, "freed": 0}}

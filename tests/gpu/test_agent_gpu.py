@@ -60,6 +60,9 @@ def test_census_matches_the_analytic_count(gpt2):
     assert close(census["gradients_peak"], params, 0.01)
     assert census["complete"], census["seen"]
     assert "AdamW" in census["seen"] and "GPT2LMHeadModel" in census["seen"]
+    # bf16 autocast with fp32 weights: the agent saw autocast, and no 16-bit parameters.
+    assert gpt2["agent"]["autocast"] is True and census["parameters_16bit"] == 0
+    assert gpt2["agent"]["world_size"] is None
 
 
 def test_bill_adds_up_to_the_nvml_per_process_figure(gpt2):

@@ -16,7 +16,7 @@ from typing import Any
 from vramtop.model import TensorCensus
 
 BLOCK = 512
-TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER = range(4)
+TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER, PARAMS_16BIT = range(5)
 
 
 def _local(tensor: Any) -> Any:
@@ -41,8 +41,11 @@ class _Counter:
         if key in self.seen or not storage.nbytes():
             return
         self.seen.add(key)
-        per_device = self.bytes.setdefault(index, [0, 0, 0, 0])
-        per_device[slot] += -(-storage.nbytes() // BLOCK) * BLOCK
+        per_device = self.bytes.setdefault(index, [0, 0, 0, 0, 0])
+        size = -(-storage.nbytes() // BLOCK) * BLOCK
+        per_device[slot] += size
+        if slot in (TRAINABLE, FROZEN) and t.is_floating_point() and t.element_size() <= 2:
+            per_device[PARAMS_16BIT] += size  # bf16/fp16 weights: mixed precision is already there
 
 
 def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
@@ -89,6 +92,7 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
             time=now,
             seen=seen,
             complete=complete,
+            parameters_16bit=b[PARAMS_16BIT],
         )
         for device, b in counter.bytes.items()
     }

@@ -27,17 +27,9 @@ def filename(pid: int, when: float) -> str:
 def summary_lines(report: OomReport) -> list[str]:
     """A human summary; the analysis package words it when it can be imported."""
     try:
-        from vramtop.analysis.risk import postmortem_summary
-        from vramtop.model import AgentDevice, AllocatorStats
+        from vramtop.analysis.risk import postmortem_of
 
-        stats = AllocatorStats(allocated=report.allocated, reserved=report.reserved, active=report.allocated,
-                               requested=report.allocated, inactive_split=0, allocated_peak=report.allocated,
-                               reserved_peak=report.reserved, num_alloc_retries=0, num_ooms=1,
-                               largest_free_block=report.largest_free_block)
-        device = AgentDevice(index=report.device, uuid=None, name=None, stats=stats, census=report.census)
-        event = {"device": report.device, "requested": report.requested, "device_total": report.device_limit,
-                 "device_free": report.device_free, "step": report.step, "time": report.time}
-        return list(postmortem_summary(event, device, None).lines)
+        return list(postmortem_of(report).lines)
     except Exception:
         return [f"CUDA out of memory: asked for {report.requested} bytes with {report.device_free} free "
                 f"of {report.device_limit}; PyTorch held {report.reserved} (allocated {report.allocated})."]

@@ -40,8 +40,9 @@ from ._stack import inspect_thread
 DEFAULT_INTERVAL = 0.25  # seconds between samples
 CUDA_WAIT = 0.1  # seconds between checks for the program's CUDA initialisation (~1 us each)
 DEVICE_RESCAN = 2.0  # seconds between checks for newly used devices
-# Allocator figures are read at most this often at step boundaries: steps faster than this
-# are grouped, so a launch-bound loop of 2 ms steps pays ~20 us per 20 ms, not per step.
+# Allocator figures are read at step boundaries at most this often, and less often if a read
+# is slow (see GIL_BUDGET): steps faster than this are grouped, so a launch-bound loop of 2 ms
+# steps pays for one read (~20-150 us, a dict of ~100 counters) per 20 ms or more, not per step.
 BOUNDARY_GAP = 0.02
 # Module-call hooks stay until this many optimizer steps in a row met no new model.
 DISCOVERY_STEPS = 3
@@ -105,13 +106,15 @@ class Agent:
         self.tick_errors = 0
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
-        self._last_boundary_read = 0.0
+        self._last_boundary_read = self._boundary_cost = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
         self.ooms: deque[dict[str, Any]] = deque(maxlen=16)  # events not yet published
         self.last_oom: OomReport | None = None
+        self.autocast: bool | None = None  # a top-level forward ran under autocast (seen in discovery)
+        self.world_size: int | None = None
         self._told_postmortem = False
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
 
@@ -241,9 +244,12 @@ class Agent:
                 return
             depth = getattr(self._call_depth, "depth", 0)
             self._call_depth.depth = depth + 1
-            if depth == 0 and module not in self._modules:
-                self._modules.add(module)
-                self._new_model = True
+            if depth == 0:
+                if not self.autocast:
+                    self.autocast = ts.autocast_enabled(self._torch, self._device_type)
+                if module not in self._modules:
+                    self._modules.add(module)
+                    self._new_model = True
         except Exception:
             pass
 
@@ -269,7 +275,8 @@ class Agent:
         every BOUNDARY_GAP seconds the allocator figures (~20 us), and at most every second
         (less often if it is slow) the census, here because gradients exist only now."""
         try:
-            if os.getpid() != self.pid or self._stop.is_set():
+            # No getpid() here: a forked child's copy is stopped by _forked before it runs.
+            if self._stop.is_set():
                 return
             self.step += 1
             if self._discovery:
@@ -281,9 +288,11 @@ class Agent:
             if new_optimizer:
                 self._optimizers.add(optimizer)
             now = time.monotonic()
-            if now - self._last_boundary_read < BOUNDARY_GAP and not new_optimizer:
+            gap = max(BOUNDARY_GAP, self._boundary_cost / GIL_BUDGET)
+            if now - self._last_boundary_read < gap and not new_optimizer:
                 return
             self._last_boundary_read = now
+            started = time.perf_counter()
             self._train_thread = threading.get_ident()
             if not self._devices:
                 self._rescan_devices(force=True)  # the first step came before the first tick saw memory
@@ -294,6 +303,9 @@ class Agent:
                 current[index] = (a["current"], r["current"])
                 peak[index] = (a["peak"], r["peak"])
             self._boundaries.append(_Boundary(self.step, now, current, peak))
+            # A moving average: one read slowed by preemption should not space out the next ones.
+            cost = time.perf_counter() - started
+            self._boundary_cost = cost if not self._boundary_cost else 0.75 * self._boundary_cost + 0.25 * cost
             if new_optimizer or self._census_due(now):
                 self._census()
         except Exception:
@@ -370,6 +382,8 @@ class Agent:
             error=self.error,
             last_oom=self.last_oom,
             dropped=self._server.dropped if self._server else 0,
+            autocast=self.autocast,
+            world_size=self.world_size,
         )
         self._latest = sample
         if self._server is not None:
@@ -442,6 +456,7 @@ class Agent:
             return
         finally:
             self._census_cost = time.perf_counter() - started
+        self.world_size = ts.world_size(self._torch)
         for index, state in list(self._devices.items()):
             census = result.get(index)
             if census is not None:

@@ -171,3 +171,30 @@ def expandable_segments(snapshot: SnapshotSummary | None) -> bool | None:
         if key.strip() == "expandable_segments":
             return value.strip().lower() == "true"
     return None
+
+
+def autocast_enabled(torch: Any, device_type: str) -> bool | None:
+    """Whether the calling thread runs under torch.autocast for ``device_type`` (None: unknown)."""
+    fn = getattr(torch, "is_autocast_enabled", None)
+    if fn is None:
+        return None
+    try:
+        return bool(fn(device_type))
+    except TypeError:  # torch < 2.4 takes no argument and answers for CUDA
+        try:
+            return bool(fn()) if device_type == "cuda" else None
+        except Exception:
+            return None
+    except Exception:
+        return None
+
+
+def world_size(torch: Any) -> int | None:
+    """torch.distributed's world size, once the program has created its process group."""
+    try:
+        dist = getattr(torch, "distributed", None)
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return None
+        return int(dist.get_world_size())
+    except Exception:
+        return None

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now
-from vramtop.model import AgentDevice, AgentSample, ProcessSample, Sample
+from vramtop.analysis.risk import Thresholds, postmortem_of, warnings_over
+from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample
 from vramtop.recording import Event, Recording
 
 # A process is keyed by (PID as NVML reports it, GPU UUID).
@@ -102,6 +103,30 @@ class ProcessSummary:
 
 
 @dataclass(frozen=True)
+class WarningSeen:
+    """A warning as the TUI raised it over the recording: its first sample at this level."""
+
+    time: float
+    level: str
+    kind: str
+    pid: int | None
+    gpu_index: int | None
+    title: str
+    sentence: str
+    action: str
+
+
+@dataclass(frozen=True)
+class PostMortemSeen:
+    """An OOM a training process's agent captured, with its summary (analysis/risk.py)."""
+
+    time: float
+    pid: int
+    oom: OomReport
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Report:
     path: str
     compressed: bool
@@ -118,7 +143,9 @@ class Report:
     end_reason: str | None  # None: no end record
     gpus: tuple[GpuSummary, ...] = ()
     processes: tuple[ProcessSummary, ...] = ()
-    events: tuple[Event, ...] = ()
+    events: tuple[Event, ...] = ()  # as recorded, including the recorder's own warning events
+    warnings: tuple[WarningSeen, ...] = ()
+    postmortems: tuple[PostMortemSeen, ...] = ()
     problems: tuple[str, ...] = ()
 
     @property
@@ -144,8 +171,10 @@ def selected(index: int, uuid: str, selectors: Sequence[str] | None) -> bool:
     return any(s == str(index) or uuid.lower().startswith(s.lower()) for s in selectors)
 
 
-def summarize(recording: Recording, gpus: Sequence[str] | None = None) -> Report:
-    """The report of a recording; ``gpus`` limits it to some GPUs (indices or UUID prefixes)."""
+def summarize(recording: Recording, gpus: Sequence[str] | None = None,
+              thresholds: Thresholds | None = None) -> Report:
+    """The report of a recording; ``gpus`` limits it to some GPUs (indices or UUID prefixes).
+    Warnings are raised again from the samples with ``thresholds``, as a replay raises them."""
     header = recording.header
     samples = recording.samples
     fresh = _fresh(samples)
@@ -182,8 +211,53 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None) -> Report
         gpus=tuple(_gpu_summaries(recording, fresh, gpus)),
         processes=tuple(_process_summaries(fresh, gpus)),
         events=recording.events,
+        warnings=tuple(_warnings(fresh, recording.events, gpus, thresholds)),
+        postmortems=tuple(_postmortems(fresh, gpus, thresholds)),
         problems=tuple(problems),
     )
+
+
+def _warnings(fresh: list[Sample], events: Sequence[Event], selectors: Sequence[str] | None,
+              thresholds: Thresholds | None) -> list[WarningSeen]:
+    levels: dict[tuple[str, str, int | None], str] = {}
+    out = []
+    for s, warnings in zip(fresh, warnings_over(fresh, events, thresholds), strict=True):
+        now = {}
+        for w in warnings:
+            now[w.key] = w.level
+            if levels.get(w.key) != w.level and selected(w.gpu_index if w.gpu_index is not None else -1,
+                                                         w.gpu_uuid, selectors):
+                out.append(WarningSeen(s.time, w.level, w.kind, w.pid, w.gpu_index, w.title, w.sentence, w.action))
+        levels = now
+    return out
+
+
+def _postmortems(fresh: list[Sample], selectors: Sequence[str] | None,
+                 thresholds: Thresholds | None) -> list[PostMortemSeen]:
+    """Each OOM once, from the agent's figures at the failure, with the process's memory outside
+    PyTorch taken from the samples before it (the median of NVML's figure minus reserved)."""
+    before: dict[tuple[int, int], AgentDevice] = {}
+    outside: dict[tuple[int, int], list[int]] = {}
+    seen: set[tuple[int, float]] = set()
+    out = []
+    for s in fresh:
+        for agent in s.agents:
+            oom = agent.last_oom
+            if oom is not None and (agent.pid, oom.time) not in seen:
+                seen.add((agent.pid, oom.time))
+                device = before.get((agent.pid, oom.device))
+                uuid = device.uuid if device is not None and device.uuid else ""
+                if selected(oom.device, uuid, selectors):
+                    known = outside.get((agent.pid, oom.device))
+                    summary = postmortem_of(oom, device, int(statistics.median(known)) if known else None,
+                                            agent=agent, thresholds=thresholds)
+                    out.append(PostMortemSeen(oom.time, agent.pid, oom, summary.lines))
+            for device in agent.devices:
+                before[(agent.pid, device.index)] = device
+                used = _process_used(s, agent.host_pid or agent.pid, device.uuid) if device.uuid else None
+                if used is not None and used >= device.stats.reserved:
+                    outside.setdefault((agent.pid, device.index), []).append(used - device.stats.reserved)
+    return out
 
 
 def _fresh(samples: Iterable[Sample]) -> list[Sample]:
@@ -550,6 +624,12 @@ def _event_marks(events: Sequence[Event], uuid: str) -> list[Mark]:
     return out
 
 
+def logged_events(report: Report) -> list[Event]:
+    """The events a reader wants in the log: the recorder's warning events are left out, since
+    the report lists the warnings in full (raised again from the samples)."""
+    return [e for e in report.events if e.kind not in ("warning", "warning.cleared")]
+
+
 def event_label(event: Event) -> str:
     """A short description of an event for people."""
     data = event.data
@@ -572,4 +652,6 @@ def event_label(event: Event) -> str:
     if event.kind == "warning":
         level = data.get("level")
         return f"warning{f' ({level})' if level else ''}" + (f": {message}" if message else "")
+    if event.kind == "warning.cleared":
+        return "warning cleared" + (f": {message}" if message else "")
     return event.kind + (f": {message}" if message else "")

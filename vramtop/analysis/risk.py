@@ -21,7 +21,16 @@ from typing import Any, NamedTuple
 
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, batch_fit, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy
-from vramtop.model import NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
+from vramtop.model import (
+    NOT_VISIBLE,
+    AgentDevice,
+    AgentSample,
+    AllocatorStats,
+    OomReport,
+    ProcessSample,
+    Sample,
+    TensorCensus,
+)
 from vramtop.units import GiB, MiB, fmt_bytes
 
 INFO, WARNING, CRITICAL = "info", "warning", "critical"
@@ -256,10 +265,24 @@ def _advice(s: _Subject, margin: float, assumptions: Assumptions | None = None,
         expandable_segments=s.agent.expandable_segments,
         fragmentation=frag,
         optimizer=census.seen if census else None,
+        mixed_precision=mixed_precision(s.agent, census),
+        world_size=s.agent.world_size,
         step_seconds=last.duration / max(1, last.steps) if last and last.duration > 0 else None,
         need=need,
         assumptions=assumptions,
     )
+
+
+def mixed_precision(agent: AgentSample, census: TensorCensus | None) -> bool | None:
+    """Whether the process already trains in mixed precision: its forward runs under autocast,
+    or most of its parameter bytes are 16-bit; None when the agent has not seen enough."""
+    if agent.autocast:
+        return True
+    if census is not None:
+        params = census.parameters_trainable + census.parameters_frozen
+        if params and 2 * census.parameters_16bit >= params:
+            return True
+    return False if agent.autocast is False and census is not None else None
 
 
 def advice_for(sample: Sample, agent: AgentSample, device: AgentDevice, thresholds: Thresholds | None = None,
@@ -699,6 +722,23 @@ def assess(sample: Sample, thresholds: Thresholds | None = None) -> tuple[RiskWa
     return RiskTracker(t).update(sample)
 
 
+def warnings_over(samples: Sequence[Sample], events: Sequence[Any] = (),
+                  thresholds: Thresholds | None = None) -> list[tuple[RiskWarning, ...]]:
+    """The warnings in force at each sample of a recording, with each recorded event (with a
+    ``time``) handed to the sample that follows it, as the live monitor would have had it."""
+    tracker = RiskTracker(thresholds)
+    ordered = sorted(events, key=lambda e: e.time)
+    out: list[tuple[RiskWarning, ...]] = []
+    i = 0
+    for s in samples:
+        since = []
+        while i < len(ordered) and ordered[i].time <= s.time:
+            since.append(ordered[i])
+            i += 1
+        out.append(tracker.warnings if s.stale else tracker.update(s, since))
+    return out
+
+
 def _oom_events(events: Iterable[Any]) -> dict[tuple[int, int], Mapping[str, Any]]:
     """OOM events by (PID, CUDA device index), from live messages or recorded Events."""
     out: dict[tuple[int, int], Mapping[str, Any]] = {}
@@ -749,15 +789,48 @@ class PostMortem:
     lines: tuple[str, ...]
 
 
+def postmortem_of(oom: OomReport, before: AgentDevice | None = None, non_pytorch: int | None = None, *,
+                  agent: AgentSample | None = None, thresholds: Thresholds | None = None,
+                  assumptions: Assumptions | None = None) -> PostMortem:
+    """The summary of an OOM from the agent's figures at the instant of failure.
+
+    ``before`` is the agent's last sample of that device, for its UUID and the memory that
+    persisted at the last step boundary; ``agent`` its process-wide facts (allocator setting,
+    precision, world size); ``non_pytorch`` the process's memory outside PyTorch
+    (CUDA context, libraries), known from earlier samples: NVML polled during an OOM's fast
+    growth is not comparable with the allocator's figures.
+    """
+    stats = AllocatorStats(allocated=oom.allocated, reserved=oom.reserved, active=oom.allocated,
+                           requested=oom.allocated, inactive_split=0, allocated_peak=oom.allocated,
+                           reserved_peak=oom.reserved, num_alloc_retries=0, num_ooms=1,
+                           largest_free_block=oom.largest_free_block)
+    census = oom.census or (before.census if before is not None else None)
+    if census is not None and before is not None and before.census is not None:
+        # Gradients all exist at a step boundary: that size tells persistent memory from them.
+        census = replace(census, gradients_peak=max(census.gradients_peak, before.census.gradients_peak))
+    device = AgentDevice(index=oom.device, uuid=before.uuid if before is not None else None,
+                         name=before.name if before is not None else None, stats=stats, census=census,
+                         last_step=before.last_step if before is not None else None)
+    event = {"device": oom.device, "requested": oom.requested, "device_total": oom.device_limit,
+             "device_free": oom.device_free, "step": oom.step, "time": oom.time}
+    used = None if non_pytorch is None else oom.reserved + non_pytorch
+    return postmortem_summary(event, device, used, expandable_segments=agent.expandable_segments if agent else None,
+                              thresholds=thresholds, assumptions=assumptions, at_failure=True,
+                              mixed_precision=mixed_precision(agent, census) if agent else None,
+                              world_size=agent.world_size if agent else None)
+
+
 def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvml_process_used: int | None, *,
                        expandable_segments: bool | None = None, thresholds: Thresholds | None = None,
-                       assumptions: Assumptions | None = None) -> PostMortem:
+                       assumptions: Assumptions | None = None, at_failure: bool = False,
+                       mixed_precision: bool | None = None, world_size: int | None = None) -> PostMortem:
     """A human summary of one OOM.
 
     ``event`` is what the agent's OOM observer records (device, requested, device_total,
     device_free, step, time); ``device`` the agent's last figures for that device before it;
-    ``nvml_process_used`` NVML's per-process figure then. Advice counts as sufficient what
-    frees the missing bytes plus the safety margin.
+    ``nvml_process_used`` NVML's per-process figure then. With ``at_failure``, ``device`` holds
+    the figures at the instant of failure instead (see postmortem_of). Advice counts as
+    sufficient what frees the missing bytes plus the safety margin.
     """
     t = thresholds or Thresholds()
     requested = int(event.get("requested", 0))
@@ -778,17 +851,23 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
         cache = stats.reserved - stats.allocated
         if stats.largest_free_block is not None:
             fragmented = cache >= requested > stats.largest_free_block
-            lines.append(f"The allocator held {fmt_bytes(cache)} of cache at the last sample, its largest free "
+            lines.append(f"The allocator held {fmt_bytes(cache)} of cache "
+                         f"{'then' if at_failure else 'at the last sample'}, its largest free "
                          f"block {fmt_bytes(stats.largest_free_block)}"
                          + (": enough in total but in pieces too small (fragmentation)." if fragmented else "."))
-        bill = bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used)
+        if at_failure:
+            bill = bill_now(device, nvml_process_used)
+        else:
+            bill = bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used)
         parts = [f"{name} {fmt_bytes(v)}" for name, v in bill.categories() if v]
         if parts:
-            lines.append("Bill at the allocator's peak: " + " · ".join(parts) + ".")
+            where = "at the failure" if at_failure else "at the allocator's peak"
+            lines.append(f"Bill {where}: " + " · ".join(parts) + ".")
         advice = advise(bill, device_total=total or None, margin=t.margin,
                         expandable_segments=expandable_segments,
                         fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
-                        need=need, cache=cache, assumptions=assumptions)
+                        need=need, cache=cache, assumptions=assumptions, mixed_precision=mixed_precision,
+                        world_size=world_size)
     lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None

@@ -14,10 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vramtop.commands.replay import load
+    from vramtop.commands.replay import load, recorded_interval
     from vramtop.demo import RECORDING
 
-    samples, interval, _ = load(str(RECORDING))
+    recording, _ = load(str(RECORDING))
+    samples = recording.samples
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("the demo needs a terminal", EXIT_USAGE)
     from vramtop.cli import thresholds_from
@@ -25,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
 
     notice = ("Demo: a recording of GPT-2 small training on an NVIDIA H100 with the vramtop agent. "
               "space pauses · → ← step · w next warning · P peak · q quits")
-    ReplayApp(samples, title="demo", interval=replay_interval(samples, interval), speed=args.speed,
-              notice=notice, thresholds=thresholds_from(args)).run()
+    ReplayApp(samples, title="demo", interval=replay_interval(samples, recorded_interval(recording)),
+              speed=args.speed, notice=notice, thresholds=thresholds_from(args), events=recording.events).run()
     return EXIT_OK

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 
 if TYPE_CHECKING:
+    from vramtop.analysis.risk import RiskTracker, RiskWarning
     from vramtop.model import Sample
     from vramtop.sinks.recorder import Recorder
     from vramtop.sources.poller import DeadlineReader
@@ -99,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"vramtop: recording to {path}"
               + (f" (gzipped into {compressed_path(path)} at the end)" if compress else ""),
               file=sys.stderr)
+        from vramtop.analysis.risk import RiskTracker
+        from vramtop.cli import thresholds_from
+
         session = _Session(reader, recorder, interval=args.interval, duration=args.duration,
-                           compress=compress)
+                           compress=compress, risk=RiskTracker(thresholds_from(args)))
         try:
             return session.run(first, command)
         finally:
@@ -193,9 +197,11 @@ class _Session:
     """One recording: the sampling loop, the command, the signals and how it all ends."""
 
     def __init__(self, reader: DeadlineReader, recorder: Recorder, *, interval: float,
-                 duration: float | None, compress: bool) -> None:
+                 duration: float | None, compress: bool, risk: RiskTracker | None = None) -> None:
         self.reader = reader
         self.recorder = recorder
+        self.risk = risk  # warnings go into the file as events when raised, changed or cleared
+        self._raised: dict[tuple[str, str, int | None], RiskWarning] = {}
         self.interval = interval
         self.duration = duration
         self.compress = compress
@@ -255,11 +261,34 @@ class _Session:
             if sample.stale:  # the last good data again: record it at the time it stood in
                 sample = replace(sample, time=time.time())
             self._write(self.recorder.write_sample, sample)
-            for event in self._agent_events():  # e.g. an OOM seen by a training process's agent
+            events = self._agent_events()
+            for event in events:  # e.g. an OOM seen by a training process's agent
                 self._write(self.recorder.write_event, str(event.get("kind", "agent")), event.get("data") or {},
                             pid=event.get("pid"))
+            self._warnings(sample, events)
             # Keep the cadence; after a long stall, go on from now instead of catching up.
             next_at = max(next_at + self.interval, time.monotonic())
+
+    def _warnings(self, sample: Sample, events: list[dict[str, Any]]) -> None:
+        """A "warning" event when a warning is raised or changes level, "warning.cleared" when
+        it goes: the same warnings the TUI shows, kept in the file."""
+        if self.risk is None:
+            return
+        now: dict[tuple[str, str, int | None], RiskWarning] = {}
+        for w in self.risk.update(sample, events):
+            now[w.key] = w
+            before = self._raised.get(w.key)
+            if before is None or before.level != w.level:
+                self._write(self.recorder.write_event, "warning",
+                            {"level": w.level, "kind": w.kind, "gpu_uuid": w.gpu_uuid, "gpu_index": w.gpu_index,
+                             "title": w.title, "sentence": w.sentence, "action": w.action,
+                             "evidence": dict(w.evidence)}, pid=w.pid, time=sample.time)
+        for key in self._raised.keys() - now.keys():
+            gone = self._raised[key]
+            self._write(self.recorder.write_event, "warning.cleared",
+                        {"kind": gone.kind, "gpu_uuid": gone.gpu_uuid, "title": gone.title},
+                        pid=gone.pid, time=sample.time)
+        self._raised = now
 
     def _agent_events(self) -> list[dict[str, Any]]:
         agents = getattr(self.reader.source, "agents", None)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
+
+if TYPE_CHECKING:
+    from vramtop.recording import Recording
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="playback speed, 0.25 to 32 (default: 1; + and - change it while playing)")
 
 
-def load(path: str) -> tuple[list, float | None, str | None]:  # type: ignore[type-arg]
-    """(samples, recorded interval, a notice about damage) or a VramtopError in one line."""
+def load(path: str) -> tuple[Recording, str | None]:
+    """(the recording, a notice about damage) or a VramtopError in one line."""
     from vramtop.protocol import SchemaError
     from vramtop.recording import read_recording
 
@@ -35,21 +39,26 @@ def load(path: str) -> tuple[list, float | None, str | None]:  # type: ignore[ty
     if recording.writer_died:
         notes.append("no end record: the recorder was killed or is still writing; "
                      f"replaying up to the last complete sample ({len(recording.samples)})")
-    interval = recording.header.interval if recording.header else None
-    return list(recording.samples), interval, " · ".join(notes) or None
+    return recording, " · ".join(notes) or None
+
+
+def recorded_interval(recording: Recording) -> float | None:
+    return recording.header.interval if recording.header else None
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0.25 <= args.speed <= 32:
         raise VramtopError("--speed must be between 0.25 and 32", EXIT_USAGE)
-    samples, interval, notice = load(args.file)
+    recording, notice = load(args.file)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("replay needs a terminal; `vramtop report FILE` summarises a recording as text",
                            EXIT_USAGE)
     from vramtop.cli import thresholds_from
     from vramtop.ui.replay import ReplayApp, replay_interval
 
-    app = ReplayApp(samples, title=os.path.basename(args.file), interval=replay_interval(samples, interval),
-                    speed=args.speed, notice=notice, thresholds=thresholds_from(args))
+    samples = recording.samples
+    app = ReplayApp(samples, title=os.path.basename(args.file),
+                    interval=replay_interval(samples, recorded_interval(recording)), speed=args.speed,
+                    notice=notice, thresholds=thresholds_from(args), events=recording.events)
     app.run()
     return EXIT_OK

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vramtop.analysis.report import panels, summarize
+    from vramtop.cli import thresholds_from
     from vramtop.protocol import SchemaError
     from vramtop.recording import read_recording
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         recording = read_recording(args.file)
     except SchemaError as err:
         raise VramtopError(str(err), EXIT_FAILURE) from None
-    report = summarize(recording, args.gpu)
+    report = summarize(recording, args.gpu, thresholds_from(args))
     if args.html or args.png or args.svg:
         from vramtop.sinks.report_svg import render_svg
 

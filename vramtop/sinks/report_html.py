@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from vramtop import __version__
-from vramtop.analysis.report import AgentSummary, PeakBill, ProcessSummary, Report, event_label
+from vramtop.analysis.report import AgentSummary, PeakBill, ProcessSummary, Report, event_label, logged_events
 from vramtop.sinks.report_svg import CATEGORY_COLOURS
 from vramtop.sinks.report_text import MAX_PROBLEMS, fmt_duration, fmt_offset, fmt_time
 from vramtop.units import fmt_mib, percent
@@ -57,6 +57,7 @@ def render_html(report: Report, svg: str) -> str:
         *_gpus(report),
         *_processes(report),
         *(line for p in report.processes if p.agent is not None for line in _agent(report, p, p.agent)),
+        *_warnings(report),
         *_events(report),
         f"<footer>vramtop {escape(__version__)} · <code>vramtop report --json</code> gives the same "
         "figures as a JSON document (schema vramtop.report, version 1)</footer>",
@@ -180,12 +181,29 @@ def _bill(report: Report, peak: PeakBill) -> list[str]:
     return out
 
 
+def _warnings(report: Report) -> list[str]:
+    out = ["<h2>Warnings</h2>"]
+    if not report.warnings:
+        out.append("<p>None.</p>")
+    else:
+        out.append("<table><tr><th class=n>at</th><th>level</th><th>warning</th></tr>")
+        for w in report.warnings:
+            out.append(f"<tr><td class=n>{escape(fmt_offset(report.offset(w.time)))}</td><td>{escape(w.level)}</td>"
+                       f"<td><b>{escape(w.title)}</b><br>{escape(w.sentence)}<br>&rarr; {escape(w.action)}</td></tr>")
+        out.append("</table>")
+    for pm in report.postmortems:
+        out.append(f"<h2>Post-mortem: PID {pm.pid}, {escape(fmt_offset(report.offset(pm.time)))}, "
+                   f"step {pm.oom.step}, {escape(pm.oom.phase)}</h2>")
+        out.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in pm.lines) + "</ul>")
+    return out
+
+
 def _events(report: Report) -> list[str]:
     out = ["<h2>Events</h2>"]
-    if not report.events:
+    if not logged_events(report):
         return [*out, "<p>None recorded.</p>"]
     out.append("<table><tr><th class=n>at</th><th>event</th><th class=n>PID</th></tr>")
-    for e in report.events:
+    for e in logged_events(report):
         out.append(f"<tr><td class=n>{escape(fmt_offset(report.offset(e.time)))}</td><td>{escape(event_label(e))}</td>"
                    f"<td class=n>{'' if e.pid is None else e.pid}</td></tr>")
     out.append("</table>")

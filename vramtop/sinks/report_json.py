@@ -13,6 +13,7 @@ from typing import Any
 
 from vramtop import __version__
 from vramtop.analysis.report import AgentSummary, GpuSummary, PeakBill, ProcessSummary, Report, event_label
+from vramtop.codec import to_dict
 from vramtop.units import mib
 
 REPORT_SCHEMA = "vramtop.report"
@@ -51,6 +52,16 @@ def report_document(report: Report) -> dict[str, Any]:
             {"time": e.time, "offset": report.offset(e.time), "kind": e.kind, "pid": e.pid,
              "label": event_label(e), "data": e.data}
             for e in report.events
+        ],
+        "warnings": [
+            {"time": w.time, "offset": report.offset(w.time), "level": w.level, "kind": w.kind, "pid": w.pid,
+             "gpu_index": w.gpu_index, "title": w.title, "sentence": w.sentence, "action": w.action}
+            for w in report.warnings
+        ],
+        "postmortems": [
+            {"time": pm.time, "offset": report.offset(pm.time), "pid": pm.pid, "oom": to_dict(pm.oom),
+             "lines": list(pm.lines)}
+            for pm in report.postmortems
         ],
         "problems": list(report.problems),
     }

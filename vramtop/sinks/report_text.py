@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import time
 
-from vramtop.analysis.report import AgentSummary, GpuSummary, PeakBill, ProcessSummary, Report, event_label
+from vramtop.analysis.report import (
+    AgentSummary,
+    GpuSummary,
+    PeakBill,
+    ProcessSummary,
+    Report,
+    event_label,
+    logged_events,
+)
 from vramtop.units import fmt_mib, mib, percent
 
 MAX_PROBLEMS = 20  # a file of garbage has one problem per line: show the first ones
@@ -27,10 +35,25 @@ def render_text(report: Report) -> str:
             lines.append("")
             lines.extend(_agent(report, proc, proc.agent))
     lines.append("")
+    lines.append("WARNINGS (raised again from the samples, as the TUI raises them)")
+    if not report.warnings:
+        lines.append("  none")
+    for w in report.warnings:
+        lines.append(f"  {fmt_offset(report.offset(w.time)):>10}  {w.level.upper():<8} {w.title}")
+        lines.append(f"{'':14}{w.sentence}")
+        lines.append(f"{'':14}-> {w.action}")
+    for pm in report.postmortems:
+        lines.append("")
+        lines.append(f"POST-MORTEM  PID {pm.pid}, {fmt_offset(report.offset(pm.time))}, step {pm.oom.step}, "
+                     f"{pm.oom.phase}" + (f"  ({pm.oom.path})" if pm.oom.path else ""))
+        lines.extend(f"  {line}" for line in pm.lines)
+        if pm.oom.largest_live_blocks:
+            lines.append("  largest live blocks: " + ", ".join(fmt_mib(b) for b in pm.oom.largest_live_blocks[:8]))
+    lines.append("")
     lines.append("EVENTS")
-    if not report.events:
+    if not logged_events(report):
         lines.append("  none recorded")
-    for e in report.events:
+    for e in logged_events(report):
         pid = f"  (PID {e.pid})" if e.pid is not None else ""
         lines.append(f"  {fmt_offset(report.offset(e.time)):>10}  {event_label(e)}{pid}")
     lines.append("")

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.binding import Binding
 
 from vramtop.analysis.history import History
-from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
+from vramtop.analysis.risk import Thresholds, warnings_over
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp
 
@@ -29,12 +29,6 @@ class _NoSource:
 
     def close(self) -> None:
         pass
-
-
-def _warnings_timeline(samples: Sequence[Sample], thresholds: Thresholds | None) -> list[tuple[RiskWarning, ...]]:
-    """The warnings in force at every sample, computed once (the rules are pure)."""
-    tracker = RiskTracker(thresholds)
-    return [tracker.update(s) if not s.stale else tracker.warnings for s in samples]
 
 
 def _peak_index(samples: Sequence[Sample]) -> int:
@@ -59,14 +53,16 @@ class ReplayApp(VramtopApp):
     ]
 
     def __init__(self, samples: Sequence[Sample], *, title: str, interval: float, speed: float = 1.0,
-                 notice: str | None = None, thresholds: Thresholds | None = None, **kwargs: Any) -> None:
+                 notice: str | None = None, thresholds: Thresholds | None = None, events: Sequence[Any] = (),
+                 **kwargs: Any) -> None:
         super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,
                          thresholds=thresholds, **kwargs)
         self.samples = list(samples)
         self.recording_title = title
         self.position = -1
         self.speed = min(SPEEDS, key=lambda s: abs(s - speed))
-        self._timeline = _warnings_timeline(self.samples, thresholds)
+        # The warnings in force at every sample, computed once (the rules are pure).
+        self._timeline = warnings_over(self.samples, events, thresholds)
         self._timer: Any = None
 
     def on_mount(self) -> None:

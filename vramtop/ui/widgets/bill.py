@@ -15,6 +15,7 @@ from vramtop.analysis.bill import (
     fragmentation_proxy,
     largest_fit,
 )
+from vramtop.analysis.risk import postmortem_of
 from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
 from vramtop.units import fmt_bytes
 
@@ -133,8 +134,10 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     return out
 
 
-def render_oom(report: OomReport) -> Text:
-    """The sticky post-mortem of the process's latest out-of-memory error."""
+def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch: int | None = None,
+               agent: AgentSample | None = None) -> Text:
+    """The sticky post-mortem of the process's latest out-of-memory error: what failed, the bill
+    at the failure and the first thing to try (analysis/risk.py postmortem_of)."""
     t = Text()
     t.append(" OUT OF MEMORY ", style="bold white on red")
     when = time.strftime("%H:%M:%S", time.localtime(report.time))
@@ -145,6 +148,10 @@ def render_oom(report: OomReport) -> Text:
         t.append(f", largest cached free block {fmt_bytes(report.largest_free_block)}")
     if report.largest_live_blocks:
         t.append("; biggest live blocks " + ", ".join(fmt_bytes(b) for b in report.largest_live_blocks[:4]))
+    summary = postmortem_of(report, device, non_pytorch, agent=agent)
+    for line in summary.lines:
+        if line.startswith(("Bill at the failure", "First thing to try")):
+            t.append("\n" + line, style="bold" if line.startswith("First") else "")
     if report.path:
         t.append(f"\npost-mortem: {report.path}", style="dim")
     t.append("\n")

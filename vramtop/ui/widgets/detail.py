@@ -43,7 +43,9 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         if agent.last_oom is not None and agent.last_oom.device == device.index:
-            t.append_text(render_oom(agent.last_oom))  # sticky: it stays for the process's life
+            used = first.used_memory
+            outside = used - device.stats.reserved if used is not None and used >= device.stats.reserved else None
+            t.append_text(render_oom(agent.last_oom, device, outside, agent))  # sticky: for the process's life
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
         t.append_text(render_advice(advice, narrow))
         return t
@@ -66,4 +68,5 @@ class ProcessDetail(Panel):
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
         self.set_class(bool(found), "agent")
+        self.app.set_class(bool(found), "agent-view")  # the layout makes room for the bill
         self.redraw(render_detail(sample, key, width, narrow, advice))
