@@ -271,6 +271,23 @@ def test_step_boundary_reads_are_spaced_by_their_cost(agent, fake_torch):
     assert agent.step == 42 and 1 <= reads <= 3, reads
 
 
+def test_the_census_backs_off_while_nothing_changes(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, opt, 1)  # a new optimizer: counted at once
+    gaps = []
+    for _ in range(5):  # the same tensors every time: 2, 4, 8, 8, 8 seconds apart
+        agent._census()
+        gaps.append(agent._census_gap)
+    assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0]
+    extra = torch.nn.Linear(64, 64)  # a new model joins the loop: counted every second again
+    agent._modules.add(extra)
+    agent._census()
+    assert agent._census_gap == 1.0
+
+
 def test_agent_failures_never_reach_the_training_loop(agent, fake_torch):
     fake_torch.initialized = True
     wait_for(lambda: agent.active)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from vramtop.analysis.report import Layer, Mark, Panel, panels, summarize
+from vramtop.analysis.risk import postmortem_of
 from vramtop.cli import main
 from vramtop.errors import EXIT_FAILURE, VramtopError
 from vramtop.model import (
@@ -471,6 +472,28 @@ def test_the_html_page_is_self_contained(tmp_path, capsys):
     for outside in ("<script", "<link", "<img", "src=", "@import", "url(http"):
         assert outside not in lowered
     assert "peak memory.used" in page and "bill at the allocator" in page.lower()
+
+
+def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
+    # The H100 run leaks 32 MiB a step, has a fragmented cache and ends in a caught OOM.
+    assert main(["report", str(GPT2)]) == 0
+    out = capsys.readouterr().out
+    warnings = out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
+    assert "CRITICAL GPU 0: persistent memory of PID" in warnings and "grows 32 MiB/step" in warnings
+    assert "fragmented allocator cache" in warnings and "out of memory in PID" in warnings
+    assert "Bill at the failure:" in out and "First thing to try" in out
+    # The recorder raised the same kinds of warning live, with the same rules.
+    rec = read_recording(GPT2)
+    live = {e.data["kind"] for e in rec.events if e.kind == "warning"}
+    assert live == {w.kind for w in summarize(rec).warnings}
+    # The post-mortem's bill is the allocator's state at the failure, to the byte.
+    (pm,) = summarize(rec).postmortems
+    bill = postmortem_of(pm.oom).bill
+    assert bill is not None and bill.allocated == pm.oom.allocated and bill.reserved == pm.oom.reserved
+    counted = (bill.parameters_trainable, bill.parameters_frozen, bill.gradients, bill.optimizer_state,
+               bill.other_persistent, bill.activations)
+    assert sum(counted) == pm.oom.allocated and bill.cache == pm.oom.reserved - pm.oom.allocated
+    assert pm.oom.phase == "forward" and pm.oom.requested == 1536 << 20
 
 
 def test_the_svg_alone_is_well_formed_with_axes_and_legend():

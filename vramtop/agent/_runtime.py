@@ -51,6 +51,9 @@ MAX_TICK_ERRORS = 20
 # Work done while holding the GIL (census, snapshot) is spaced so that it takes at most this
 # share of wall time, however large the model or the allocator's block list.
 GIL_BUDGET = 0.002
+# The census repeats at least every second; while its result stays the same (a steady training
+# loop) the gap doubles up to this, and any change brings it back to a second.
+CENSUS_MAX_GAP = 8.0
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Agent:
         self.tick_errors = 0
         self._stop = threading.Event()
         self._last_census = self._census_cost = 0.0
+        self._census_gap = 1.0
         self._last_boundary_read = self._boundary_cost = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
@@ -445,7 +449,7 @@ class Agent:
                 state.max_allocated = state.max_reserved = 0
 
     def _census_due(self, now: float) -> bool:
-        return now - self._last_census >= max(1.0, self._census_cost / GIL_BUDGET)
+        return now - self._last_census >= max(self._census_gap, self._census_cost / GIL_BUDGET)
 
     def _census(self) -> None:
         self._last_census = time.monotonic()
@@ -457,6 +461,8 @@ class Agent:
         finally:
             self._census_cost = time.perf_counter() - started
         self.world_size = ts.world_size(self._torch)
+        same = all(_counts(result.get(i)) == _counts(state.census) for i, state in self._devices.items())
+        self._census_gap = min(2 * self._census_gap, CENSUS_MAX_GAP) if same else 1.0
         for index, state in list(self._devices.items()):
             census = result.get(index)
             if census is not None:
@@ -469,6 +475,14 @@ class Agent:
         if request.get("type") == "request" and request.get("what") == "sample" and self._latest:
             return {"type": "sample", "sample": to_dict(self._latest)}
         return {"type": "error", "message": f"unknown request {request.get('what')!r}"}
+
+
+def _counts(census: TensorCensus | None) -> tuple[object, ...] | None:
+    """What a census found, without when."""
+    if census is None:
+        return None
+    return (census.parameters_trainable, census.parameters_frozen, census.gradients, census.optimizer_state,
+            census.parameters_16bit, census.seen)
 
 
 def _env_int(name: str) -> int | None:

@@ -634,7 +634,8 @@ class RiskTracker:
                     f"{fmt_bytes(int(fit.per_step))}/step, {fmt_bytes(int(fit.per_second * 60))}/min{when}.")
         action = ("Look for tensors kept across steps: losses or outputs appended to a list without .item() or "
                   ".detach(), growing caches, or hooks that store activations.")
-        title = f"GPU {s.place.index}: persistent memory of PID {s.pid} grows {fmt_bytes(int(fit.per_step))}/step"
+        title = (f"GPU {s.place.index}: persistent memory of PID {s.pid} grows {fmt_bytes(int(fit.per_step))}/step"
+                 + (f", OOM in ~{_duration(eta)}" if eta is not None and eta <= t.leak_horizon else ""))
         want = level if raise_ok else None
         return _Finding(want, level, self._warning(s, level, LEAK, title, evidence, sentence, action))
 
