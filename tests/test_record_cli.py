@@ -74,12 +74,16 @@ def test_an_existing_file_is_kept_unless_forced(fake_pynvml, tmp_path, capsys):
     assert read_recording(path).end is not None
 
 
-def test_output_ending_in_gz_compresses_at_the_end(fake_pynvml, tmp_path):
+@pytest.mark.parametrize("args,name", [(["-o", "r.jsonl.gz"], "r.jsonl.gz"), (["-o", "r.jsonl.xz"], "r.jsonl.xz"),
+                                       (["-o", "r.jsonl", "--compress"], "r.jsonl.xz")])
+def test_a_compressed_name_or_compress_packs_the_file_at_the_end(fake_pynvml, tmp_path, monkeypatch, capsys,
+                                                                   args, name):
     fake_pynvml()
-    path = tmp_path / "r.jsonl.gz"
-    assert main(["record", "-o", str(path), "-i", "0.05", "--duration", "0.2"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl.gz"]
-    rec = read_recording(tmp_path / "r.jsonl.gz")
+    monkeypatch.chdir(tmp_path)
+    assert main(["record", *args, "-i", "0.05", "--duration", "0.2"]) == 0
+    assert f"compressed into {name} at the end" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    rec = read_recording(tmp_path / name)
     assert rec.compressed and rec.problems == () and len(rec.samples) == rec.end.samples
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import lzma
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -91,7 +92,7 @@ def rich_sample() -> Sample:
 
 
 def record(path: Path, samples: list[Sample], *, events: int = 0, close: bool = True,
-           compress: bool = False) -> Path:
+           compress: str = "") -> Path:
     recorder = Recorder(path, header_record(samples[0], interval=0.25, command=["python", "t.py"]))
     for i, sample in enumerate(samples):
         recorder.write_sample(sample)
@@ -129,16 +130,21 @@ def test_each_record_is_one_line_of_json(tmp_path):
     assert json.loads(lines[0])["schema"] == RECORDING_SCHEMA
 
 
-def test_compressed_round_trip_and_the_plain_name_still_finds_it(tmp_path):
+COMPRESSIONS = pytest.mark.parametrize("suffix,unpack", [(".xz", lzma.decompress), (".gz", gzip.decompress)],
+                                       ids=["xz", "gzip"])
+
+
+@COMPRESSIONS
+def test_compressed_round_trip_and_the_plain_name_still_finds_it(tmp_path, suffix, unpack):
     samples = nvml_samples(20)
-    final = record(tmp_path / "r.jsonl", samples, compress=True)
-    assert final == tmp_path / "r.jsonl.gz" and not (tmp_path / "r.jsonl").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl.gz"]  # no temporary file left
+    final = record(tmp_path / "r.jsonl", samples, compress=suffix)
+    assert final == tmp_path / f"r.jsonl{suffix}" and not (tmp_path / "r.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [f"r.jsonl{suffix}"]  # no temporary file left
     rec = read_recording(final)
     assert rec.compressed and rec.samples == tuple(samples) and rec.problems == ()
     assert read_recording(tmp_path / "r.jsonl").samples == tuple(samples)
-    # A plain gzip tool reads it too.
-    assert gzip.decompress(final.read_bytes()).count(b"\n") == 22
+    # The standard tool (xz, gzip) reads it too.
+    assert unpack(final.read_bytes()).count(b"\n") == 22
 
 
 def test_missing_file_is_an_error_not_damage(tmp_path):
@@ -176,21 +182,22 @@ def test_truncation_at_every_byte_offset_returns_whole_records_and_says_what_is_
             assert torn == []
 
 
-def test_truncated_gzip_at_every_offset_never_raises(tmp_path):
+@COMPRESSIONS
+def test_truncated_compressed_file_at_every_offset_never_raises(tmp_path, suffix, unpack):
     samples = [small_sample(i) for i in range(3)]
-    good = record(tmp_path / "good.jsonl", samples, compress=True).read_bytes()
-    cut_file = tmp_path / "cut.jsonl.gz"
+    good = record(tmp_path / "good.jsonl", samples, compress=suffix).read_bytes()
+    cut_file = tmp_path / f"cut.jsonl{suffix}"
     for cut in range(len(good)):
         cut_file.write_bytes(good[:cut])
         rec = read_recording(cut_file)
         assert rec.samples == tuple(samples[: len(rec.samples)])
         assert rec.problems
-        # Only the end of the stream (the last bits, the CRC and size trailer) can go missing
+        # Only the end of the stream (the last bits, the check and index trailer) can go missing
         # with every record still readable; then everything must be there.
         assert rec.end is None or rec.samples == tuple(samples)
     # Every complete line that made it into the file is recovered, not only whole 1 MiB chunks.
     many = [small_sample(i) for i in range(60)]
-    longer = record(tmp_path / "longer.jsonl", many, compress=True).read_bytes()
+    longer = record(tmp_path / "longer.jsonl", many, compress=suffix).read_bytes()
     cut_file.write_bytes(longer[: len(longer) // 2])
     recovered = read_recording(cut_file).samples
     assert 0 < len(recovered) < 60 and recovered == tuple(many[: len(recovered)])
@@ -367,7 +374,7 @@ def test_a_reader_can_tail_a_recording_being_written_and_never_sees_half_a_line(
     assert reader.poll() == 1
     recorder.write_sample(samples[2])
     recorder.write_sample(samples[3])
-    recorder.close("done", compress=True)  # removes the plain file: the open reader reads on
+    recorder.close("done", compress=".xz")  # removes the plain file: the open reader reads on
     assert reader.poll() == 2
     rec = reader.result()
     assert rec.samples == tuple(samples) and rec.problems == () and rec.end is not None

@@ -208,7 +208,7 @@ def test_a_gzip_copy_gives_the_same_report(tmp_path, capsys):
     for key in ("run", "gpus", "processes", "events", "problems"):
         assert packed[key] == plain[key]
     assert main(["report", str(path)]) == 0
-    assert "(gzip)" in capsys.readouterr().out.splitlines()[0]
+    assert "(compressed)" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_a_newer_schema_is_refused_with_one_line(tmp_path, capsys):

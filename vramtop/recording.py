@@ -25,15 +25,17 @@ Format (schema ``vramtop.recording``, version 1; docs/recording.md has the long 
 - The last line is the end record: ``{"type":"end","time":...,"samples":N,"reason":"..."}``.
   No end record means the writer died (killed, crashed, lost power) or is still writing.
 - Memory is in integer bytes; times are seconds since the epoch.
-- Closing with compression gzips the file into ``<name>.gz`` (temporary file + rename) and
-  removes the plain file; while recording, the plain file is readable and can be tailed.
+- Closing with compression packs the file into ``<name>.xz`` (or ``<name>.gz``; temporary file
+  + rename) and removes the plain file; while recording, the plain file is readable and can be
+  tailed. xz is the default: agent samples repeat long structures with changing numbers, and
+  its large window packs them ~30% smaller than gzip's 32 KiB one (bench/RESULTS.md).
 
 Compatibility: readers ignore unknown fields and unknown record types (minor additions keep
 ``version`` 1) and refuse a newer ``version`` with :class:`~vramtop.protocol.SchemaError`.
 
 Reading never raises for damage: :func:`read_recording` returns every record it could read
 plus a list of :class:`Problem` (torn last line, corrupt lines with their line numbers, a
-missing end record, a cut-off gzip stream).
+missing end record, a cut-off compressed stream).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import contextlib
 import errno
 import gzip
 import json
+import lzma
 import os
 import shutil
 import time as _time
@@ -61,8 +64,10 @@ SAMPLE = "sample"
 EVENT = "event"
 END = "end"
 
-GZIP_SUFFIX = ".gz"
+XZ_SUFFIX, GZIP_SUFFIX = ".xz", ".gz"
+COMPRESSED_SUFFIXES = (XZ_SUFFIX, GZIP_SUFFIX)
 _GZIP_MAGIC = b"\x1f\x8b"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 _CHUNK = 1 << 20
 
 
@@ -212,23 +217,25 @@ class RecordingWriter:
             os.close(fd)
 
 
-def compressed_path(path: str) -> str:
-    return path + GZIP_SUFFIX
+def compressed_path(path: str, suffix: str = XZ_SUFFIX) -> str:
+    return path + suffix
 
 
-def compress_recording(path: str | os.PathLike[str], *, level: int = 6) -> str:
-    """Gzip a closed recording into ``<path>.gz`` atomically, remove ``path``; the new path.
+def compress_recording(path: str | os.PathLike[str], *, suffix: str = XZ_SUFFIX) -> str:
+    """Pack a closed recording into ``<path>.xz`` (or ``.gz``) atomically, remove ``path``; the
+    new path.
 
     The compressed file appears complete or not at all (temporary file, fsync, rename); the
     plain file is removed only after that, so a failure at any point loses nothing.
     """
     src = os.fspath(path)
-    dest = compressed_path(src)
+    if suffix not in COMPRESSED_SUFFIXES:
+        raise ValueError(f"unknown compression {suffix!r}")
+    dest = compressed_path(src, suffix)
     tmp = f"{dest}.tmp-{os.getpid()}"
     try:
         with open(src, "rb") as plain, open(tmp, "xb") as raw:
-            with gzip.GzipFile(filename=os.path.basename(src), mode="wb", fileobj=raw,
-                               compresslevel=level, mtime=0) as packed:
+            with _packer(raw, suffix, os.path.basename(src)) as packed:
                 shutil.copyfileobj(plain, packed, _CHUNK)
             raw.flush()
             os.fsync(raw.fileno())
@@ -240,6 +247,13 @@ def compress_recording(path: str | os.PathLike[str], *, level: int = 6) -> str:
     _sync_directory(dest)
     os.unlink(src)
     return dest
+
+
+def _packer(raw: IO[bytes], suffix: str, name: str) -> gzip.GzipFile | lzma.LZMAFile:
+    if suffix == GZIP_SUFFIX:
+        return gzip.GzipFile(filename=name, mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+    # Preset 6 needs ~94 MiB to pack; 9 needs ~674 MiB and gains nothing on recordings.
+    return lzma.LZMAFile(raw, mode="wb", preset=6)
 
 
 def _sync_directory(path: str) -> None:
@@ -293,7 +307,7 @@ class Recording:
 
 
 def read_recording(path: str | os.PathLike[str]) -> Recording:
-    """Read a whole recording, plain or gzip. Raises only when it cannot be opened at all
+    """Read a whole recording, plain, xz or gzip. Raises only when it cannot be opened at all
     (:class:`RecordingError`) or is not a vramtop recording / is too new (SchemaError)."""
     reader = RecordingReader(path)
     try:
@@ -322,7 +336,8 @@ class RecordingReader:
         self.compressed = False
         self.ignored = 0
         self._file: IO[bytes] | None = None
-        self._exhausted = False  # a gzip file is read once, whole
+        self._exhausted = False  # a compressed file is read once, whole
+        self._format: str | None = None  # "xz", "gz" or None (plain)
         self._pending = b""
         self._lines = 0
         self._seen_first = False
@@ -334,9 +349,11 @@ class RecordingReader:
             return 0
         if self._file is None:
             self._file = self._open()
-            self.compressed = self._file.peek(2)[:2] == _GZIP_MAGIC  # type: ignore[attr-defined]
-        if self.compressed:
-            self._read_gzip(self._file)
+            start = self._file.peek(6)[:6]  # type: ignore[attr-defined]
+            self._format = "gz" if start[:2] == _GZIP_MAGIC else "xz" if start == _XZ_MAGIC else None
+            self.compressed = self._format is not None
+        if self._format is not None:
+            self._read_compressed(self._file, self._format)
             self._exhausted = True
         else:
             while chunk := self._file.read(_CHUNK):
@@ -380,12 +397,13 @@ class RecordingReader:
     # -- internals ------------------------------------------------------------------------
 
     def _open(self) -> IO[bytes]:
-        # After close the plain file becomes <name>.gz; a name from before or after works.
+        # After close the plain file becomes <name>.xz or .gz; a name from before or after works.
         candidates = [self.path]
-        if self.path.endswith(GZIP_SUFFIX):
-            candidates.append(self.path[: -len(GZIP_SUFFIX)])
+        suffix = next((x for x in COMPRESSED_SUFFIXES if self.path.endswith(x)), None)
+        if suffix is not None:
+            candidates.append(self.path[: -len(suffix)])
         else:
-            candidates.append(compressed_path(self.path))
+            candidates += [compressed_path(self.path, x) for x in COMPRESSED_SUFFIXES]
         for candidate in candidates:
             try:
                 f = open(candidate, "rb")  # noqa: SIM115 - kept open between polls
@@ -397,23 +415,26 @@ class RecordingReader:
             return f
         raise RecordingError(f"cannot read {self.path}: no such file")
 
-    def _read_gzip(self, raw: IO[bytes]) -> None:
+    def _read_compressed(self, raw: IO[bytes], fmt: str) -> None:
         # A streaming decompressor hands over every byte it could decode, so a file cut off
         # by a crash still yields all its complete lines (GzipFile.read would drop the chunk).
+        def decompressor() -> Any:
+            return zlib.decompressobj(wbits=31) if fmt == "gz" else lzma.LZMADecompressor()
+
         unpacked = 0
-        inflate = zlib.decompressobj(wbits=31)
+        inflate = decompressor()
         try:
             while chunk := raw.read(_CHUNK):
                 while chunk:
                     data = inflate.decompress(chunk)
                     unpacked += len(data)
                     self._feed(data)
-                    chunk = inflate.unused_data  # a second gzip member, if any
+                    chunk = inflate.unused_data  # a second member or stream, if any
                     if chunk:
-                        inflate = zlib.decompressobj(wbits=31)
+                        inflate = decompressor()
             if not inflate.eof:
                 raise EOFError("compressed file ended before the end-of-stream marker")
-        except (EOFError, OSError, zlib.error) as err:
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as err:
             self.problems.append(Problem(
                 None,
                 f"the compressed data is cut off or damaged after {unpacked} bytes ({err}); "

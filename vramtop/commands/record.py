@@ -23,6 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.recording import COMPRESSED_SUFFIXES, XZ_SUFFIX
 
 if TYPE_CHECKING:
     from vramtop.analysis.risk import RiskTracker, RiskWarning
@@ -39,7 +40,7 @@ _TICK_S = 0.1  # how often the loop looks at signals and the command between sam
 EPILOG = """\
 examples:
   vramtop record                           record all GPUs until Ctrl-C
-  vramtop record -o run.jsonl.gz -i 0.5    every 0.5 s, gzip the file at the end
+  vramtop record -o run.jsonl.xz -i 0.5    every 0.5 s, compress the file at the end
   vramtop record --duration 2h --gpu 0,1   two GPUs for two hours
   vramtop record -- python train.py        around a command; exits with its exit code
 
@@ -61,9 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="where to write (default: vramtop-<program>-<date>-<time>.jsonl "
-                             "here); a name ending in .gz implies --compress")
+                             "here); a name ending in .xz or .gz is compressed that way at the end")
     parser.add_argument("--compress", action="store_true",
-                        help="gzip the recording into FILE.gz when it ends (plain while recording)")
+                        help="compress the recording into FILE.xz when it ends (plain while recording)")
     parser.add_argument("--duration", type=_duration, metavar="S",
                         help="stop after S seconds (or 30m, 12h, 2d)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if args.cmd and not command:
         raise VramtopError("nothing to run after --", EXIT_USAGE)
-    path, compress = output_paths(args.output, command, compress=args.compress, force=args.force)
+    path, compress = output_paths(args.output, command, compress=XZ_SUFFIX if args.compress else "", force=args.force)
 
     from vramtop.recording import compressed_path, header_record
     from vramtop.sinks.recorder import Recorder
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         header = header_record(first, interval=args.interval, command=command or None)
         recorder = Recorder(path, header, overwrite=args.force)
         print(f"vramtop: recording to {path}"
-              + (f" (gzipped into {compressed_path(path)} at the end)" if compress else ""),
+              + (f" (compressed into {compressed_path(path, compress)} at the end)" if compress else ""),
               file=sys.stderr)
         from vramtop.analysis.risk import RiskTracker
         from vramtop.cli import thresholds_from
@@ -118,14 +119,15 @@ def read_deadline(interval: float) -> float:
     return min(max(interval, MIN_DEADLINE_S), MAX_DEADLINE_S)
 
 
-def output_paths(output: str | None, command: Sequence[str], *, compress: bool, force: bool,
-                 now: float | None = None) -> tuple[str, bool]:
-    """(the file written while recording, whether to gzip it at the end)."""
+def output_paths(output: str | None, command: Sequence[str], *, compress: str, force: bool,
+                 now: float | None = None) -> tuple[str, str]:
+    """(the file written while recording, the compression at the end: ".xz", ".gz" or "")."""
     if output:
-        if output.endswith(".gz"):
-            output, compress = output[: -len(".gz")], True
+        for suffix in COMPRESSED_SUFFIXES:
+            if output.endswith(suffix):
+                output, compress = output[: -len(suffix)], suffix
         if not force:
-            for taken in (output, output + ".gz") if compress else (output,):
+            for taken in (output, output + compress) if compress else (output,):
                 if os.path.lexists(taken):
                     raise VramtopError(f"{taken} already exists: pass --force to overwrite it, "
                                        "or choose another name with -o", EXIT_USAGE)
@@ -133,7 +135,7 @@ def output_paths(output: str | None, command: Sequence[str], *, compress: bool, 
     base = default_name(command, now)
     for n in range(1000):
         candidate = f"{base}{'' if n == 0 else f'-{n}'}.jsonl"
-        if not (os.path.lexists(candidate) or os.path.lexists(candidate + ".gz")):
+        if not any(os.path.lexists(candidate + suffix) for suffix in ("", *COMPRESSED_SUFFIXES)):
             return candidate, compress
     raise VramtopError(f"too many recordings named {base}*: choose a name with -o", EXIT_USAGE)
 
@@ -197,7 +199,7 @@ class _Session:
     """One recording: the sampling loop, the command, the signals and how it all ends."""
 
     def __init__(self, reader: DeadlineReader, recorder: Recorder, *, interval: float,
-                 duration: float | None, compress: bool, risk: RiskTracker | None = None) -> None:
+                 duration: float | None, compress: str, risk: RiskTracker | None = None) -> None:
         self.reader = reader
         self.recorder = recorder
         self.risk = risk  # warnings go into the file as events when raised, changed or cleared
@@ -306,7 +308,7 @@ class _Session:
     def _finish(self, reason: str, code: int) -> int:
         """Close the recording; the exit code (``code`` unless recording failed without one)."""
         try:
-            final = self.recorder.close(reason, compress=self.compress and self.failure is None)
+            final = self.recorder.close(reason, compress=self.compress if self.failure is None else "")
         except VramtopError as err:
             print(f"vramtop: {err.message}", file=sys.stderr)
             return code if code != EXIT_OK else err.exit_code

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="a recording made by `vramtop record` (.jsonl or .jsonl.gz)")
+    parser.add_argument("file", help="a recording made by `vramtop record` (.jsonl, .jsonl.xz or .jsonl.gz)")
     parser.add_argument("--speed", type=float, default=1.0, metavar="X",
                         help="playback speed, 0.25 to 32 (default: 1; + and - change it while playing)")
 

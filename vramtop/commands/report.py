@@ -16,8 +16,8 @@ from vramtop.errors import EXIT_FAILURE, EXIT_OK, VramtopError
 
 EPILOG = """\
 examples:
-  vramtop report run.jsonl                   text summary (plain or .gz, also while recording)
-  vramtop report run.jsonl.gz --json         the same as a JSON document (schema vramtop.report)
+  vramtop report run.jsonl                   text summary (plain, .xz or .gz; also while recording)
+  vramtop report run.jsonl.xz --json         the same as a JSON document (schema vramtop.report)
   vramtop report run.jsonl --html run.html   a web page with the memory timeline (works offline)
   vramtop report run.jsonl --png run.png     the timeline as a PNG (needs rsvg-convert or cairosvg)
   vramtop report run.jsonl --svg run.svg     the timeline as an SVG image
@@ -27,7 +27,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("file", metavar="FILE", help="a recording made by vramtop record (plain or gzip)")
+    parser.add_argument("file", metavar="FILE", help="a recording made by vramtop record (plain, xz or gzip)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON document instead of text (schema vramtop.report, version 1)")
     parser.add_argument("--html", metavar="OUT.html",

@@ -90,8 +90,9 @@ class Recorder:
             self._append(event_record(kind, data, pid=pid, time=time))
             self.events += 1
 
-    def close(self, reason: str = "stopped", *, compress: bool = False) -> str:
-        """Write the end record and close; with ``compress``, gzip the file. The final path.
+    def close(self, reason: str = "stopped", *, compress: str = "") -> str:
+        """Write the end record and close; with ``compress`` (".xz" or ".gz"), pack the file.
+        The final path.
 
         After a failed write there is no end record (a reader then reports that the writer
         died, which is close to the truth) and no compression: the plain file is kept.
@@ -108,7 +109,7 @@ class Recorder:
         if not compress:
             return self.path
         try:
-            return compress_recording(self.path)
+            return compress_recording(self.path, suffix=compress)
         except OSError as err:
             raise RecorderError(
                 f"could not compress {self.path} ({err.strerror or err}); "

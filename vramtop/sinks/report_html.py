@@ -48,7 +48,7 @@ def render_html(report: Report, svg: str) -> str:
         f"<style>{STYLE}</style>",
         "</head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<div class="file">{escape(report.path)}{" (gzip)" if report.compressed else ""}</div>',
+        f'<div class="file">{escape(report.path)}{" (compressed)" if report.compressed else ""}</div>',
         *_problems(report),
         *_run(report),
         '<div class="picture">',

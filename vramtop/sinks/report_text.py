@@ -23,7 +23,7 @@ MAX_PROBLEMS = 20  # a file of garbage has one problem per line: show the first 
 
 
 def render_text(report: Report) -> str:
-    lines = [f"vramtop report: {report.path}" + (" (gzip)" if report.compressed else "")]
+    lines = [f"vramtop report: {report.path}" + (" (compressed)" if report.compressed else "")]
     lines.extend(_run(report))
     for gpu in report.gpus:
         lines.append("")

@@ -22,7 +22,7 @@ class EndOfRecording(VramtopError):
 
 
 class ReplaySource:
-    """Samples from a recording file (plain or gzip), or from an already loaded Recording."""
+    """Samples from a recording file (plain, xz or gzip), or from an already loaded Recording."""
 
     def __init__(self, recording: str | os.PathLike[str] | Recording) -> None:
         if isinstance(recording, Recording):
