@@ -17,7 +17,7 @@ import pytest
 from vramtop.analysis.report import Layer, Mark, Panel, panels, summarize
 from vramtop.analysis.risk import postmortem_of
 from vramtop.cli import main
-from vramtop.errors import EXIT_FAILURE, VramtopError
+from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 from vramtop.model import (
     AgentDevice,
     AgentSample,
@@ -494,6 +494,14 @@ def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
                bill.other_persistent, bill.activations)
     assert sum(counted) == pm.oom.allocated and bill.cache == pm.oom.reserved - pm.oom.allocated
     assert pm.oom.phase == "forward" and pm.oom.requested == 1536 << 20
+
+
+def test_thresholds_from_the_command_line_change_the_reports_warnings(capsys):
+    assert main(["report", str(GPT2), "--threshold", "frag_ratio=0.95", "--threshold", "frag_clear_ratio=0.9"]) == 0
+    warnings = capsys.readouterr().out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
+    assert "fragmented allocator cache" not in warnings and "persistent memory of PID" in warnings
+    assert main(["report", str(GPT2), "--threshold", "frag_ratio=lots"]) == EXIT_USAGE
+    assert "--threshold: 'frag_ratio=lots': frag_ratio takes a number" in capsys.readouterr().err
 
 
 def test_the_svg_alone_is_well_formed_with_axes_and_legend():

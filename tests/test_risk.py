@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from vramtop.analysis.advice import EXPANDABLE, MIXED_PRECISION, OPTIMIZER
 from vramtop.analysis.risk import (
     CRITICAL,
@@ -25,6 +27,7 @@ from vramtop.analysis.risk import (
     batch_fit_for,
     fit_leak,
     postmortem_summary,
+    with_overrides,
 )
 from vramtop.model import (
     AgentDevice,
@@ -601,3 +604,25 @@ def test_advice_uses_what_the_agent_saw_of_precision_and_world_size():
     assert MIXED_PRECISION not in {x.lever for x in advice_for(replace(s, agents=(a,)), a, bf16_device)}
     assert "8-bit" in levers()[OPTIMIZER].text
     assert "over the 8 ranks" in levers(world_size=8)[OPTIMIZER].text  # 7/8 beats 8-bit's 3/4
+
+
+def test_thresholds_from_name_value_settings():
+    t = with_overrides(Thresholds(), ["frag_ratio=0.6", "leak_min_growth=256MiB", "raise_after=5",
+                                      "neighbour_min_bytes=1.5GiB", "event_hold = 60"])
+    assert (t.frag_ratio, t.leak_min_growth, t.raise_after) == (0.6, 256 * MiB, 5)
+    assert t.neighbour_min_bytes == 3 * GiB // 2 and t.event_hold == 60.0
+    assert t.margin == Thresholds().margin  # untouched
+    for bad, says in (("nope=1", "NAME one of"), ("frag_ratio", "NAME one of"), ("margin=0.2", "NAME one of"),
+                      ("raise_after=many", "whole number"), ("frag_min_cache=2TB", "whole number"),
+                      ("frag_ratio=high", "takes a number"), ("leak_critical=-5", "negative")):
+        with pytest.raises(ValueError, match=says):
+            with_overrides(Thresholds(), [bad])
+
+
+def test_a_changed_threshold_changes_what_is_raised():
+    # The fragmentation of frag_snap (0.83) is above the default 0.5, below 0.9.
+    strict = RiskTracker(with_overrides(Thresholds(), ["frag_ratio=0.9", "frag_clear_ratio=0.85"]))
+    default = RiskTracker()
+    for i in range(4):
+        quiet, loud = strict.update(frag_snap(float(i))), default.update(frag_snap(float(i)))
+    assert quiet == () and kinds(loud) == {(FRAGMENTATION, INFO)}

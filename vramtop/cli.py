@@ -61,6 +61,10 @@ def _source_options(defaults: bool = True) -> argparse.ArgumentParser:
     shared.add_argument("--margin", type=_percent, default=10.0 if defaults else argparse.SUPPRESS, metavar="PCT",
                         help="share of each GPU to keep free for evaluation, profiling and debugging; "
                              "warn when the projected peak eats into it (default: 10)")
+    shared.add_argument("--threshold", action="append", default=[] if defaults else argparse.SUPPRESS,
+                        metavar="NAME=VALUE",
+                        help="change one risk threshold, e.g. frag_ratio=0.6, leak_min_growth=256MiB, "
+                             "raise_after=5 (repeatable; the names, defaults and reasons: docs/risk.md)")
     return shared
 
 
@@ -76,10 +80,14 @@ def _percent(text: str) -> float:
 
 def thresholds_from(args: argparse.Namespace) -> Any:
     """The risk thresholds the command line asks for (imported lazily: --help stays fast)."""
-    from vramtop.analysis.risk import Thresholds
+    from vramtop.analysis.risk import Thresholds, with_overrides
 
     margin = args.margin / 100
-    return Thresholds(margin=margin, critical_margin=margin / 3)
+    base = Thresholds(margin=margin, critical_margin=margin / 3)
+    try:
+        return with_overrides(base, getattr(args, "threshold", None) or [])
+    except ValueError as err:
+        raise VramtopError(f"--threshold: {err}", EXIT_USAGE) from None
 
 
 # Subcommands: (name, module). Each module defines ``add_arguments(parser)`` and

@@ -13,10 +13,11 @@ The thresholds and the reasoning behind each default are in docs/risk.md.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, batch_fit, top_advice
@@ -72,6 +73,35 @@ class Thresholds:
     neighbour_min_bytes: int = 1 * GiB  # a neighbour counts from the smaller of these two
     neighbour_min_share: float = 0.05
     forget_after: float = 60.0  # seconds after which state of a vanished process is dropped
+
+
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": MiB, "gib": GiB}
+
+
+def with_overrides(thresholds: Thresholds, settings: Sequence[str]) -> Thresholds:
+    """``thresholds`` with ``NAME=VALUE`` settings applied (``--threshold``): whole numbers for
+    counts, bytes with an optional KiB/MiB/GiB suffix, plain numbers otherwise; ValueError with
+    the valid names for anything else."""
+    types = {f.name: f.type for f in fields(Thresholds) if f.name != "margin"}  # --margin sets it
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        name, text = name.strip(), text.strip().replace(" ", "")
+        if not sep or name not in types:
+            raise ValueError(f"{setting!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
+        if types[name] in (int, "int"):
+            match = re.fullmatch(r"([0-9]*\.?[0-9]+)([A-Za-z]*)", text)
+            if match is None or match[2].lower() not in _UNITS:
+                raise ValueError(f"{setting!r}: {name} takes a whole number (bytes may end in KiB, MiB, GiB)")
+            changes[name] = int(float(match[1]) * _UNITS[match[2].lower()])
+        else:
+            try:
+                changes[name] = float(text)
+            except ValueError:
+                raise ValueError(f"{setting!r}: {name} takes a number") from None
+        if changes[name] < 0:
+            raise ValueError(f"{setting!r}: must not be negative")
+    return replace(thresholds, **changes)
 
 
 @dataclass(frozen=True)
