@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -166,8 +167,8 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert warned[0].data["action"] and warned[0].time >= ooms[0].data["time"]  # the sample after the OOM
 
 
-def test_run_reaches_every_torchrun_rank(runtime, tmp_path):
-    pytest.importorskip("torch")
+def rank_script(tmp_path: Path) -> Path:
+    """A program that says, in one write, its rank and whether the agent started in it."""
     script = tmp_path / "rank.py"
     script.write_text(
         "import os, sys\n"
@@ -175,7 +176,31 @@ def test_run_reaches_every_torchrun_rank(runtime, tmp_path):
         "line = f\"RANK {os.environ['RANK']} AGENT {agent is not None and agent.current() is not None}\\n\"\n"
         "os.write(1, line.encode())  # one write: the two ranks share the pipe\n"
     )
+    return script
+
+
+def test_run_reaches_every_torchrun_rank(runtime, tmp_path):
+    pytest.importorskip("torch")
     result = vramtop("run", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
-                     "--nproc_per_node", "2", str(script), cwd=tmp_path)
+                     "--nproc_per_node", "2", str(rank_script(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RANK 0 AGENT True" in result.stdout and "RANK 1 AGENT True" in result.stdout
+
+
+def test_run_reaches_every_accelerate_launch_process(runtime, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    # --multi_gpu starts one process per rank through torch's elastic launcher; the ranks here
+    # never touch CUDA, so it runs on a machine without GPUs too.
+    result = vramtop("run", "--", sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                     "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                     str(rank_script(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RANK 0 AGENT True" in result.stdout and "RANK 1 AGENT True" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

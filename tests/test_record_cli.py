@@ -239,3 +239,53 @@ def test_no_driver_fails_before_creating_a_file_or_starting_the_command(tmp_path
     code = main(["record", "-o", str(tmp_path / "r.jsonl"), "--", sys.executable, "-c",
                  f"open({str(marker)!r}, 'w')"])
     assert code == 3 and list(tmp_path.iterdir()) == []
+
+
+# -- --pid: one running process ---------------------------------------------------------------
+
+
+def test_pid_records_only_that_process_and_the_gpus_totals(fake_pynvml, tmp_path):
+    from tests.fakes.fake_nvml import FakeProc
+
+    fake = fake_pynvml()
+    fake.gpus[0].compute.append(FakeProc(os.getppid(), 300 << 20))  # someone else on the same GPU
+    out = tmp_path / "one.jsonl"
+    assert main(["record", "--pid", str(os.getpid()), "-o", str(out), "-i", "0.05", "--duration", "0.3"]) == 0
+    rec = read_recording(out)
+    assert rec.header.pid == os.getpid() and rec.header.command  # this process's command line
+    assert len(rec.samples) >= 2
+    for sample in rec.samples:
+        assert [p.pid for g in sample.gpus for p in g.processes] == [os.getpid()]
+        assert sample.gpus[0].memory_used == fake.gpus[0].used  # the GPU's own figures stay
+
+
+def test_pid_recording_ends_when_the_process_exits(fake_pynvml, tmp_path):
+    from tests.fakes.fake_nvml import FakeProc
+
+    fake = fake_pynvml()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    fake.gpus[1].compute.append(FakeProc(child.pid, 1 << 30))
+    out = tmp_path / "child.jsonl"
+    started = time.monotonic()
+    try:
+        assert main(["record", "--pid", str(child.pid), "-o", str(out), "-i", "0.1"]) == 0
+    finally:
+        child.wait()
+    assert time.monotonic() - started < 20
+    rec = read_recording(out)
+    assert rec.end is not None and rec.end.reason == f"process {child.pid} exited"
+    assert [p.pid for p in rec.samples[0].gpus[1].processes] == [child.pid]
+
+
+def test_pid_errors_are_one_line(fake_pynvml, tmp_path, capsys):
+    from vramtop.errors import EXIT_NO_GPU
+
+    fake_pynvml()
+    out = str(tmp_path / "x.jsonl")
+    assert main(["record", "--pid", "999999999", "-o", out]) == EXIT_USAGE
+    assert "no process with PID 999999999" in capsys.readouterr().err
+    assert main(["record", "--pid", str(os.getppid()), "-o", out]) == EXIT_NO_GPU  # alive, no GPU
+    assert f"PID {os.getppid()} uses no NVIDIA GPU" in capsys.readouterr().err
+    assert main(["record", "--pid", str(os.getpid()), "-o", out, "--", "true"]) == EXIT_USAGE
+    assert "give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

@@ -97,6 +97,7 @@ class Header:
     cuda_driver: str | None = None
     gpus: tuple[RecordedGpu, ...] = ()
     command: tuple[str, ...] | None = None
+    pid: int | None = None  # recorded with --pid: only this process
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class End:
 
 
 def header_record(first: Sample, *, interval: float | None, command: Sequence[str] | None,
-                  started: float | None = None) -> dict[str, Any]:
+                  started: float | None = None, pid: int | None = None) -> dict[str, Any]:
     """The header for a recording whose first sample is ``first``."""
     return {
         "type": HEADER,
@@ -136,6 +137,7 @@ def header_record(first: Sample, *, interval: float | None, command: Sequence[st
         "interval": interval,
         "started": first.time if started is None else started,
         "command": None if command is None else list(command),
+        "pid": pid,  # `record --pid`: the one process recorded (None: all of them)
     }
 
 

@@ -43,6 +43,7 @@ examples:
   vramtop record -o run.jsonl.xz -i 0.5    every 0.5 s, compress the file at the end
   vramtop record --duration 2h --gpu 0,1   two GPUs for two hours
   vramtop record -- python train.py        around a command; exits with its exit code
+  vramtop record --pid 4242                one running process (its rows and agent) until it exits
 
 The file is JSON Lines (schema vramtop.recording, version 1), readable while it is written.
 """
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=_duration, metavar="S",
                         help="stop after S seconds (or 30m, 12h, 2d)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
+    parser.add_argument("--pid", type=int, metavar="PID",
+                        help="record only this running process (the GPUs' totals, its own rows and its "
+                             "agent) until it exits")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="run CMD with VRAMTOP_AGENT=1, record until it exits, "
                              "exit with its exit code")
@@ -79,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if args.cmd and not command:
         raise VramtopError("nothing to run after --", EXIT_USAGE)
-    path, compress = output_paths(args.output, command, compress=XZ_SUFFIX if args.compress else "", force=args.force)
+    watched = _watched_command(args.pid, command)
+    path, compress = output_paths(args.output, command or watched, compress=XZ_SUFFIX if args.compress else "",
+                                  force=args.force)
 
     from vramtop.recording import compressed_path, header_record
     from vramtop.sinks.recorder import Recorder
@@ -96,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         reader = DeadlineReader(source, deadline=max(FIRST_READ_DEADLINE_S, deadline))
         first = reader.read()
         reader.deadline = deadline
-        header = header_record(first, interval=args.interval, command=command or None)
+        if args.pid is not None:
+            _check_uses_gpu(first, args.pid)
+            first = only_process(first, args.pid)
+        header = header_record(first, interval=args.interval, command=command or watched or None, pid=args.pid)
         recorder = Recorder(path, header, overwrite=args.force)
         print(f"vramtop: recording to {path}"
               + (f" (compressed into {compressed_path(path, compress)} at the end)" if compress else ""),
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         from vramtop.cli import thresholds_from
 
         session = _Session(reader, recorder, interval=args.interval, duration=args.duration,
-                           compress=compress, risk=RiskTracker(thresholds_from(args)))
+                           compress=compress, risk=RiskTracker(thresholds_from(args)), pid=args.pid)
         try:
             return session.run(first, command)
         finally:
@@ -113,6 +122,37 @@ def run(args: argparse.Namespace) -> int:
                 recorder.close("vramtop failed")
     finally:
         source.close()
+
+
+def _watched_command(pid: int | None, command: Sequence[str]) -> list[str]:
+    """The command line of the process ``--pid`` names (it must exist), for the file's name."""
+    if pid is None:
+        return []
+    if command:
+        raise VramtopError("--pid records a running process; -- CMD starts one: give one of them", EXIT_USAGE)
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        raise VramtopError(f"no process with PID {pid}", EXIT_USAGE) from None
+    except psutil.Error:
+        return []  # someone else's process: its command line may be hidden
+
+
+def _check_uses_gpu(sample: Sample, pid: int) -> None:
+    from vramtop.errors import EXIT_NO_GPU
+
+    if not any(p.pid == pid for g in sample.gpus for p in g.processes) and \
+            not any((a.host_pid or a.pid) == pid for a in sample.agents):
+        raise VramtopError(f"PID {pid} uses no NVIDIA GPU: NVML lists no GPU memory for it", EXIT_NO_GPU)
+
+
+def only_process(sample: Sample, pid: int) -> Sample:
+    """``sample`` with the GPUs' own figures, and only this process's rows and agent."""
+    gpus = tuple(replace(g, processes=tuple(p for p in g.processes if p.pid == pid)) for g in sample.gpus)
+    agents = tuple(a for a in sample.agents if (a.host_pid or a.pid) == pid)
+    return replace(sample, gpus=gpus, agents=agents)
 
 
 def read_deadline(interval: float) -> float:
@@ -199,8 +239,10 @@ class _Session:
     """One recording: the sampling loop, the command, the signals and how it all ends."""
 
     def __init__(self, reader: DeadlineReader, recorder: Recorder, *, interval: float,
-                 duration: float | None, compress: str, risk: RiskTracker | None = None) -> None:
+                 duration: float | None, compress: str, risk: RiskTracker | None = None,
+                 pid: int | None = None) -> None:
         self.reader = reader
+        self.pid = pid  # --pid: only this process, until it exits
         self.recorder = recorder
         self.risk = risk  # warnings go into the file as events when raised, changed or cleared
         self._raised: dict[tuple[str, str, int | None], RiskWarning] = {}
@@ -253,6 +295,8 @@ class _Session:
                 return signals.reason
             if child is not None and child.poll() is not None:
                 return f"command exited with {child.returncode}"
+            if self.pid is not None and not _alive(self.pid):
+                return f"process {self.pid} exited"
             now = time.monotonic()
             if stop_at is not None and now >= stop_at:
                 return "duration"
@@ -262,6 +306,8 @@ class _Session:
             sample = self.reader.read()
             if sample.stale:  # the last good data again: record it at the time it stood in
                 sample = replace(sample, time=time.time())
+            if self.pid is not None:
+                sample = only_process(sample, self.pid)
             self._write(self.recorder.write_sample, sample)
             events = self._agent_events()
             for event in events:  # e.g. an OOM seen by a training process's agent
@@ -294,7 +340,8 @@ class _Session:
 
     def _agent_events(self) -> list[dict[str, Any]]:
         agents = getattr(self.reader.source, "agents", None)
-        return agents.drain_events() if agents is not None else []
+        events = agents.drain_events() if agents is not None else []
+        return [e for e in events if self.pid is None or e.get("pid") == self.pid]
 
     def _write(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         if self.failure is not None:
@@ -317,6 +364,15 @@ class _Session:
         if self.failure is not None and code == EXIT_OK:
             return self.failure.exit_code
         return code
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def _exit_code(returncode: int) -> int:
