@@ -58,6 +58,9 @@ async def test_replay_steps_jumps_to_the_peak_and_to_warnings(samples):
                 break
         assert "fragmentation" in set().union(*kinds) and "oom" in kinds[-1]
         assert "out of memory" in screen_text(app)
+        # The bill's advice is there in a replay too, computed from the sample under the playhead.
+        assert "advice (in the order to try)" in screen_text(app)
+        assert "batch size / gradient accumulation" in screen_text(app)
         await pilot.press("plus", "plus")
         await pilot.pause()
         assert "×4" in line_with(app, "REPLAY")

@@ -172,8 +172,12 @@ class VramtopApp(App[None]):
         advice: tuple[Advice, ...] = ()
         if key is not None:
             uuid, _, pid = key.rpartition(":")
-            advice = self.risk.advice(int(pid), uuid)
+            advice = self.advice(sample, int(pid), uuid)
         self.query_one(ProcessDetail).show(sample, key, self.narrow, advice)
+
+    def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
+        """The ranked advice for a process (PID as NVML reports it) on a GPU."""
+        return self.risk.advice(pid, uuid)
 
     def status_extra(self) -> Text:
         """Shown right after the name in the status line (a replay's playhead)."""

@@ -10,8 +10,9 @@ from typing import Any
 from rich.text import Text
 from textual.binding import Binding
 
+from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
-from vramtop.analysis.risk import Thresholds, warnings_over
+from vramtop.analysis.risk import Thresholds, advice_for, warnings_over
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp
 
@@ -96,6 +97,15 @@ class ReplayApp(VramtopApp):
 
     def on_sample_arrived(self, message: SampleArrived) -> None:
         """Not used: the playhead sets the sample (a recording's warnings are precomputed)."""
+
+    def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
+        """From the sample under the playhead alone (the live tracker is not fed in a replay)."""
+        for agent in sample.agents:
+            if (agent.host_pid or agent.pid) == pid:
+                for device in agent.devices:
+                    if device.uuid == uuid:
+                        return advice_for(sample, agent, device, self.risk.thresholds)
+        return ()
 
     def status_extra(self) -> Text:
         t = Text(f" REPLAY {self.position + 1}/{len(self.samples)} ×{self.speed:g}", style="bold magenta")
