@@ -30,7 +30,9 @@ for step in $steps; do
             grep -v Warning "$OUT/stress.log" | tail -n 30 >> "$summary"
         done ;;
     costs)
-        { section "NVML call costs"; python3 bench/nvml_costs.py "$OUT/nvml_costs.json"; } >> "$summary" 2>&1 ;;
+        { section "NVML call costs"; python3 bench/nvml_costs.py "$OUT/nvml_costs.json"; } >> "$summary" 2>&1
+        { section "agent operation costs"; python3 bench/agent_costs.py --json-out "$OUT/agent_costs.json"; } \
+            >> "$summary" 2>&1 ;;
     overhead)
         { section "agent overhead"; python3 bench/agent_overhead.py --rounds 25 --json-out "$OUT/agent_overhead.json"; } >> "$summary" 2>&1 ;;
     tests)
