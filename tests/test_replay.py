@@ -58,6 +58,15 @@ async def test_replay_steps_jumps_to_the_peak_and_to_warnings(samples):
                 break
         assert "fragmentation" in set().union(*kinds) and "oom" in kinds[-1]
         assert "out of memory" in screen_text(app)
+        # W shows every warning whole, the action included; Esc goes back.
+        await pilot.press("W")
+        await pilot.pause()
+        detail = app.screen.query_one("#warnings-text").render()
+        oom = next(w for w in app.warnings if w.kind == "oom")
+        assert oom.sentence in str(detail) and oom.action in str(detail).replace("\n", " ")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0]
         # The bill's advice is there in a replay too, computed from the sample under the playhead.
         assert "advice (in the order to try)" in screen_text(app)
         assert "batch size / gradient accumulation" in screen_text(app)

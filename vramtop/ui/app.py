@@ -20,12 +20,12 @@ from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
 from vramtop.model import Sample
 from vramtop.processes import send_signal, signal_refusal
 from vramtop.sources.poller import DeadlineReader, Poller, Source
-from vramtop.ui.screens import ConfirmScreen, HelpScreen
+from vramtop.ui.screens import ConfirmScreen, HelpScreen, WarningsScreen
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
-from vramtop.ui.widgets.warnings import WarningList
+from vramtop.ui.widgets.warnings import WarningList, render_warning_details
 from vramtop.units import fmt_bytes
 
 # Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
@@ -57,6 +57,7 @@ class VramtopApp(App[None]):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("W", "warnings", "Warnings", show=False),
         Binding("space,p", "toggle_pause", "Pause", key_display="space"),
         Binding("s", "cycle_sort", "Sort"),
         Binding("g", "next_gpu", "GPU"),
@@ -223,6 +224,9 @@ class VramtopApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_warnings(self) -> None:
+        self.push_screen(WarningsScreen(render_warning_details(self.warnings)))
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused

@@ -1,11 +1,12 @@
-"""Modal screens: the key help and the confirmation before signalling a process."""
+"""Modal screens: the key help, the warnings in full, and the confirmation before signalling a
+process."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.events import Key
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -21,6 +22,7 @@ HELP = """\
   s          sort processes: GPU memory, host RSS, PID, user
   g          select the next GPU (processes of that GPU only); G: all GPUs
   ↑ ↓        select a process; its details show below the table
+  W          every warning in full: the numbers and the action (Esc closes)
   t          send SIGTERM to the selected process (asks first)
   k          send SIGKILL to the selected process (asks first)
   replay:    → ← step · + - speed · w next warning · P peak · Home End
@@ -44,6 +46,23 @@ class HelpScreen(ModalScreen[None]):
 
     def on_key(self, event: Key) -> None:
         event.stop()
+        self.dismiss()
+
+
+class WarningsScreen(ModalScreen[None]):
+    """The warnings in force, each whole; scrolls with the arrows when they do not fit."""
+
+    BINDINGS = [Binding("escape,q,W,enter", "close", "Close")]
+
+    def __init__(self, text: Text) -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Static(self.text, id="warnings-text")
+
+    def action_close(self) -> None:
         self.dismiss()
 
 

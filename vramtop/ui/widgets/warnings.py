@@ -30,6 +30,23 @@ def render_warnings(warnings: tuple[RiskWarning, ...], width: int, narrow: bool)
     return Text("\n").join(lines)
 
 
+def render_warning_details(warnings: tuple[RiskWarning, ...]) -> Text:
+    """Every warning in full, wrapped: what the list above the processes cuts at the edge."""
+    out = Text()
+    if not warnings:
+        return Text("No warnings: nothing past its threshold.", style="dim")
+    for i, w in enumerate(warnings):
+        if i:
+            out.append("\n\n")
+        out.append(f" {w.level.upper()} ", style=LEVEL_STYLES.get(w.level, "bold"))
+        out.append(f" {w.title}\n", style="bold")
+        out.append(w.sentence + "\n")
+        out.append("→ ", style="dim")
+        out.append(w.action, style="italic")
+    out.append("\n\nEsc closes · thresholds and reasons: docs/risk.md", style="dim")
+    return out
+
+
 def render_advice(advice: tuple[Advice, ...], narrow: bool) -> Text:
     """The levers, in the order to try them, each with what it would free at the peak."""
     out = Text()
