@@ -289,3 +289,29 @@ def test_pid_errors_are_one_line(fake_pynvml, tmp_path, capsys):
     assert main(["record", "--pid", str(os.getpid()), "-o", out, "--", "true"]) == EXIT_USAGE
     assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_warnings_are_written_when_raised_when_their_level_changes_and_when_they_clear(tmp_path):
+    """The recorder's bookkeeping, with a scripted stand-in for the risk rules (named a fake)."""
+    from tests.test_recording import small_sample
+    from vramtop.analysis.risk import RiskWarning
+    from vramtop.recording import header_record
+    from vramtop.sinks.recorder import Recorder
+
+    def warning(level: str) -> RiskWarning:
+        return RiskWarning(level, "leak", "GPU-a", 0, 42, f"leak ({level})", {"per_step": 1.0}, "grows", "look")
+
+    class FakeRisk:
+        script = [(warning("warning"),), (warning("warning"),), (warning("critical"),), ()]
+
+        def update(self, sample, events=()):
+            return self.script.pop(0)
+
+    recorder = Recorder(tmp_path / "w.jsonl", header_record(small_sample(0), interval=1.0, command=None))
+    session = record_command._Session(None, recorder, interval=1.0, duration=None, compress="",
+                                      risk=FakeRisk())
+    for i in range(4):
+        session._warnings(small_sample(i), [])
+    recorder.close("done")
+    events = [(e.kind, e.data.get("level"), e.pid) for e in read_recording(tmp_path / "w.jsonl").events]
+    assert events == [("warning", "warning", 42), ("warning", "critical", 42), ("warning.cleared", None, 42)]
