@@ -152,6 +152,23 @@ def test_the_agent_says_whether_forward_passes_run_under_autocast(agent, fake_to
     assert sample.world_size is None  # no process group
 
 
+class CheckpointedModel(torch.nn.Sequential):
+    """Says, as Transformers models do, whether gradient checkpointing is on."""
+
+    is_gradient_checkpointing = True
+
+
+def test_the_agent_passes_on_what_a_model_says_of_gradient_checkpointing(agent, fake_torch):
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    plain = make_model()
+    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 2)
+    assert wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census and s).checkpointing is None
+    model = CheckpointedModel(torch.nn.Linear(64, 64))
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2)  # a new optimizer: counted at once
+    assert wait_for(lambda: (s := agent._latest) and s.checkpointing) is True
+
+
 def test_16bit_parameters_are_counted_apart(agent, fake_torch):
     fake_torch.initialized = True
     wait_for(lambda: agent.active)

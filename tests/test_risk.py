@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from vramtop.analysis.advice import EXPANDABLE, MIXED_PRECISION, OPTIMIZER
+from vramtop.analysis.advice import CHECKPOINTING, EXPANDABLE, MIXED_PRECISION, OPTIMIZER
 from vramtop.analysis.risk import (
     CRITICAL,
     FRAGMENTATION,
@@ -603,6 +603,7 @@ def test_advice_uses_what_the_agent_saw_of_precision_and_world_size():
     a = replace(agent, autocast=False, devices=(bf16_device,))
     assert MIXED_PRECISION not in {x.lever for x in advice_for(replace(s, agents=(a,)), a, bf16_device)}
     assert "8-bit" in levers()[OPTIMIZER].text
+    assert CHECKPOINTING in levers() and CHECKPOINTING not in levers(checkpointing=True)
     assert "over the 8 ranks" in levers(world_size=8)[OPTIMIZER].text  # 7/8 beats 8-bit's 3/4
 
 

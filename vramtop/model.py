@@ -188,6 +188,8 @@ class AgentSample:
     last_oom: OomReport | None = None  # the latest out-of-memory error, kept for the process's life
     autocast: bool | None = None  # a model's forward ran under torch.autocast; None: no forward seen
     world_size: int | None = None  # torch.distributed world size, once the process group exists
+    checkpointing: bool | None = None  # a model says gradient checkpointing is on (Transformers'
+    # is_gradient_checkpointing); None: no model says either way
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,8 @@ def test_gradient_checkpointing_shows_the_activation_drop(gpt2, tmp_path):
     print(f"activations at peak: {base_act / GiB:.2f} GiB -> {ckpt_act / GiB:.2f} GiB with checkpointing")
     assert ckpt_act < 0.6 * base_act
     assert ckpt["torch"]["max_allocated"] < gpt2["torch"]["max_allocated"]
+    # Transformers says whether checkpointing is on, and the agent passes it on.
+    assert ckpt["agent"]["checkpointing"] is True and gpt2["agent"]["checkpointing"] is False
 
 
 def test_lora_shows_frozen_and_trainable_parameters_apart(tmp_path):

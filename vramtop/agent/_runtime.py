@@ -119,6 +119,7 @@ class Agent:
         self.last_oom: OomReport | None = None
         self.autocast: bool | None = None  # a top-level forward ran under autocast (seen in discovery)
         self.world_size: int | None = None
+        self.checkpointing: bool | None = None
         self._told_postmortem = False
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
 
@@ -388,6 +389,7 @@ class Agent:
             dropped=self._server.dropped if self._server else 0,
             autocast=self.autocast,
             world_size=self.world_size,
+            checkpointing=self.checkpointing,
         )
         self._latest = sample
         if self._server is not None:
@@ -461,6 +463,7 @@ class Agent:
         finally:
             self._census_cost = time.perf_counter() - started
         self.world_size = ts.world_size(self._torch)
+        self.checkpointing = ts.checkpointing(self._modules)
         same = all(_counts(result.get(i)) == _counts(state.census) for i, state in self._devices.items())
         self._census_gap = min(2 * self._census_gap, CENSUS_MAX_GAP) if same else 1.0
         for index, state in list(self._devices.items()):

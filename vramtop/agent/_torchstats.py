@@ -189,6 +189,20 @@ def autocast_enabled(torch: Any, device_type: str) -> bool | None:
         return None
 
 
+def checkpointing(modules: Any) -> bool | None:
+    """Whether a model says gradient checkpointing is on (Transformers' ``is_gradient_checkpointing``);
+    None when none of them says."""
+    said = None
+    for module in list(modules):
+        try:
+            value = getattr(module, "is_gradient_checkpointing", None)
+        except Exception:
+            continue
+        if isinstance(value, bool):
+            said = said or value
+    return said
+
+
 def world_size(torch: Any) -> int | None:
     """torch.distributed's world size, once the program has created its process group."""
     try:

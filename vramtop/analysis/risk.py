@@ -297,6 +297,7 @@ def _advice(s: _Subject, margin: float, assumptions: Assumptions | None = None,
         optimizer=census.seen if census else None,
         mixed_precision=mixed_precision(s.agent, census),
         world_size=s.agent.world_size,
+        checkpointing=s.agent.checkpointing,
         step_seconds=last.duration / max(1, last.steps) if last and last.duration > 0 else None,
         need=need,
         assumptions=assumptions,
@@ -848,13 +849,15 @@ def postmortem_of(oom: OomReport, before: AgentDevice | None = None, non_pytorch
     return postmortem_summary(event, device, used, expandable_segments=agent.expandable_segments if agent else None,
                               thresholds=thresholds, assumptions=assumptions, at_failure=True,
                               mixed_precision=mixed_precision(agent, census) if agent else None,
-                              world_size=agent.world_size if agent else None)
+                              world_size=agent.world_size if agent else None,
+                              checkpointing=agent.checkpointing if agent else None)
 
 
 def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvml_process_used: int | None, *,
                        expandable_segments: bool | None = None, thresholds: Thresholds | None = None,
                        assumptions: Assumptions | None = None, at_failure: bool = False,
-                       mixed_precision: bool | None = None, world_size: int | None = None) -> PostMortem:
+                       mixed_precision: bool | None = None, world_size: int | None = None,
+                       checkpointing: bool | None = None) -> PostMortem:
     """A human summary of one OOM.
 
     ``event`` is what the agent's OOM observer records (device, requested, device_total,
@@ -898,7 +901,7 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
                         expandable_segments=expandable_segments,
                         fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
                         need=need, cache=cache, assumptions=assumptions, mixed_precision=mixed_precision,
-                        world_size=world_size)
+                        world_size=world_size, checkpointing=checkpointing)
     lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
