@@ -390,7 +390,8 @@ def _peak(canvas: _Canvas, panel: Panel, sx: Scale, sy: Scale, report: Report, p
         anchor, lx = "end", x - 8
     else:
         anchor, lx = "start", x + 8
-    ly = max(y - 8, plot_top + 14)
+    # Above the dot, unless that is where the event labels go (two rows under the plot's top).
+    ly = y - 8 if y - 8 >= plot_top + 40 else y + 18
     canvas.add(f'<rect x="{(lx - width - 3) if anchor == "end" else lx - 3:.1f}" y="{ly - 11:.1f}" '
                f'width="{width + 6:.1f}" height="15" fill="#ffffff" fill-opacity="0.85"/>')
     canvas.add(_t(lx, ly, label, size=11, anchor=anchor, weight="bold"))
