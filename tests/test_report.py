@@ -33,6 +33,7 @@ from vramtop.recording import header_record, read_recording
 from vramtop.sinks import report_png
 from vramtop.sinks.recorder import Recorder
 from vramtop.sinks.report_svg import CATEGORY_COLOURS, render_svg
+from vramtop.units import mib
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2 = ROOT / "screenshots" / "data" / "gpt2-training.jsonl"
@@ -551,3 +552,26 @@ def test_png_with_rsvg_convert(tmp_path, monkeypatch, capsys):
     width = int.from_bytes(data[16:20], "big")
     assert width == 2000  # drawn at twice the SVG's 1000 px
     assert [p.name for p in tmp_path.iterdir()] == ["r.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix", ["", ".xz", ".gz"])
+def test_the_documented_pandas_recipe_reads_the_real_recording(tmp_path, suffix):
+    """docs/report.md's pandas lines, on the H100 recording, plain and compressed."""
+    pd = pytest.importorskip("pandas")
+    import lzma
+
+    path = tmp_path / f"run.jsonl{suffix}"
+    data = GPT2.read_bytes()
+    path.write_bytes(lzma.compress(data) if suffix == ".xz" else gzip.compress(data) if suffix == ".gz" else data)
+    df = pd.read_json(path, lines=True)
+    samples = df.loc[df["type"] == "sample", "sample"].tolist()
+    rec = read_recording(GPT2)
+    assert len(samples) == len(rec.samples)
+    gpus = pd.json_normalize(samples, record_path="gpus", meta=["time"], meta_prefix="sample.")
+    peak_mib = int(-(-gpus.groupby("index")["memory_used"].max() // 2**20).iloc[0])
+    assert peak_mib == mib(summarize(rec).gpus[0].peak_used)
+    agents = pd.json_normalize(samples, record_path=["agents", "devices"], meta=["time"], meta_prefix="sample.")
+    assert agents["stats.allocated"].max() == max(d.stats.allocated for s in rec.samples for a in s.agents
+                                                  for d in a.devices)
+    events = df.loc[df["type"] == "event", ["time", "kind", "pid", "data"]]
+    assert list(events["kind"]) == [e.kind for e in rec.events]
