@@ -276,9 +276,10 @@ class Agent:
         self._discovery.clear()
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Runs on the training thread after every optimizer step: a counter, and at most
-        every BOUNDARY_GAP seconds the allocator figures (~20 us), and at most every second
-        (less often if it is slow) the census, here because gradients exist only now."""
+        """Runs on the training thread after every optimizer step: a counter; the allocator
+        figures (~20 us) at most every BOUNDARY_GAP seconds; the census every 1 to 8 seconds
+        (see CENSUS_MAX_GAP), here because gradients exist only now. The last two are spaced
+        further when they are slow (GIL_BUDGET)."""
         try:
             # No getpid() here: a forked child's copy is stopped by _forked before it runs.
             if self._stop.is_set():
@@ -458,12 +459,12 @@ class Agent:
         started = time.perf_counter()
         try:
             result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
+            self.world_size = ts.world_size(self._torch)
+            self.checkpointing = ts.checkpointing(self._modules)  # Transformers walks its modules
         except RuntimeError:  # a dict changed size while the program was building its model
             return
         finally:
             self._census_cost = time.perf_counter() - started
-        self.world_size = ts.world_size(self._torch)
-        self.checkpointing = ts.checkpointing(self._modules)
         same = all(_counts(result.get(i)) == _counts(state.census) for i, state in self._devices.items())
         self._census_gap = min(2 * self._census_gap, CENSUS_MAX_GAP) if same else 1.0
         for index, state in list(self._devices.items()):
