@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import workloads
+from overhead_stats import BlockTicks, block_ticks, tick_interference
 
 import vramtop.agent as agent
 from vramtop.agent._runtime import DEFAULT_INTERVAL, Agent
@@ -43,11 +44,22 @@ class AgentClock:
     count the GIL hand-over latency when its thread wakes up)."""
 
     hooks = 0.0
+    ticks: list[tuple[float, float]] = []  # (start, end) of each sampler tick, perf_counter
 
     @classmethod
     def install(cls) -> None:
         for name in ("_after_optimizer_step", "_before_module_call", "_after_module_call"):
             setattr(Agent, name, cls._timed(getattr(Agent, name)))
+        tick = Agent.tick
+
+        def logged_tick(self: Agent) -> Any:
+            started = time.perf_counter()
+            try:
+                return tick(self)
+            finally:
+                cls.ticks.append((started, time.perf_counter()))
+
+        Agent.tick = logged_tick  # type: ignore[method-assign]
 
     @classmethod
     def _timed(cls, method: Any) -> Any:
@@ -79,9 +91,12 @@ class AgentClock:
         return cls.hooks, cls.threads()
 
 
-def run_block(name: str, work: workloads.Workload, steps: int, directory: Path) -> tuple[float, float, float]:
-    """Mean seconds per step over one block with the agent in condition ``name``, and the
-    agent's CPU seconds in it: (hooks on the training thread, its own threads)."""
+def run_block(name: str, work: workloads.Workload, steps: int,
+              directory: Path) -> tuple[float, float, float, BlockTicks | None]:
+    """Mean seconds per step over one block with the agent in condition ``name``; the agent's
+    CPU seconds in it (hooks on the training thread, its own threads); and the steps that met a
+    sampler tick against the others (overhead_stats.block_ticks), from each step's end time
+    (taken on the host without synchronising: a launch-bound loop never waits for the GPU)."""
     interval = CONDITIONS[name]
     if interval is not None:
         agent.start(interval=interval, directory=directory)
@@ -92,16 +107,25 @@ def run_block(name: str, work: workloads.Workload, steps: int, directory: Path) 
     try:
         torch.cuda.synchronize()
         hooks, threads = AgentClock.read()
+        AgentClock.ticks.clear()
         started = time.perf_counter()
+        ends = [started]
         for _ in range(steps):
             work.step()
+            ends.append(time.perf_counter())
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
         hooks_after, threads_after = AgentClock.read()
-        return elapsed / steps, hooks_after - hooks, threads_after - threads
+        ticks = [t for t in AgentClock.ticks if t[1] >= started]
+        compared = block_ticks(ends, ticks) if interval is not None else None
+        return elapsed / steps, hooks_after - hooks, threads_after - threads, compared
     finally:
         if interval is not None:
             agent.stop()
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}%"
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -114,22 +138,32 @@ def bench(name: str, work: workloads.Workload, rounds: int, steps: int, director
     blocks: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     hooks: dict[str, float] = dict.fromkeys(CONDITIONS, 0.0)
     threads: dict[str, float] = dict.fromkeys(CONDITIONS, 0.0)
+    compared: dict[str, list[BlockTicks]] = {c: [] for c in CONDITIONS}
     order = list(CONDITIONS)
     for r in range(rounds):
         for condition in order[r % len(order):] + order[: r % len(order)]:
-            per_step, hook_s, thread_s = run_block(condition, work, steps, directory)
+            per_step, hook_s, thread_s, block = run_block(condition, work, steps, directory)
             blocks[condition].append(per_step)
             hooks[condition] += hook_s
             threads[condition] += thread_s
+            if block is not None:
+                compared[condition].append(block)
     result = {"workload": name, "rounds": rounds, "steps_per_block": steps, "conditions": {}}
     for condition in CONDITIONS:
         paired = [100 * (on / off - 1) for on, off in zip(blocks[condition], blocks["off"], strict=False)]
         low, mid, high = quartiles(paired)
         wall = sum(blocks[condition]) * steps
+        ticked = tick_interference(compared[condition])
+        interference = None if ticked is None else 100 * ticked[0] / statistics.median(blocks[condition])
         result["conditions"][condition] = {
             "agent_hooks_us_per_step": hooks[condition] / (rounds * steps) * 1e6,
             "agent_threads_cpu_pct": 100 * threads[condition] / wall,
             "agent_cpu_pct": 100 * (hooks[condition] + threads[condition]) / wall,
+            # The sampler's cost seen in the loop itself (steps it overlapped vs the others, within
+            # each block), plus the hooks' time: the loop's slowdown without block-to-block noise.
+            "sampler_interference_pct": interference,
+            "steps_meeting_a_tick": sum(len(b.excess) for b in compared[condition]),
+            "loop_slowdown_pct": None if interference is None else 100 * hooks[condition] / wall + interference,
             "interval_s": CONDITIONS[condition],
             "median_step_ms": statistics.median(blocks[condition]) * 1e3,
             "block_ms": [b * 1e3 for b in blocks[condition]],
@@ -171,8 +205,9 @@ def main() -> int:
         torch.cuda.empty_cache()  # the benchmark's own housekeeping between workloads
     lines = [f"GPU: {results['facts']['gpu']}  torch {results['facts']['torch']}  {results['facts']['date']}",
              "", "| workload | condition | agent interval | median step | overhead vs off (paired median) "
-             "| interquartile range | agent hooks per step | agent threads' CPU | agent CPU / step time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| interquartile range | agent hooks per step | agent threads' CPU | agent CPU / step time "
+             "| sampler interference (within blocks) | hooks + interference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["results"]:
         for condition, c in r["conditions"].items():
             interval = "-" if c["interval_s"] is None else f"{c['interval_s']:g} s"
@@ -180,7 +215,8 @@ def main() -> int:
             lines.append(f"| {r['workload']} | {condition} | {interval} | {c['median_step_ms']:.3f} ms | "
                          f"{c['overhead_pct_median']:+.2f}% | {low:+.2f}% .. {high:+.2f}% | "
                          f"{c['agent_hooks_us_per_step']:.1f} us | {c['agent_threads_cpu_pct']:.3f}% | "
-                         f"{c['agent_cpu_pct']:.3f}% |")
+                         f"{c['agent_cpu_pct']:.3f}% | {pct(c['sampler_interference_pct'])} | "
+                         f"{pct(c['loop_slowdown_pct'])} |")
     print("\n".join(lines))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
