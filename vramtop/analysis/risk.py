@@ -316,28 +316,30 @@ def mixed_precision(agent: AgentSample, census: TensorCensus | None) -> bool | N
     return False if agent.autocast is False and census is not None else None
 
 
+def _subject_of(sample: Sample, agent: AgentSample, device: AgentDevice) -> _Subject | None:
+    """One process's subject on one of its devices, from this sample alone (no history)."""
+    single = replace(sample, agents=(replace(agent, devices=(device,)),))
+    subjects = _subjects(single, _places(sample), {})
+    return subjects[0] if subjects else None
+
+
 def advice_for(sample: Sample, agent: AgentSample, device: AgentDevice, thresholds: Thresholds | None = None,
                assumptions: Assumptions | None = None) -> tuple[Advice, ...]:
     """The ranked advice for one process with the agent on one of its devices (empty when the
     device is not in the sample or nothing is counted yet)."""
     t = thresholds or Thresholds()
-    single = replace(sample, agents=(replace(agent, devices=(device,)),))
-    subjects = _subjects(single, _places(sample), {})
-    return _advice(subjects[0], t.margin, assumptions) if subjects else ()
-
+    s = _subject_of(sample, agent, device)
+    return _advice(s, t.margin, assumptions) if s is not None else ()
 
 
 def batch_fit_for(sample: Sample, agent: AgentSample, device: AgentDevice, margin: float) -> float | None:
     """The largest micro-batch that fits under ``margin``, as a multiple of the current one
     (the figure behind the batch-size advice); None before the bill has activations."""
-    single = replace(sample, agents=(replace(agent, devices=(device,)),))
-    subjects = _subjects(single, _places(sample), {})
-    if not subjects:
-        return None
-    s = subjects[0]
-    if s.bill is None or not s.place.total:
+    s = _subject_of(sample, agent, device)
+    if s is None or s.bill is None or not s.place.total:
         return None
     return batch_fit(s.bill, s.place.total, s.projected - s.own_peak, margin)
+
 
 # -- hysteresis -----------------------------------------------------------------------------
 
