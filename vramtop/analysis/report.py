@@ -255,7 +255,7 @@ def _postmortems(fresh: list[Sample], selectors: Sequence[str] | None,
             for device in agent.devices:
                 before[(agent.pid, device.index)] = device
                 used = _process_used(s, agent.host_pid or agent.pid, device.uuid) if device.uuid else None
-                if used is not None and used >= device.stats.reserved:
+                if used is not None and device.uuid and _consistent(device, used, _gpu_used(s, device.uuid)):
                     outside.setdefault((agent.pid, device.index), []).append(used - device.stats.reserved)
     return out
 
@@ -563,7 +563,8 @@ def _process_used(sample: Sample, pid: int, uuid: str) -> int | None:
     return None if row is None else row.used_memory
 
 
-def _agent_device(sample: Sample, pid: int, uuid: str) -> tuple[AgentSample, AgentDevice] | None:
+def agent_device(sample: Sample, pid: int, uuid: str) -> tuple[AgentSample, AgentDevice] | None:
+    """The agent of the process NVML lists as ``pid`` and its figures for GPU ``uuid``."""
     row = _process_row(sample, pid, uuid)
     if row is not None:
         return find_agent(sample.agents, row, len(sample.gpus))
@@ -586,7 +587,7 @@ def _bill_layers(fresh: list[Sample], proc: ProcessSummary) -> tuple[tuple[Layer
     for s in fresh:
         nvml_used = _process_used(s, proc.pid, proc.gpu_uuid)
         process_used.append(nvml_used)
-        found = _agent_device(s, proc.pid, proc.gpu_uuid)
+        found = agent_device(s, proc.pid, proc.gpu_uuid)
         if found is None:
             for values in columns.values():
                 values.append(None)

@@ -12,6 +12,7 @@ from textual.binding import Binding
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
+from vramtop.analysis.report import agent_device
 from vramtop.analysis.risk import Thresholds, advice_for, warnings_over
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp
@@ -100,12 +101,8 @@ class ReplayApp(VramtopApp):
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """From the sample under the playhead alone (the live tracker is not fed in a replay)."""
-        for agent in sample.agents:
-            if (agent.host_pid or agent.pid) == pid:
-                for device in agent.devices:
-                    if device.uuid == uuid:
-                        return advice_for(sample, agent, device, self.risk.thresholds)
-        return ()
+        found = agent_device(sample, pid, uuid)
+        return advice_for(sample, *found, self.risk.thresholds) if found else ()
 
     def status_extra(self) -> Text:
         t = Text(f" REPLAY {self.position + 1}/{len(self.samples)} ×{self.speed:g}", style="bold magenta")
