@@ -200,10 +200,11 @@ def _warnings(report: Report) -> list[str]:
 
 def _events(report: Report) -> list[str]:
     out = ["<h2>Events</h2>"]
-    if not logged_events(report):
+    logged = logged_events(report)
+    if not logged:
         return [*out, "<p>None recorded.</p>"]
     out.append("<table><tr><th class=n>at</th><th>event</th><th class=n>PID</th></tr>")
-    for e in logged_events(report):
+    for e in logged:
         out.append(f"<tr><td class=n>{escape(fmt_offset(report.offset(e.time)))}</td><td>{escape(event_label(e))}</td>"
                    f"<td class=n>{'' if e.pid is None else e.pid}</td></tr>")
     out.append("</table>")

@@ -51,9 +51,10 @@ def render_text(report: Report) -> str:
             lines.append("  largest live blocks: " + ", ".join(fmt_mib(b) for b in pm.oom.largest_live_blocks[:8]))
     lines.append("")
     lines.append("EVENTS")
-    if not logged_events(report):
+    logged = logged_events(report)
+    if not logged:
         lines.append("  none recorded")
-    for e in logged_events(report):
+    for e in logged:
         pid = f"  (PID {e.pid})" if e.pid is not None else ""
         lines.append(f"  {fmt_offset(report.offset(e.time)):>10}  {event_label(e)}{pid}")
     lines.append("")
