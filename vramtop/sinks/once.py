@@ -37,22 +37,21 @@ def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
 def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
     """The allocator and the bill of each process on this GPU that runs the agent."""
     from vramtop.analysis.bill import SHORT_NAMES, bill_now
+    from vramtop.analysis.report import find_agent
 
     lines = []
     for proc in gpu.processes:
-        for agent in sample.agents:
-            if agent.pid != proc.pid:
-                continue
-            for device in agent.devices:
-                if device.uuid != gpu.uuid:
-                    continue
-                st = device.stats
-                bill = bill_now(device, proc.used_memory)
-                lines.append(f"  PID {proc.pid} torch: allocated {fmt_bytes(st.allocated)} / reserved "
-                             f"{fmt_bytes(st.reserved)}, retries {st.num_alloc_retries}, OOMs {st.num_ooms}, "
-                             f"step {agent.step}")
-                lines.append("    bill: " + ", ".join(f"{SHORT_NAMES[name]} {fmt_bytes(value)}"
-                                                     for name, value in bill.categories()))
+        found = find_agent(sample.agents, proc, len(sample.gpus))
+        if found is None:
+            continue
+        agent, device = found
+        st = device.stats
+        bill = bill_now(device, proc.used_memory)
+        lines.append(f"  PID {proc.pid} torch: allocated {fmt_bytes(st.allocated)} / reserved "
+                     f"{fmt_bytes(st.reserved)}, retries {st.num_alloc_retries}, OOMs {st.num_ooms}, "
+                     f"step {agent.step}")
+        lines.append("    bill: " + ", ".join(f"{SHORT_NAMES[name]} {fmt_bytes(value)}"
+                                             for name, value in bill.categories()))
     return lines
 
 

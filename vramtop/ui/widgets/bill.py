@@ -32,16 +32,6 @@ CATEGORY_STYLES = {
 }
 
 
-def find_agent(agents: tuple[AgentSample, ...], proc: ProcessSample) -> tuple[AgentSample, AgentDevice] | None:
-    """The agent of ``proc`` and its figures for the GPU the process row is about."""
-    for agent in agents:
-        if agent.pid == proc.pid or agent.host_pid == proc.pid:
-            for device in agent.devices:
-                if device.uuid == proc.gpu_uuid:
-                    return agent, device
-    return None
-
-
 def stacked_bar(bill: Bill, width: int, scale: int) -> Text:
     """The bill as one bar of ``width`` cells, to ``scale`` bytes (the GPU's total)."""
     bar = Text()

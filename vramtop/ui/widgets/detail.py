@@ -5,9 +5,10 @@ from __future__ import annotations
 from rich.text import Text
 
 from vramtop.analysis.advice import Advice
+from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
-from vramtop.ui.widgets.bill import agent_title, find_agent, render_agent, render_oom
+from vramtop.ui.widgets.bill import agent_title, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
@@ -23,7 +24,7 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if not on_gpus:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
     first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
-    found = find_agent(sample.agents, first)
+    found = find_agent(sample.agents, first, len(sample.gpus))
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
