@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         first = reader.read()
         reader.deadline = deadline
         if args.pid is not None:
-            _check_uses_gpu(first, args.pid)
             first = only_process(first, args.pid)
+            _check_uses_gpu(first, args.pid)
         header = header_record(first, interval=args.interval, command=command or watched or None, pid=args.pid)
         recorder = Recorder(path, header, overwrite=args.force)
         print(f"vramtop: recording to {path}"
@@ -140,11 +140,11 @@ def _watched_command(pid: int | None, command: Sequence[str]) -> list[str]:
         return []  # someone else's process: its command line may be hidden
 
 
-def _check_uses_gpu(sample: Sample, pid: int) -> None:
+def _check_uses_gpu(only: Sample, pid: int) -> None:
+    """``only``: a sample reduced to ``pid`` (only_process); it must show the process somewhere."""
     from vramtop.errors import EXIT_NO_GPU
 
-    if not any(p.pid == pid for g in sample.gpus for p in g.processes) and \
-            not any((a.host_pid or a.pid) == pid for a in sample.agents):
+    if not only.agents and not any(g.processes for g in only.gpus):
         raise VramtopError(f"PID {pid} uses no NVIDIA GPU: NVML lists no GPU memory for it", EXIT_NO_GPU)
 
 
