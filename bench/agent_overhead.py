@@ -117,11 +117,18 @@ def run_block(name: str, work: workloads.Workload, steps: int,
         elapsed = time.perf_counter() - started
         hooks_after, threads_after = AgentClock.read()
         ticks = [t for t in AgentClock.ticks if t[1] >= started]
-        compared = block_ticks(ends, ticks) if interval is not None else None
+        # A GPU-bound loop's host runs ahead and waits at sync points, so its host-side step
+        # times say where it waited, not what a step cost: compare steps only when launch-bound.
+        compared = block_ticks(ends, ticks) if interval is not None and work.launch_bound else None
         return elapsed / steps, hooks_after - hooks, threads_after - threads, compared
     finally:
         if interval is not None:
             agent.stop()
+            # A thread that ends during the next block would take its CPU time out of that
+            # block's sum: let this block's threads finish first.
+            for thread in threading.enumerate():
+                if thread.name.startswith("vramtop-agent"):
+                    thread.join(timeout=5)
 
 
 def pct(value: float | None) -> str:

@@ -26,6 +26,8 @@ class Workload:
     trainable_params: int  # analytic
     frozen_params: int  # analytic
     ids: Any = None  # the input batch
+    launch_bound: bool = False  # True: the host never waits for the GPU, so host-side step times
+    # are the steps' real times (see agent_overhead.run_block)
 
 
 def gpt2(batch: int = 16, seq: int = 1024, checkpointing: bool = False, lora: bool = False) -> Workload:
@@ -76,7 +78,7 @@ def mlp(batch: int = 32, width: int = 512, depth: int = 8) -> Workload:
         optimizer.zero_grad(set_to_none=True)
 
     n = depth * (width * width + width)
-    return Workload(model, optimizer, step, n, 0)
+    return Workload(model, optimizer, step, n, 0, launch_bound=True)
 
 
 def timed_steps(workload: Workload, steps: int) -> list[float]:

@@ -417,6 +417,32 @@ def test_insecure_directory_is_refused(tmp_path, fake_torch):
     assert "symlink" in (source.directory_problem or "")
 
 
+def test_an_agent_that_gave_up_takes_its_module_hooks_off_at_the_next_step(tmp_path, fake_torch):
+    from torch.nn.modules import module as nn_module
+
+    def module_hooks() -> int:
+        return len(nn_module._global_forward_pre_hooks) + len(nn_module._global_forward_hooks)
+
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)  # refused: the agent gives up right after registering its hooks
+    before = module_hooks()
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=loose, torch=fake_torch, device_type="cpu")
+    a.start()
+    try:
+        wait_for(lambda: a.error)
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        assert module_hooks() == before + 2  # inert, yet every module call pays for them
+        train(model, opt, 1)
+        assert module_hooks() == before
+        train(model, opt, 2)  # and the program goes on as before
+        assert a.step == 0
+    finally:
+        a.stop()
+
+
 def test_stale_socket_of_a_dead_process_is_reported_and_removed(tmp_path):
     d = tmp_path / "run"
     d.mkdir(mode=0o700)

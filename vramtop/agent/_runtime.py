@@ -185,7 +185,8 @@ class Agent:
             self.error = f"{type(err).__name__}: {err}"
             # Give up quietly. The hooks stay registered but inert (they check the stop flag):
             # removing them from this thread could mutate torch's hook dictionaries while the
-            # training thread iterates them, which would raise in the program.
+            # training thread iterates them, which would raise in the program. The next
+            # optimizer step removes the module-call hooks from the training thread.
             self._stop.set()
             with contextlib.suppress(Exception):
                 if self._server is not None:
@@ -283,6 +284,10 @@ class Agent:
         try:
             # No getpid() here: a forked child's copy is stopped by _forked before it runs.
             if self._stop.is_set():
+                # Inert module hooks still keep every module call on torch's slow path: drop
+                # them here, on the training thread, outside torch's loops over module hooks.
+                if self._discovery:
+                    self._end_discovery()
                 return
             self.step += 1
             if self._discovery:
