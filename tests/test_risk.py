@@ -521,6 +521,37 @@ def test_two_training_processes_on_one_gpu_are_each_others_neighbours():
     assert {w.pid for w in warnings if w.kind == NEIGHBOUR} == {PID, 5151}
 
 
+def ranks_on_gpu0(second_gpu_busy: bool) -> Sample:
+    """Ranks 0 and 1 of one job both on GPU 0 (no set_device(LOCAL_RANK)); GPU 1 idle or not."""
+    s = snap(0.0, others=[(5151, 40 * GiB + NON_PT, "python train.py")])
+    rank0 = replace(s.agents[0], rank=0)
+    rank1 = replace(rank0, pid=5151, host_pid=5151, rank=1)
+    other = ProcessSample(6000, "GPU-2222", 30 * GiB, "C", name="python", command="python serve.py")
+    gpu1 = replace(s.gpus[0], index=1, uuid="GPU-2222", processes=(other,) if second_gpu_busy else (),
+                   memory_used=30 * GiB if second_gpu_busy else 0)
+    return replace(s, agents=(rank0, rank1), gpus=(s.gpus[0], gpu1))
+
+
+def test_ranks_sharing_a_gpu_while_another_is_idle_are_one_warning_with_the_fix():
+    tracker = RiskTracker()
+    for i in range(3):
+        warnings = tracker.update(replace(ranks_on_gpu0(second_gpu_busy=False), time=float(i)))
+    (w,) = [w for w in warnings if w.kind == NEIGHBOUR]  # once for the GPU, not each rank for the other
+    assert (w.level, w.gpu_index, w.pid) == (WARNING, 0, PID)
+    assert w.title == "GPU 0: ranks 0, 1 share one GPU"
+    assert f"rank 0 (PID {PID}" in w.sentence and "rank 1 (PID 5151" in w.sentence
+    assert "while GPU 1 has no process" in w.sentence
+    assert "torch.cuda.set_device(int(os.environ['LOCAL_RANK']))" in w.action
+
+
+def test_ranks_sharing_a_gpu_when_no_gpu_is_free_are_information():
+    tracker = RiskTracker()
+    for i in range(3):
+        warnings = tracker.update(replace(ranks_on_gpu0(second_gpu_busy=True), time=float(i)))
+    (w,) = [w for w in warnings if w.kind == NEIGHBOUR]
+    assert w.level == INFO and "share one GPU" in w.title and "no process" not in w.sentence
+
+
 def test_a_process_on_a_mig_device_is_measured_against_that_device():
     from vramtop.model import MigDeviceSample
 

@@ -724,7 +724,14 @@ class RiskTracker:
             floor = min(t.neighbour_min_bytes, int(t.neighbour_min_share * place.total)) if place.total \
                 else t.neighbour_min_bytes
             pressed = any((ln := self._lines(s)) is not None and s.projected > ln[0] for s in training)
+            ranks = {s.pid: s for s in training if s.agent.rank is not None}
+            if len({s.agent.rank for s in ranks.values()}) < 2:
+                ranks = {}
+            else:  # said once for the GPU, not as each rank being the others' neighbour
+                out.update(self._ranks_sharing(place, list(ranks.values()), places))
             for proc in place.processes:
+                if proc.pid in ranks:
+                    continue
                 used = proc.used_memory
                 victims = [s for s in training if s.pid != proc.pid]
                 if used is None or not victims or used < floor * 3 // 4:
@@ -747,6 +754,31 @@ class RiskTracker:
                                       {"used": used, "share": share, "threshold": floor}, sentence, action)
                 out[(NEIGHBOUR, uuid, proc.pid)] = _Finding(level if used >= floor else None, level, warning)
         return out
+
+
+    @staticmethod
+    def _ranks_sharing(place: _Place, ranks: list[_Subject],
+                       places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], _Finding]:
+        """Ranks of a distributed job training on one GPU: usually a missing
+        ``torch.cuda.set_device(LOCAL_RANK)``, which puts every rank on GPU 0. A warning when another
+        GPU on the machine has no process at all, else information (more ranks than GPUs)."""
+        ranks = sorted(ranks, key=lambda s: (s.agent.rank or 0, s.pid))
+        idle = sorted(str(p.index) for p in places.values()
+                      if p.uuid != place.uuid and not p.processes and p.index is not None)
+        level = WARNING if idle else INFO
+        numbers = ", ".join(str(s.agent.rank) for s in ranks)
+        who = ", ".join(f"rank {s.agent.rank} (PID {s.pid}, {fmt_bytes(s.row.used_memory or 0) if s.row else '?'})"
+                        for s in ranks)
+        sentence = (f"{who} of a distributed job all train on GPU {place.index}"
+                    + (f", while GPU {', '.join(idle)} {'has' if len(idle) == 1 else 'have'} no process." if idle
+                       else "."))
+        action = ("Give each rank its own GPU: call torch.cuda.set_device(int(os.environ['LOCAL_RANK'])) before "
+                  "any CUDA work (or create tensors on f\"cuda:{LOCAL_RANK}\").")
+        title = f"GPU {place.index}: ranks {numbers} share one GPU"
+        evidence = {"ranks": float(len(ranks)), "idle_gpus": float(len(idle))}
+        warning = RiskWarning(level, NEIGHBOUR, place.uuid, place.index, ranks[0].pid, title, evidence, sentence,
+                              action)
+        return {(NEIGHBOUR, place.uuid, ranks[0].pid): _Finding(level, level, warning)}
 
 
 def assess(sample: Sample, thresholds: Thresholds | None = None) -> tuple[RiskWarning, ...]:

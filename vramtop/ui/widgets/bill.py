@@ -83,13 +83,14 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
         out.append(f" ({label} {fmt_bytes(stats.largest_free_block)})", style="dim")
     out.append("  fits ≤ " if narrow else "  fits now ≤ ", style="dim")
     out.append(_gib(fits))
-    out.append("  retries ", style="dim")
+    # Narrow labels keep the line within 80 columns (a wrapped "@step" reads as a line of its own).
+    out.append("  retry " if narrow else "  retries ", style="dim")
     out.append(str(stats.num_alloc_retries), style="bold red" if stats.num_alloc_retries else "")
-    out.append("  OOMs ", style="dim")
+    out.append("  OOM " if narrow else "  OOMs ", style="dim")
     out.append(str(stats.num_ooms), style="bold red" if stats.num_ooms else "")
     out.append(f"  peak {fmt_bytes(stats.allocated_peak)}", style="dim")
     if device.peak_step is not None:
-        out.append(f" @step {device.peak_step}", style="dim")
+        out.append(f" @{device.peak_step}" if narrow else f" @step {device.peak_step}", style="dim")
     out.append("\n")
     # The bill: a bar to scale of the whole GPU, then the categories now and at the peak.
     bar_width = max(10, width - 2)
