@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 rank = int(os.environ["RANK"])
-torch.cuda.set_device(rank % torch.cuda.device_count())  # one GPU each, or both on one
+# One GPU each (or both on one when there is one); "gpu0" forgets set_device(LOCAL_RANK), as many do.
+torch.cuda.set_device(0 if sys.argv[3:] == ["gpu0"] else rank % torch.cuda.device_count())
 model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).cuda()
 opt = torch.optim.AdamW(model.parameters())
 # Forked after CUDA is initialised: the workers inherit the agent and must stay out of the way.
@@ -41,7 +42,9 @@ time.sleep(float(sys.argv[2]))
 """
 
 
-def test_every_torchrun_rank_reports_its_own_bill_and_forked_workers_stay_silent(tmp_path):
+def torchrun_and_look(tmp_path: Path, *extra: str) -> tuple[dict[int, int], dict, subprocess.Popen[str], str]:
+    """Two ranks under `vramtop run -- torchrun`; once both have trained, one `vramtop --once
+    --json`. Returns {PID: rank}, that document, the finished job and its stderr."""
     run = tmp_path / "xdg"
     run.mkdir(mode=0o700)
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_RUNTIME_DIR": str(run)}
@@ -51,7 +54,7 @@ def test_every_torchrun_rank_reports_its_own_bill_and_forked_workers_stay_silent
     ready.mkdir()
     job = subprocess.Popen([sys.executable, "-m", "vramtop", "run", "--agent-interval", "0.1", "--",
                             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            str(script), str(ready), "8"], cwd=tmp_path, env=env,
+                            str(script), str(ready), "8", *extra], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -69,6 +72,11 @@ def test_every_torchrun_rank_reports_its_own_bill_and_forked_workers_stay_silent
         if job.poll() is None:
             job.kill()
             job.wait()
+    return ranks, doc, job, err
+
+
+def test_every_torchrun_rank_reports_its_own_bill_and_forked_workers_stay_silent(tmp_path):
+    ranks, doc, job, err = torchrun_and_look(tmp_path)
     assert job.returncode == 0, err[-3000:]  # the ranks and their forked workers ran to the end
     assert "Traceback" not in err, err[-3000:]
 
@@ -148,3 +156,17 @@ def test_a_model_spread_over_two_gpus_gets_a_bill_per_gpu(tmp_path):
         assert census["optimizer_state"] >= 2 * 4 * params
         rows = [p for g in doc["gpus"] if g["uuid"] == uuid for p in g["processes"] if p["pid"] == pid]
         assert len(rows) == 1  # NVML lists the process on both GPUs
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason="needs two GPUs")
+def test_ranks_that_forgot_set_device_are_one_warning_naming_the_idle_gpu(tmp_path):
+    ranks, doc, job, err = torchrun_and_look(tmp_path, "gpu0")
+    assert job.returncode == 0, err[-3000:]
+    shared = [w for w in doc["warnings"] if "share one GPU" in w["title"]]
+    print(json.dumps(shared, indent=1))
+    (w,) = shared
+    assert w["level"] == "warning" and w["gpu_index"] == 0 and w["pid"] in ranks
+    assert all(f"rank {r} (PID {pid}" in w["sentence"] for pid, r in ranks.items())
+    assert "while GPU 1" in w["sentence"] and "LOCAL_RANK" in w["action"]
+    # Neither rank is called the other's neighbour besides.
+    assert not [x for x in doc["warnings"] if "next to training" in x["title"]]
