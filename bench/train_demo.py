@@ -12,6 +12,7 @@ out of memory in the forward pass; the program catches it, as training scripts o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--oom", action="store_true", help="end with an allocation that cannot fit")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between steps")
     args = parser.parse_args()
+    # Under torchrun each rank takes its own GPU (the default device "cuda" follows set_device).
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     work = workloads.gpt2(args.batch, args.seq)
     kept = []
     started = time.time()
