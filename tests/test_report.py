@@ -368,6 +368,26 @@ def test_the_agent_chart_stacks_the_bill_in_the_tui_colours(tmp_path):
     assert "memory.total 40960 MiB" in svg
 
 
+def ceiling_label_anchors(svg: str) -> list[str]:
+    """The anchor of each chart's memory.total label, top chart first."""
+    return [e.get("text-anchor", "") for e in ET.fromstring(svg).iter(f"{SVG}text")
+            if (e.text or "").startswith("memory.total ")]
+
+
+def test_the_ceiling_label_sits_at_the_end_the_data_leaves_clear(tmp_path):
+    # The demo run climbs to the ceiling at its end: the label goes to the left.
+    rec = read_recording(GPT2)
+    report = summarize(rec)
+    assert ceiling_label_anchors(render_svg(panels(rec, report), report)) == ["start"]
+    # A run that starts near the ceiling and then settles: the label goes to the right.
+    samples = training()
+    samples[:3] = [replace(s, gpus=(replace(s.gpus[0], memory_used=39 * GiB), s.gpus[1])) for s in samples[:3]]
+    path = write(tmp_path / "high-first.jsonl", samples)
+    rec = read_recording(path)
+    report = summarize(rec)
+    assert ceiling_label_anchors(render_svg(panels(rec, report), report))[0] == "end"  # GPU 0's chart
+
+
 def test_every_tui_category_has_a_colour():
     from vramtop.ui.widgets.bill import CATEGORY_STYLES
 

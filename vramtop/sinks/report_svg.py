@@ -12,6 +12,7 @@ column, keeping each column's highest point so that peaks survive.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -293,8 +294,18 @@ def _panel(canvas: _Canvas, panel: Panel, report: Report, top: float, window: tu
         y = sy(ceiling)
         canvas.add(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{RIGHT}" y2="{y:.1f}" stroke="{CEILING}" '
                    'stroke-width="1.5" stroke-dasharray="6 4"/>')
-        canvas.add(_t(RIGHT - 6, y + 14, f"memory.total {fmt_mib(ceiling)} ({ceiling / gib:.1f} GiB)",
-                      size=11, anchor="end", fill=CEILING))
+        label = f"memory.total {fmt_mib(ceiling)} ({ceiling / gib:.1f} GiB)"
+        width = _text_width(label, 11)
+        # Under the line, at the end where the data stays lowest (a run that nears the ceiling
+        # usually does so at its end), on a light ground in case the data still reaches it.
+        heights = [max((v for v in (g, p, st) if v is not None), default=0)
+                   for g, p, st in itertools.zip_longest(panel.gpu_used, panel.process_used, stacked_tops)]
+        right = max((h for x, h in zip(xs, heights, strict=False) if x >= plot_w - width - 12), default=0)
+        left = max((h for x, h in zip(xs, heights, strict=False) if x <= width + 12), default=0)
+        lx, anchor = (LEFT + 6, "start") if left < right else (RIGHT - 6, "end")
+        canvas.add(f'<rect x="{lx - 3 if anchor == "start" else lx - width - 3:.1f}" y="{y + 3:.1f}" '
+                   f'width="{width + 6:.1f}" height="15" fill="#ffffff" fill-opacity="0.85"/>')
+        canvas.add(_t(lx, y + 14, label, size=11, anchor=anchor, fill=CEILING))
 
     # NVML lines.
     if panel.pid is not None and any(v is not None for v in panel.process_used):
