@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from vramtop.analysis.bill import bill_at_peak, bill_now, fragmentation, fragmentation_proxy, largest_fit
+from vramtop.analysis.bill import (
+    bill_at_peak,
+    bill_now,
+    fragmentation,
+    fragmentation_proxy,
+    largest_fit,
+    non_pytorch_of,
+)
 from vramtop.model import AgentDevice, AllocatorStats, StepPeak, TensorCensus
 
 GiB = 1 << 30
+MiB = 1 << 20
 
 
 def stats(allocated=30 * GiB, reserved=36 * GiB, largest=None, inactive_split=0):
@@ -82,3 +90,12 @@ def test_gradients_freed_since_the_boundary_are_not_billed_and_the_sum_still_hol
     bill = bill_now(dev, nvml_used=37 * GiB)
     assert bill.gradients == 0 and bill.activations == 0 and bill.other_persistent == GiB // 2
     assert total(bill) == 37 * GiB
+
+
+def test_non_pytorch_memory_only_from_an_nvml_figure_comparable_with_the_allocator():
+    s = stats(reserved=36 * GiB)
+    assert non_pytorch_of(s, 36 * GiB + 600 * MiB) == 600 * MiB
+    assert non_pytorch_of(s, 36 * GiB + 600 * MiB, gpu_used=40 * GiB) == 600 * MiB
+    assert non_pytorch_of(s, None) is None  # NVML gave no per-process figure
+    assert non_pytorch_of(s, 30 * GiB) is None  # an older process-list poll: below what is reserved
+    assert non_pytorch_of(s, 37 * GiB, gpu_used=36 * GiB + 500 * MiB) is None  # more than the whole GPU uses

@@ -114,6 +114,16 @@ def bill_at_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
     return _bill(device, stats.allocated_peak, stats.reserved_peak, grads, total)
 
 
+def non_pytorch_of(stats: AllocatorStats, nvml_used: int | None, gpu_used: int | None = None) -> int | None:
+    """A process's memory outside PyTorch: NVML's per-process figure minus what the allocator
+    has reserved, when the two can be compared. NVML's process list is polled less often than
+    memory and the allocator, so its figure counts only when it covers what is reserved and fits
+    in what the whole GPU uses (``gpu_used``, when known); None otherwise."""
+    if nvml_used is None or nvml_used < stats.reserved or (gpu_used is not None and nvml_used > gpu_used):
+        return None
+    return nvml_used - stats.reserved
+
+
 def fragmentation(stats: AllocatorStats) -> float | None:
     """1 - largest free block / cache: 0 = the cache is one usable block, near 1 = shattered.
 

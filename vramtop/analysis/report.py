@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from vramtop.analysis.bill import Bill, bill_at_peak, bill_now
+from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, non_pytorch_of
 from vramtop.analysis.risk import Thresholds, postmortem_of, warnings_over
 from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample
 from vramtop.recording import Event, Recording
@@ -254,9 +254,12 @@ def _postmortems(fresh: list[Sample], selectors: Sequence[str] | None,
                     out.append(PostMortemSeen(oom.time, agent.pid, oom, summary.lines))
             for device in agent.devices:
                 before[(agent.pid, device.index)] = device
-                used = _process_used(s, agent.host_pid or agent.pid, device.uuid) if device.uuid else None
-                if used is not None and device.uuid and _consistent(device, used, _gpu_used(s, device.uuid)):
-                    outside.setdefault((agent.pid, device.index), []).append(used - device.stats.reserved)
+                if device.uuid is None:
+                    continue
+                used = _process_used(s, agent.host_pid or agent.pid, device.uuid)
+                non_pytorch = non_pytorch_of(device.stats, used, _gpu_used(s, device.uuid))
+                if non_pytorch is not None:
+                    outside.setdefault((agent.pid, device.index), []).append(non_pytorch)
     return out
 
 
@@ -411,22 +414,13 @@ def _add_agent(track: _ProcTrack, agent: AgentSample, device: AgentDevice, t: fl
             at.highest_step_peak = last.peak_allocated
 
 
-def _consistent(device: AgentDevice, nvml_used: int | None, gpu_used: int | None) -> bool:
-    """NVML's process list is polled less often than memory and the allocator: its per-process
-    figure is comparable only when it covers what the allocator has reserved and fits in what
-    the whole GPU uses."""
-    if nvml_used is None or nvml_used < device.stats.reserved:
-        return False
-    return gpu_used is None or nvml_used <= gpu_used
-
-
 def _peak_bill(at: _AgentTrack) -> PeakBill | None:
     if not at.peak_candidates:
         return None
     # Among the samples showing the highest peak, the first with the agent's tensor census and an
     # NVML figure that covers what the allocator reserved (the process list lags memory).
     with_census = [c for c in at.peak_candidates if c[1].census is not None] or at.peak_candidates
-    good = [c for c in with_census if _consistent(c[1], c[2], c[3])]
+    good = [c for c in with_census if non_pytorch_of(c[1].stats, c[2], c[3]) is not None]
     t, device, nvml_used, _ = good[0] if good else with_census[0]
     note = None
     if not good:
@@ -603,7 +597,7 @@ def _bill_layers(fresh: list[Sample], proc: ProcessSummary) -> tuple[tuple[Layer
         row = dict(bill.categories())
         if bill.activations is None:  # no census yet: allocated, but not split up
             row[UNATTRIBUTED] = bill.allocated
-        if _consistent(device, nvml_used, _gpu_used(s, proc.gpu_uuid)):
+        if non_pytorch_of(device.stats, nvml_used, _gpu_used(s, proc.gpu_uuid)) is not None:
             non_pytorch = bill.non_pytorch
         else:  # NVML's per-process figure lags the allocator: non-PyTorch memory barely changes
             row["non-PyTorch"] = non_pytorch

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, batch_fit, top_advice
-from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy
+from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation, fragmentation_proxy, non_pytorch_of
 from vramtop.model import (
     NOT_VISIBLE,
     AgentDevice,
@@ -262,10 +262,11 @@ def _project(agent: AgentSample, device: AgentDevice, place: _Place, row: Proces
              pid: int, known_non_pytorch: int | None) -> _Subject:
     stats = device.stats
     used = row.used_memory if row else None
-    # NVML's per-process figure may be polled at another moment than the allocator: it is only
-    # comparable when it covers what is reserved; otherwise reuse the last consistent value
+    # When NVML's figure is not comparable with the allocator's, reuse the last consistent value
     # (the CUDA context and library workspaces barely change during training).
-    non_pt = used - stats.reserved if used is not None and used >= stats.reserved else known_non_pytorch
+    non_pt = non_pytorch_of(stats, used, place.used)
+    if non_pt is None:
+        non_pt = known_non_pytorch
     if place.used is not None:
         # Everything else on the device, including processes NVML cannot attribute (containers);
         # the device and per-process figures come from the same NVML poll, so compare those.

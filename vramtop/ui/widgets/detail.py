@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from vramtop.analysis.advice import Advice
+from vramtop.analysis.bill import non_pytorch_of
 from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
@@ -44,8 +45,7 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         if agent.last_oom is not None and agent.last_oom.device == device.index:
-            used = first.used_memory
-            outside = used - device.stats.reserved if used is not None and used >= device.stats.reserved else None
+            outside = non_pytorch_of(device.stats, first.used_memory)
             t.append_text(render_oom(agent.last_oom, device, outside, agent))  # sticky: for the process's life
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
         t.append_text(render_advice(advice, narrow))
