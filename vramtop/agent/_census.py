@@ -70,19 +70,24 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
     for p in params.values():
         if p.grad is not None:
             counter.add(p.grad, GRADIENTS)
-    opaque = []
+    opaque: list[str] = []
+    elsewhere: list[str] = []
     for opt in optimizers:
         state = getattr(opt, "state", None)
         if not isinstance(state, dict):
             opaque.append(type(opt).__name__)
             continue
+        if not state and not type(opt).__module__.startswith("torch."):
+            # torch's own SGD without momentum keeps no state; an optimizer from elsewhere with
+            # an empty .state after a step may keep its buffers in attributes of its own.
+            elsewhere.append(type(opt).__name__)
         for per_param in list(state.values()):
             if isinstance(per_param, dict):
                 for value in list(per_param.values()):
                     counter.add(value, OPTIMIZER)
-    seen = describe(optimizers, modules, len(params), opaque)
+    seen = describe(optimizers, modules, len(params), opaque, elsewhere)
     now = time.time()
-    complete = bool(optimizers) and bool(modules) and not opaque
+    complete = bool(optimizers) and bool(modules) and not opaque and not elsewhere
     return {
         device: TensorCensus(
             parameters_trainable=b[TRAINABLE],
@@ -98,7 +103,8 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
     }
 
 
-def describe(optimizers: list[Any], modules: list[Any], n_params: int, opaque: list[str]) -> str:
+def describe(optimizers: list[Any], modules: list[Any], n_params: int, opaque: list[str],
+             elsewhere: list[str]) -> str:
     """What discovery saw, in words, so a user can judge what the bill covers."""
     names = sorted({type(o).__name__ for o in optimizers})
     parts = [f"{len(optimizers)} optimizer{'s' if len(optimizers) != 1 else ''}"
@@ -107,9 +113,12 @@ def describe(optimizers: list[Any], modules: list[Any], n_params: int, opaque: l
                  + (f" ({', '.join(sorted({type(m).__name__ for m in modules}))})" if modules else ""))
     parts.append(f"{n_params} parameter tensors")
     if not optimizers:
-        parts.append("no optimizer step seen yet: gradients and optimizer state not attributed")
+        parts.append("no optimizer step seen yet: optimizer state not attributed")
     if not modules:
         parts.append("no model forward seen yet: frozen parameters not attributed")
     if opaque:
         parts.append(f"state of {', '.join(opaque)} not readable")
+    if elsewhere:
+        parts.append(f"{', '.join(elsewhere)} keeps nothing in .state: state it holds elsewhere shows as "
+                     "other persistent")
     return "; ".join(parts)
