@@ -42,14 +42,15 @@ time.sleep(float(sys.argv[2]))
 """
 
 
-def torchrun_and_look(tmp_path: Path, *extra: str) -> tuple[dict[int, int], dict, subprocess.Popen[str], str]:
+def torchrun_and_look(tmp_path: Path, *extra: str,
+                      script_text: str = RANK) -> tuple[dict[int, int], dict, subprocess.Popen[str], str]:
     """Two ranks under `vramtop run -- torchrun`; once both have trained, one `vramtop --once
     --json`. Returns {PID: rank}, that document, the finished job and its stderr."""
     run = tmp_path / "xdg"
     run.mkdir(mode=0o700)
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_RUNTIME_DIR": str(run)}
     script = tmp_path / "rank.py"
-    script.write_text(RANK)
+    script.write_text(script_text)
     ready = tmp_path / "ready"
     ready.mkdir()
     job = subprocess.Popen([sys.executable, "-m", "vramtop", "run", "--agent-interval", "0.1", "--",
@@ -170,3 +171,44 @@ def test_ranks_that_forgot_set_device_are_one_warning_naming_the_idle_gpu(tmp_pa
     assert "while GPU 1" in w["sentence"] and "LOCAL_RANK" in w["action"]
     # Neither rank is called the other's neighbour besides.
     assert not [x for x in doc["warnings"] if "next to training" in x["title"]]
+
+
+FSDP2_RANK = """
+import os, sys, time
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+rank = int(os.environ["RANK"])
+torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+dist.init_process_group("nccl")
+model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).cuda()
+for layer in (model[0], model[2]):
+    fully_shard(layer)
+fully_shard(model)
+opt = torch.optim.AdamW(model.parameters())
+for _ in range(20):
+    model(torch.randn(64, 1024, device="cuda")).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+torch.cuda.synchronize()
+Path(sys.argv[1], f"rank{rank}").write_text(str(os.getpid()))
+time.sleep(float(sys.argv[2]))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason="needs two GPUs")
+def test_fsdp2_ranks_count_their_own_shard_of_parameters_and_state(tmp_path):
+    ranks, doc, job, err = torchrun_and_look(tmp_path, script_text=FSDP2_RANK)
+    assert job.returncode == 0, err[-3000:]
+    total = 1024 * 4096 + 4096 + 4096 * 1024 + 1024  # parameters of the whole model
+    agents = {a.get("host_pid") or a["pid"]: a for a in doc["agents"]}
+    for pid in ranks:
+        agent = agents[pid]
+        assert agent["world_size"] == 2
+        census = agent["devices"][0]["census"]
+        print(pid, {k: census[k] for k in ("parameters_trainable", "gradients", "optimizer_state", "seen")})
+        half = 4 * total / 2  # each rank holds half of every parameter (dim-0 shards)
+        assert abs(census["parameters_trainable"] - half) <= 0.01 * half
+        assert census["optimizer_state"] >= 2 * 0.99 * half  # AdamW's two moments, sharded alike
