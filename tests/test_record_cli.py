@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vramtop.cli import main
@@ -285,7 +286,7 @@ def test_pid_errors_are_one_line(fake_pynvml, tmp_path, capsys):
     assert main(["record", "--pid", "999999999", "-o", out]) == EXIT_USAGE
     assert "no process with PID 999999999" in capsys.readouterr().err
     assert main(["record", "--pid", str(os.getppid()), "-o", out]) == EXIT_NO_GPU  # alive, no GPU
-    assert f"PID {os.getppid()} uses no NVIDIA GPU" in capsys.readouterr().err
+    assert f"PID {os.getppid()} ({psutil.Process(os.getppid()).name()}) uses no NVIDIA GPU" in capsys.readouterr().err
     assert main(["record", "--pid", str(os.getpid()), "-o", out, "--", "true"]) == EXIT_USAGE
     assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()

@@ -1,4 +1,5 @@
-"""Signalling a process the user selected, safely: only where allowed, never a recycled PID."""
+"""Processes the user names: the error for one that uses no GPU, and signalling a selected one
+safely (only where allowed, never a recycled PID)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import os
 import signal
 
 import psutil
+
+from vramtop.errors import EXIT_NO_GPU, VramtopError
+
+
+def uses_no_gpu(pid: int) -> VramtopError:
+    """The error for a PID that NVML lists on no GPU and that runs no agent."""
+    try:
+        name = psutil.Process(pid).name()
+    except psutil.Error:
+        name = "?"
+    return VramtopError(f"PID {pid} ({name}) uses no NVIDIA GPU: NVML lists no GPU memory for it", EXIT_NO_GPU)
 
 
 def signal_refusal(pid: int, create_time: float | None) -> str | None:

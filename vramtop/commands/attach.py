@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vramtop.errors import EXIT_NO_GPU, EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def enable_hint(pid: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import psutil
 
+    from vramtop.processes import uses_no_gpu
     from vramtop.protocol import socket_path
     from vramtop.sources.agent import AgentSource, MonitorSource
     from vramtop.sources.nvml import NvmlSource
@@ -48,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         on_gpu = any(p.pid == pid for g in sample.gpus for p in g.processes)
         has_agent = socket_path(pid).exists()
         if not on_gpu and not has_agent:
-            name = psutil.Process(pid).name() if psutil.pid_exists(pid) else "?"
-            raise VramtopError(f"PID {pid} ({name}) uses no NVIDIA GPU: NVML lists no GPU memory for it",
-                               EXIT_NO_GPU)
+            raise uses_no_gpu(pid)
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             raise VramtopError("the live monitor needs a terminal; use vramtop --once --json", EXIT_USAGE)
         from vramtop.ui.app import VramtopApp

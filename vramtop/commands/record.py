@@ -142,10 +142,10 @@ def _watched_command(pid: int | None, command: Sequence[str]) -> list[str]:
 
 def _check_uses_gpu(only: Sample, pid: int) -> None:
     """``only``: a sample reduced to ``pid`` (only_process); it must show the process somewhere."""
-    from vramtop.errors import EXIT_NO_GPU
+    from vramtop.processes import uses_no_gpu
 
     if not only.agents and not any(g.processes for g in only.gpus):
-        raise VramtopError(f"PID {pid} uses no NVIDIA GPU: NVML lists no GPU memory for it", EXIT_NO_GPU)
+        raise uses_no_gpu(pid)
 
 
 def only_process(sample: Sample, pid: int) -> Sample:
