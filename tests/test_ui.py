@@ -741,3 +741,17 @@ async def test_an_agent_that_stopped_reporting_is_flagged_and_its_errors_shown()
         await feed(pilot, replace(sample, agents=(agent,)))
         detail = detail_text(app)
         assert "agent: no news for 30 s" in detail and "agent error: RuntimeError: odd torch" in detail
+
+
+def test_the_warning_list_keeps_to_its_limit_and_points_at_the_full_list():
+    from vramtop.analysis.risk import RiskWarning
+    from vramtop.ui.widgets.warnings import render_warnings
+
+    warnings = tuple(RiskWarning("info", "neighbour", "GPU-1", 0, 100 + i, f"GPU 0: warning {i}", {}, "why", "do")
+                     for i in range(5))
+    lines = render_warnings(warnings, 80, narrow=True, limit=2).plain.splitlines()
+    assert [line.split(" →")[0].strip() for line in lines[:2]] == ["INFO  GPU 0: warning 0", "INFO  GPU 0: warning 1"]
+    assert lines[2] == " … and 3 more (W shows them all)" and len(lines) == 3
+    # One over the limit: shown, since counting it would take the same line.
+    assert len(render_warnings(warnings[:3], 80, narrow=True, limit=2).plain.splitlines()) == 3
+    assert "more" not in render_warnings(warnings[:3], 80, narrow=True, limit=2).plain

@@ -10,12 +10,15 @@ from vramtop.ui.widgets.panel import Panel
 from vramtop.units import fmt_bytes
 
 LEVEL_STYLES = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
-MAX_SHOWN = 4
+MAX_SHOWN = 4  # lines of warnings above the processes; 2 in a short terminal (see WarningList)
+SHORT_TERMINAL = 30  # rows
 
 
-def render_warnings(warnings: tuple[RiskWarning, ...], width: int, narrow: bool) -> Text:
+def render_warnings(warnings: tuple[RiskWarning, ...], width: int, narrow: bool, limit: int = MAX_SHOWN) -> Text:
     lines = []
-    for w in warnings[:MAX_SHOWN]:
+    if len(warnings) == limit + 1:
+        limit += 1  # the last one takes no more room than the line that would count it
+    for w in warnings[:limit]:
         line = Text()
         line.append(f" {w.level.upper()} ", style=LEVEL_STYLES.get(w.level, "bold"))
         line.append(f" {w.title}", style="bold")  # the title names the GPU and the process
@@ -25,8 +28,8 @@ def render_warnings(warnings: tuple[RiskWarning, ...], width: int, narrow: bool)
         line.append(w.action, style="italic")
         line.truncate(width, overflow="ellipsis")
         lines.append(line)
-    if len(warnings) > MAX_SHOWN:
-        lines.append(Text(f" … and {len(warnings) - MAX_SHOWN} more", style="dim"))
+    if len(warnings) > limit:
+        lines.append(Text(f" … and {len(warnings) - limit} more (W shows them all)", style="dim"))
     return Text("\n").join(lines)
 
 
@@ -67,4 +70,6 @@ class WarningList(Panel):
 
     def show(self, warnings: tuple[RiskWarning, ...], narrow: bool) -> None:
         self.display = bool(warnings)
-        self.redraw(render_warnings(warnings, max(self.size.width, 40), narrow))
+        # In a short terminal (an 80x24 tmux pane) the processes and the bill need the rows.
+        limit = 2 if self.app.size.height < SHORT_TERMINAL else MAX_SHOWN
+        self.redraw(render_warnings(warnings, max(self.size.width, 40), narrow, limit))
