@@ -137,3 +137,19 @@ def test_demo_runs_with_no_gpu_in_a_real_terminal(tmp_path):
         assert tmux.wait_for_exit() == 0
     finally:
         tmux.kill_server()
+
+
+async def test_warnings_that_appear_are_drawn_across_the_whole_width(samples):
+    # The list is hidden while nothing is wrong; when the first warning shows up it must be cut
+    # at the terminal's edge, not at the width it had while hidden.
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        assert not app.warnings
+        await pilot.press("P")  # the peak, where warnings are in force
+        await pilot.pause()
+        await pilot.pause()
+        assert app.warnings
+        (first, *_) = [line for line in screen_text(app).splitlines() if "CRITICAL" in line or "INFO" in line]
+        assert len(first.rstrip()) >= 75, first
