@@ -240,6 +240,24 @@ def test_a_different_document_is_not_a_recording(tmp_path):
         read_recording(path)
 
 
+def test_a_file_with_no_json_record_is_not_a_recording_and_the_cli_says_so(tmp_path, capsys):
+    from vramtop.cli import main
+    from vramtop.errors import EXIT_FAILURE
+
+    path = tmp_path / "notes.md"
+    path.write_text("# Notes\n\nnot JSON at all\n{also not\n")
+    with pytest.raises(SchemaError, match=r"notes.md is not a vramtop recording: none of its 3 lines is a JSON record"):
+        read_recording(path)
+    for command in ("report", "replay"):
+        assert main([command, str(path)]) == EXIT_FAILURE
+        err = capsys.readouterr().err
+        assert "is not a vramtop recording" in err and "Traceback" not in err
+    # A recording whose lines are all damaged but one is still a (damaged) recording.
+    good = encode(header_record(small_sample(0), interval=1.0, command=None))
+    path.write_bytes(b"garbage\n" + good + b"more garbage\n")
+    assert read_recording(path).damaged_lines == 2
+
+
 def test_unknown_fields_and_record_types_are_ignored(tmp_path):
     sample = small_sample(1)
     header = {**header_record(sample, interval=1.0, command=None), "gpu_topology": {"nvlink": 18}}

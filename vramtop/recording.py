@@ -314,6 +314,10 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     reader = RecordingReader(path)
     try:
         reader.poll()
+        if not reader.has_records and reader.damaged_lines:
+            # Lines, and not one JSON record among them: some other file, not a damaged recording.
+            raise SchemaError(f"{reader.path} is not a vramtop recording: none of its "
+                              f"{reader.damaged_lines} lines is a JSON record")
         return reader.result()
     finally:
         reader.close()
@@ -361,6 +365,15 @@ class RecordingReader:
             while chunk := self._file.read(_CHUNK):
                 self._feed(chunk)
         return len(self.samples) - before
+
+    @property
+    def has_records(self) -> bool:
+        """At least one line was a JSON record (a header, sample, event or end, whole or damaged)."""
+        return self._seen_first
+
+    @property
+    def damaged_lines(self) -> int:
+        return sum(1 for p in self.problems if p.line is not None)
 
     def result(self) -> Recording:
         """What has been read so far, with the damage a reader at this point must assume."""
