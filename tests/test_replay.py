@@ -12,7 +12,7 @@ import pytest
 from tests.test_tui_tmux import SESSION, Tmux
 from tests.test_ui import line_with, screen_text
 from vramtop.recording import read_recording
-from vramtop.ui.replay import ReplayApp, _peak_index
+from vramtop.ui.replay import ReplayApp, _peak_index, first_busy_index
 from vramtop.units import mib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,3 +153,20 @@ async def test_warnings_that_appear_are_drawn_across_the_whole_width(samples):
         assert app.warnings
         (first, *_) = [line for line in screen_text(app).splitlines() if "CRITICAL" in line or "INFO" in line]
         assert len(first.rstrip()) >= 75, first
+
+
+async def test_the_demo_opens_where_the_training_starts(samples):
+    # The recording began ~20 s before the program used the GPU: the demo skips that lead-in.
+    start = first_busy_index(samples)
+    assert not any(g.processes for g in samples[start].gpus)
+    assert any(g.processes for g in samples[start + 2].gpus)
+    assert start > 20
+    app = ReplayApp(samples, title="demo", interval=0.5, speed=1.0, start=start)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        assert app.position == start and f"REPLAY {start + 1}/{len(samples)}" in line_with(app, "REPLAY")
+        await pilot.press("home")  # the lead-in is still there for whoever wants it
+        await pilot.pause()
+        assert app.position == 0
+    assert first_busy_index([samples[0]]) == 0  # nothing ever runs: from the start

@@ -22,10 +22,11 @@ def run(args: argparse.Namespace) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("the demo needs a terminal", EXIT_USAGE)
     from vramtop.cli import thresholds_from
-    from vramtop.ui.replay import ReplayApp, replay_interval
+    from vramtop.ui.replay import ReplayApp, first_busy_index, replay_interval
 
     notice = ("Demo: a recording of GPT-2 small training on an NVIDIA H100 with the vramtop agent. "
               "space pauses · → ← step · w next warning · P peak · q quits")
     ReplayApp(samples, title="demo", interval=replay_interval(samples, recorded_interval(recording)),
-              speed=args.speed, notice=notice, thresholds=thresholds_from(args), events=recording.events).run()
+              speed=args.speed, notice=notice, thresholds=thresholds_from(args), events=recording.events,
+              start=first_busy_index(samples)).run()  # not 20 s of an idle GPU before the run starts
     return EXIT_OK

@@ -38,6 +38,13 @@ def _peak_index(samples: Sequence[Sample]) -> int:
     return max(range(len(samples)), key=lambda i: sum(g.memory_used or 0 for g in samples[i].gpus))
 
 
+def first_busy_index(samples: Sequence[Sample], lead: int = 2) -> int:
+    """A few samples before the first process appears on a GPU (0 if there is none): where a
+    recording that began before its program starts to say something."""
+    busy = next((i for i, s in enumerate(samples) if any(g.processes for g in s.gpus) or s.agents), 0)
+    return max(0, busy - lead)
+
+
 class ReplayApp(VramtopApp):
     """Pause, step, jump to warnings and to the peak, change the speed."""
 
@@ -56,12 +63,13 @@ class ReplayApp(VramtopApp):
 
     def __init__(self, samples: Sequence[Sample], *, title: str, interval: float, speed: float = 1.0,
                  notice: str | None = None, thresholds: Thresholds | None = None, events: Sequence[Any] = (),
-                 **kwargs: Any) -> None:
+                 start: int = 0, **kwargs: Any) -> None:
         super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,
                          thresholds=thresholds, **kwargs)
         self.samples = list(samples)
         self.recording_title = title
         self.position = -1
+        self._start = start
         self.speed = min(SPEEDS, key=lambda s: abs(s - speed))
         # The warnings in force at every sample, computed once (the rules are pure).
         self._timeline = warnings_over(self.samples, events, thresholds)
@@ -69,7 +77,7 @@ class ReplayApp(VramtopApp):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self._show(0)
+        self._show(self._start)
         self._restart_timer()
 
     def _restart_timer(self) -> None:
