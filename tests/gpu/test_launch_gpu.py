@@ -1,7 +1,8 @@
 """`vramtop run` around real multi-process and multi-GPU jobs: every torchrun rank gets its agent,
 DataLoader workers forked from a CUDA process neither crash nor show up as agents, one
-`vramtop --once --json` sees each rank with its own bill on the GPU where NVML lists it, and a
-process that spreads a model over two GPUs gets a bill per GPU."""
+`vramtop --once --json` sees each rank with its own bill on the GPU where NVML lists it; with two
+GPUs: a process that spreads a model over both gets a bill per GPU, FSDP2 ranks count their own
+shards, and ranks that forget set_device (all on GPU 0) are one warning."""
 
 from __future__ import annotations
 
