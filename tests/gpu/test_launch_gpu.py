@@ -84,6 +84,8 @@ def test_every_torchrun_rank_reports_its_own_bill_and_forked_workers_stay_silent
 
     gpu_of = {p["pid"]: g["uuid"] for g in doc["gpus"] for p in g["processes"]}
     assert set(ranks) <= set(gpu_of)
+    for pid in ranks:  # each rank on its one GPU: the agent opened no context anywhere else
+        assert sum(p["pid"] == pid for g in doc["gpus"] for p in g["processes"]) == 1
     agents = {a.get("host_pid") or a["pid"]: a for a in doc["agents"]}
     print(json.dumps({pid: {k: a[k] for k in ("rank", "step", "phase")} for pid, a in agents.items()}, indent=1))
     # Exactly the ranks: no agent from the launcher (it never uses CUDA) nor from a DataLoader worker.
