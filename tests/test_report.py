@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vramtop.analysis.postmortem import postmortem_of
 from vramtop.analysis.report import Layer, Mark, Panel, panels, summarize
-from vramtop.analysis.risk import postmortem_of
 from vramtop.cli import main
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 from vramtop.model import (

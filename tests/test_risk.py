@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 
 from vramtop.analysis.advice import CHECKPOINTING, EXPANDABLE, MIXED_PRECISION, OPTIMIZER
+from vramtop.analysis.leak import LeakPoint, fit_leak
+from vramtop.analysis.postmortem import postmortem_summary
 from vramtop.analysis.risk import (
     CRITICAL,
     FRAGMENTATION,
@@ -19,14 +21,11 @@ from vramtop.analysis.risk import (
     OOM,
     RETRIES,
     WARNING,
-    LeakPoint,
     RiskTracker,
     Thresholds,
     advice_for,
     assess,
     batch_fit_for,
-    fit_leak,
-    postmortem_summary,
     with_overrides,
 )
 from vramtop.model import (

@@ -27,7 +27,7 @@ def filename(pid: int, when: float) -> str:
 def summary_lines(report: OomReport) -> list[str]:
     """A human summary; the analysis package words it when it can be imported."""
     try:
-        from vramtop.analysis.risk import postmortem_of
+        from vramtop.analysis.postmortem import postmortem_of
 
         return list(postmortem_of(report).lines)
     except Exception:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, non_pytorch_of
-from vramtop.analysis.risk import Thresholds, postmortem_of, warnings_over
+from vramtop.analysis.postmortem import postmortem_of
+from vramtop.analysis.risk import Thresholds, warnings_over
 from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample
 from vramtop.recording import Event, Recording
 

@@ -15,7 +15,7 @@ from vramtop.analysis.bill import (
     fragmentation_proxy,
     largest_fit,
 )
-from vramtop.analysis.risk import postmortem_of
+from vramtop.analysis.postmortem import postmortem_of
 from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
 from vramtop.units import fmt_bytes
 

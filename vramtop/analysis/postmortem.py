@@ -1,0 +1,126 @@
+"""The OOM post-mortem: what an out-of-memory error asked for, what there was, where the memory
+had gone, and the first thing to change."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
+from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation
+from vramtop.analysis.risk import Thresholds, mixed_precision
+from vramtop.model import AgentDevice, AgentSample, AllocatorStats, OomReport
+from vramtop.units import fmt_bytes
+
+
+@dataclass(frozen=True)
+class PostMortem:
+    """What an OOM asked for, what there was, where the memory had gone, and what to change."""
+
+    step: int | None
+    time: float | None
+    device_index: int | None
+    requested: int
+    device_free: int
+    device_total: int
+    missing: int  # requested - free: what the device lacked
+    need: int  # what the step peak must drop by to fit with the safety margin
+    fragmented: bool | None  # the cache held enough in total, but in blocks too small
+    bill: Bill | None  # at the last sample before the OOM
+    advice: tuple[Advice, ...]
+    top: Advice | None
+    lines: tuple[str, ...]
+
+
+def postmortem_of(oom: OomReport, before: AgentDevice | None = None, non_pytorch: int | None = None, *,
+                  agent: AgentSample | None = None, thresholds: Thresholds | None = None,
+                  assumptions: Assumptions | None = None) -> PostMortem:
+    """The summary of an OOM from the agent's figures at the instant of failure.
+
+    ``before`` is the agent's last sample of that device, for its UUID and the memory that
+    persisted at the last step boundary; ``agent`` its process-wide facts (allocator setting,
+    precision, world size); ``non_pytorch`` the process's memory outside PyTorch
+    (CUDA context, libraries), known from earlier samples: NVML polled during an OOM's fast
+    growth is not comparable with the allocator's figures.
+    """
+    stats = AllocatorStats(allocated=oom.allocated, reserved=oom.reserved, active=oom.allocated,
+                           requested=oom.allocated, inactive_split=0, allocated_peak=oom.allocated,
+                           reserved_peak=oom.reserved, num_alloc_retries=0, num_ooms=1,
+                           largest_free_block=oom.largest_free_block)
+    census = oom.census or (before.census if before is not None else None)
+    if census is not None and before is not None and before.census is not None:
+        # Gradients all exist at a step boundary: that size tells persistent memory from them.
+        census = replace(census, gradients_peak=max(census.gradients_peak, before.census.gradients_peak))
+    device = AgentDevice(index=oom.device, uuid=before.uuid if before is not None else None,
+                         name=before.name if before is not None else None, stats=stats, census=census,
+                         last_step=before.last_step if before is not None else None)
+    event = {"device": oom.device, "requested": oom.requested, "device_total": oom.device_limit,
+             "device_free": oom.device_free, "step": oom.step, "time": oom.time}
+    used = None if non_pytorch is None else oom.reserved + non_pytorch
+    return postmortem_summary(event, device, used, expandable_segments=agent.expandable_segments if agent else None,
+                              thresholds=thresholds, assumptions=assumptions, at_failure=True,
+                              mixed_precision=mixed_precision(agent, census) if agent else None,
+                              world_size=agent.world_size if agent else None,
+                              checkpointing=agent.checkpointing if agent else None)
+
+
+def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvml_process_used: int | None, *,
+                       expandable_segments: bool | None = None, thresholds: Thresholds | None = None,
+                       assumptions: Assumptions | None = None, at_failure: bool = False,
+                       mixed_precision: bool | None = None, world_size: int | None = None,
+                       checkpointing: bool | None = None) -> PostMortem:
+    """A human summary of one OOM.
+
+    ``event`` is what the agent's OOM observer records (device, requested, device_total,
+    device_free, step, time); ``device`` the agent's last figures for that device before it;
+    ``nvml_process_used`` NVML's per-process figure then. With ``at_failure``, ``device`` holds
+    the figures at the instant of failure instead (see postmortem_of). Advice counts as
+    sufficient what frees the missing bytes plus the safety margin.
+    """
+    t = thresholds or Thresholds()
+    requested = int(event.get("requested", 0))
+    free = int(event.get("device_free", 0))
+    total = int(event.get("device_total", 0))
+    step = event.get("step")
+    index = event.get("device")
+    missing = max(0, requested - free)
+    need = missing + int(total * t.margin)
+    where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
+    lines = [f"OOM{f' at step {step}' if step is not None else ''} on {where}: asked for {fmt_bytes(requested)} "
+             f"with {fmt_bytes(free)} free of {fmt_bytes(total)}, {fmt_bytes(missing)} short."]
+    bill: Bill | None = None
+    fragmented: bool | None = None
+    advice: tuple[Advice, ...] = ()
+    if device is not None:
+        stats = device.stats
+        cache = stats.reserved - stats.allocated
+        if stats.largest_free_block is not None:
+            fragmented = cache >= requested > stats.largest_free_block
+            lines.append(f"The allocator held {fmt_bytes(cache)} of cache "
+                         f"{'then' if at_failure else 'at the last sample'}, its largest free "
+                         f"block {fmt_bytes(stats.largest_free_block)}"
+                         + (": enough in total but in pieces too small (fragmentation)." if fragmented else "."))
+        if at_failure:
+            bill = bill_now(device, nvml_process_used)
+        else:
+            bill = bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used)
+        parts = [f"{name} {fmt_bytes(v)}" for name, v in bill.categories() if v]
+        if parts:
+            where = "at the failure" if at_failure else "at the allocator's peak"
+            lines.append(f"Bill {where}: " + " · ".join(parts) + ".")
+        advice = advise(bill, device_total=total or None, margin=t.margin,
+                        expandable_segments=expandable_segments,
+                        fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
+                        need=need, cache=cache, assumptions=assumptions, mixed_precision=mixed_precision,
+                        world_size=world_size, checkpointing=checkpointing)
+    lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
+    # A fragmented cache that held enough bytes is fixed by the allocator setting first.
+    top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
+    top = top or top_advice(advice)
+    if top is not None:
+        lines.append(f"First thing to try ({top.lever}): {top.text}")
+    elif device is None:
+        lines.append("No allocator figures for this process: start it with `vramtop run` to see the bill.")
+    return PostMortem(step if isinstance(step, int) else None, event.get("time"), index if isinstance(index, int)
+                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines))
