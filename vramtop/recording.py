@@ -373,6 +373,7 @@ class RecordingReader:
 
     @property
     def damaged_lines(self) -> int:
+        """Complete lines skipped as damage so far (not a torn last line: it may yet be finished)."""
         return sum(1 for p in self.problems if p.line is not None)
 
     def result(self) -> Recording:
