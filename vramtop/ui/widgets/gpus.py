@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 
 from vramtop.analysis.history import History, sparkline
@@ -126,34 +124,15 @@ def render_gpu(gpu: GpuSample, history: list[int], width: int, narrow: bool, sel
 
 
 class GpuList(Panel):
-    """All GPUs of the current sample; the selected one is marked.
-
-    The blocks are laid out for the widget's width, so they are drawn again when it changes:
-    the first sample can arrive before the first layout, when the width is not known yet.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._shown: tuple[tuple[GpuSample, ...], History, bool, str | None] | None = None
-        self._width = 0
+    """All GPUs of the current sample; the selected one is marked, laid out for the width."""
 
     def show(self, gpus: tuple[GpuSample, ...], history: History, narrow: bool,
              selected: str | None) -> None:
-        self._shown = (gpus, history, narrow, selected)
-        self._draw()
+        def render(width: int) -> Text:
+            blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected) for g in gpus]
+            return Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim")
+
+        self.redraw_for_width(render)
 
     def waiting(self) -> None:
         self.redraw(Text("waiting for the first sample…", style="dim"))
-
-    def on_resize(self) -> None:
-        if self._shown is not None and self.size.width != self._width:
-            self._draw()
-
-    def _draw(self) -> None:
-        assert self._shown is not None
-        gpus, history, narrow, selected = self._shown
-        self._width = self.size.width
-        width = max(self._width, 40)
-        blocks = [render_gpu(g, history.used(g.uuid), width, narrow, g.uuid == selected)
-                  for g in gpus]
-        self.redraw(Text("\n").join(blocks) if blocks else Text("no GPU selected", style="dim"))

@@ -66,25 +66,10 @@ def render_advice(advice: tuple[Advice, ...], narrow: bool) -> Text:
 
 
 class WarningList(Panel):
-    """Hidden when nothing is wrong. Redrawn when its width changes: it has none while hidden,
-    so the lines drawn as it appears are cut again once it is laid out."""
-
-    _shown: tuple[tuple[RiskWarning, ...], bool] | None = None
-    _width = 0
+    """Hidden when nothing is wrong (and then without a width: see Panel.redraw_for_width)."""
 
     def show(self, warnings: tuple[RiskWarning, ...], narrow: bool) -> None:
         self.display = bool(warnings)
-        self._shown = (warnings, narrow)
-        self._draw()
-
-    def on_resize(self) -> None:
-        if self._shown is not None and self.size.width != self._width:
-            self._draw()
-
-    def _draw(self) -> None:
-        assert self._shown is not None
-        warnings, narrow = self._shown
-        self._width = self.size.width
         # In a short terminal (an 80x24 tmux pane) the processes and the bill need the rows.
         limit = 2 if self.app.size.height < SHORT_TERMINAL else MAX_SHOWN
-        self.redraw(render_warnings(warnings, max(self._width, 40), narrow, limit))
+        self.redraw_for_width(lambda width: render_warnings(warnings, width, narrow, limit))
