@@ -157,14 +157,55 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert with_agent and with_agent[-1].agents[0].devices[0].stats.allocated == 123 << 20
     ooms = [e for e in recording.events if e.kind == "oom"]
     assert ooms and ooms[0].data["requested"] == 1 << 30
-    # The post-mortem: a file next to the program, and a report that stays in its samples.
+    # The post-mortem: a file in the agent's private directory (none next to the program), and
+    # a report that stays in its samples.
     assert with_agent[-1].agents[0].last_oom is not None
     assert with_agent[-1].agents[0].last_oom.requested == 1 << 30
-    assert list(tmp_path.glob("vramtop-oom-*.json")) and "post-mortem:" in result.stderr
+    assert list(runtime.glob("oom-*.json")) and not list(tmp_path.glob("*oom*.json"))
+    assert "post-mortem:" in result.stderr
     # The warning the TUI would have shown is in the file too, with its evidence and action.
     warned = [e for e in recording.events if e.kind == "warning" and e.data["kind"] == "oom"]
     assert warned and warned[0].data["level"] == "critical" and warned[0].pid == ooms[0].pid
     assert warned[0].data["action"] and warned[0].time >= ooms[0].data["time"]  # the sample after the OOM
+
+
+@pytest.mark.parametrize("connected", [True, False], ids=["monitor-connected", "dies-before-the-monitor-connects"])
+def test_an_oom_that_kills_the_command_at_once_is_in_the_recording(runtime, tmp_path, connected):
+    """An uncaught OOM ends the process within milliseconds of the allocator's observer: the
+    post-mortem reaches the recording through the socket (sent from the failing thread) or, when
+    no connection carried it, from the file the agent left in its directory."""
+    pytest.importorskip("torch")
+    program = textwrap.dedent(f"""
+        import os, sys, time, torch
+        from tests.fakes.fake_cuda import FakeCudaTorch
+        import vramtop.agent as agent
+        fake = FakeCudaTorch(torch)
+        fake.allocator.set(123 << 20, 256 << 20)
+        sys.modules["torch"] = fake
+        fake.initialized = True
+        deadline = time.time() + 20
+        while time.time() < deadline and not (agent.current() and agent.current().active):
+            time.sleep(0.05)
+        time.sleep({2.5 if connected else 0.0})
+        fake.oom_observers[0](0, 1 << 30, 80 << 30, 1 << 20)
+        os._exit(1)  # as an uncaught OOM: no interpreter shutdown, no last tick
+    """)
+    out = tmp_path / "run.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_INTERVAL": "0.05"}
+    launcher = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "runpy.run_module('tests.fakes.run_with_fake_nvml', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", launcher, str(REPO), "record", "-o", str(out),
+                             "-i", "0.1", "--", sys.executable, "-c", program], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    from vramtop.recording import read_recording
+
+    recording = read_recording(out)
+    ooms = [e for e in recording.events if e.kind == "oom"]
+    assert len(ooms) == 1, recording.events
+    assert ooms[0].data["requested"] == 1 << 30 and ooms[0].data["allocated"] == 123 << 20
+    kinds = [e.kind for e in recording.events]
+    assert kinds.index("oom") < kinds.index("command.exited")
 
 
 def rank_script(tmp_path: Path) -> Path:

@@ -496,17 +496,19 @@ def test_the_html_page_is_self_contained(tmp_path, capsys):
 
 
 def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
-    # The H100 run leaks 32 MiB a step, has a fragmented cache and ends in a caught OOM.
+    # The H100 run leaks 32 MiB a step, has a fragmented cache (that harms nothing: no warning)
+    # and ends in a caught OOM.
     assert main(["report", str(GPT2)]) == 0
     out = capsys.readouterr().out
     warnings = out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
     assert "CRITICAL GPU 0: persistent memory of PID" in warnings and "grows 32 MiB/step" in warnings
-    assert "fragmented allocator cache" in warnings and "out of memory in PID" in warnings
+    assert "fragmented allocator cache" not in warnings and "out of memory in PID" in warnings
     assert "Bill at the failure:" in out and "First thing to try" in out
-    # The recorder raised the same kinds of warning live, with the same rules.
+    # The recorder raised the same kinds of warning live, with the same rules (this file was
+    # recorded before a fragmented cache needed evidence of harm to be a warning).
     rec = read_recording(GPT2)
     live = {e.data["kind"] for e in rec.events if e.kind == "warning"}
-    assert live == {w.kind for w in summarize(rec).warnings}
+    assert live - {"fragmentation"} == {w.kind for w in summarize(rec).warnings}
     # The post-mortem's bill is the allocator's state at the failure, to the byte.
     (pm,) = summarize(rec).postmortems
     bill = postmortem_of(pm.oom).bill
@@ -518,9 +520,9 @@ def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
 
 
 def test_thresholds_from_the_command_line_change_the_reports_warnings(capsys):
-    assert main(["report", str(GPT2), "--threshold", "frag_ratio=0.95", "--threshold", "frag_clear_ratio=0.9"]) == 0
+    assert main(["report", str(GPT2), "--threshold", "leak_min_growth=64GiB"]) == 0
     warnings = capsys.readouterr().out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
-    assert "fragmented allocator cache" not in warnings and "persistent memory of PID" in warnings
+    assert "persistent memory of PID" not in warnings and "out of memory in PID" in warnings
     assert main(["report", str(GPT2), "--threshold", "frag_ratio=lots"]) == EXIT_USAGE
     assert "--threshold: 'frag_ratio=lots': frag_ratio takes a number" in capsys.readouterr().err
 

@@ -373,18 +373,18 @@ def frag_snap(t, **kw):
     return snap(t, reserved=40 * GiB, allocated=34 * GiB, largest_free=GiB, **kw)
 
 
-def test_fragmentation_is_info_alone_and_a_warning_with_retries():
+def test_fragmentation_is_silent_without_harm_and_a_warning_with_retries():
+    # A transformer's cache between steps is in pieces and harms nothing: no line for it.
     tracker = RiskTracker()
-    for i in range(3):
-        warnings = tracker.update(frag_snap(float(i)))
-    (w,) = warnings
-    assert (w.kind, w.level) == (FRAGMENTATION, INFO)
-    assert abs(w.evidence["fragmentation"] - 5 / 6) < 1e-9 and w.evidence["cache"] == 6 * GiB
-    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in w.action
+    for i in range(6):
+        assert tracker.update(frag_snap(float(i))) == ()
     tracker = RiskTracker()
     for i in range(3):
         warnings = tracker.update(frag_snap(float(i), retries=2))
-    assert (FRAGMENTATION, WARNING) in kinds(warnings)
+    (w,) = [w for w in warnings if w.kind == FRAGMENTATION]
+    assert w.level == WARNING
+    assert abs(w.evidence["fragmentation"] - 5 / 6) < 1e-9 and w.evidence["cache"] == 6 * GiB
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in w.action
 
 
 def test_fragmentation_is_quiet_when_expandable_segments_are_on():
@@ -392,10 +392,10 @@ def test_fragmentation_is_quiet_when_expandable_segments_are_on():
     # cannot fail a large request (tests/gpu/test_risk_gpu.py shows it on a real GPU).
     tracker = RiskTracker()
     for i in range(6):
-        assert tracker.update(frag_snap(float(i), expandable=True)) == ()
+        assert FRAGMENTATION not in {w.kind for w in tracker.update(frag_snap(float(i), expandable=True, retries=2))}
     for i in range(6, 9):
-        warnings = tracker.update(frag_snap(float(i), expandable=False))
-    assert kinds(warnings) == {(FRAGMENTATION, INFO)}
+        warnings = tracker.update(frag_snap(float(i), expandable=False, retries=2))
+    assert (FRAGMENTATION, WARNING) in kinds(warnings)
 
 
 def test_fragmentation_quiet_for_a_small_cache_or_a_low_ratio():
@@ -655,5 +655,6 @@ def test_a_changed_threshold_changes_what_is_raised():
     strict = RiskTracker(with_overrides(Thresholds(), ["frag_ratio=0.9", "frag_clear_ratio=0.85"]))
     default = RiskTracker()
     for i in range(4):
-        quiet, loud = strict.update(frag_snap(float(i))), default.update(frag_snap(float(i)))
-    assert quiet == () and kinds(loud) == {(FRAGMENTATION, INFO)}
+        quiet, loud = strict.update(frag_snap(float(i), retries=2)), default.update(frag_snap(float(i), retries=2))
+    assert FRAGMENTATION not in {w.kind for w in quiet}
+    assert (FRAGMENTATION, WARNING) in kinds(loud)

@@ -120,6 +120,7 @@ class TensorCensus:
     gradients_peak: int = 0  # most gradient bytes any census has seen (all grads exist at once
     # in the optimizer step, while a census at a random moment may see them freed)
     parameters_16bit: int = 0  # of the parameters above, bytes in 16-bit (or narrower) float types
+    buffers: int = 0  # module buffers (running statistics, masks): persistent, not parameters
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,36 @@ class StepPeak:
     steps: int = 1  # optimizer steps in this window (steps faster than 20 ms are grouped)
 
 
+# Phases of a training step, in order; a peak is placed in the one during which it was reached.
+BETWEEN_STEPS, FORWARD, LOSS, BACKWARD, OPTIMIZER = "between steps", "forward", "loss", "backward", "optimizer"
+STEP_PHASES = (BETWEEN_STEPS, FORWARD, LOSS, BACKWARD, OPTIMIZER)
+
+
+@dataclass(frozen=True)
+class PeakBill:
+    """What the allocator's peak (``allocated_bytes.all.peak``) was made of when it was reached.
+
+    The agent reads the peak counter at the phase boundaries of a step (model call, first
+    backward hook, each gradient's accumulation, optimizer step): the counter only grows, so
+    the interval in which it last rose is the phase of the peak, and gradients, optimizer state
+    and kept tensors are counted as they were then. Activations and temporaries are what is
+    left (analysis/bill.py derives them).
+    """
+
+    allocated: int  # the peak counter right after it rose
+    step: int  # the step (counting from 1, as StepPeak.step) during which it was reached
+    phase: str  # one of STEP_PHASES, or "unknown"
+    parameters_trainable: int
+    parameters_frozen: int
+    buffers: int
+    gradients: int  # gradient bytes that existed at the peak
+    optimizer_state: int  # 0 before the first optimizer step (Adam creates its state lazily)
+    other_persistent: int  # held from before the step: kept outputs, inputs, caches (buffers apart)
+    measured: bool = True  # False: the peak rose in a step the agent did not measure; phase,
+    # gradients and kept memory are those of the last measured peak (``basis_step``)
+    basis_step: int | None = None
+
+
 @dataclass(frozen=True)
 class AgentDevice:
     """One device used by a process with the agent."""
@@ -147,6 +178,9 @@ class AgentDevice:
     census: TensorCensus | None = None
     last_step: StepPeak | None = None
     peak_step: int | None = None  # the step during which allocated_peak was last raised
+    peak: PeakBill | None = None  # the bill at the allocator's peak, measured in its phase
+    memory_total: int | None = None  # the device's memory as CUDA reports it (a MIG slice's own)
+    memory_limit: int | None = None  # the process's cap (set_per_process_memory_fraction), when set
 
 
 @dataclass(frozen=True)
@@ -168,6 +202,13 @@ class OomReport:
     largest_live_blocks: tuple[int, ...] = ()  # the biggest allocated blocks, bytes (no stack traces)
     census: TensorCensus | None = None  # parameters, gradients, optimizer state then
     path: str | None = None  # the post-mortem file the agent wrote
+    device_total: int | None = None  # the device's whole memory (device_limit is less under a cap)
+    step_peak: int | None = None  # the allocator's peak at the last step boundary before the OOM
+    persistent_first: int | None = None  # allocated at the first step boundary with optimizer state
+    persistent_first_step: int | None = None
+    persistent_last: int | None = None  # allocated at the last step boundary before the OOM
+    persistent_last_step: int | None = None
+    pid: int | None = None  # the process (in its own PID namespace)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import os
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from vramtop import __version__
-from vramtop.codec import from_dict, to_dict
-from vramtop.model import Sample
+from vramtop.codec import DecodeError, from_dict, to_dict
+from vramtop.model import OomReport, Sample
 
 SAMPLE_SCHEMA = "vramtop.sample"
 SAMPLE_VERSION = 1
@@ -158,3 +159,39 @@ def check_hello(message: dict[str, Any]) -> int:
             f"{AGENT_PROTOCOL_MIN}-{AGENT_PROTOCOL_MAX}: upgrade the older side"
         )
     return int(high)
+
+
+# -- OOM post-mortem files ------------------------------------------------------------------
+#
+# The agent writes one JSON file per OOM into the runtime directory, beside its socket:
+# ``oom-<pid>-<YYYYmmdd-HHMMSS>-<ms>.json`` = {"schema": "vramtop.oom", "version": 1, "pid",
+# "argv", "report": OomReport, "summary": [lines]}. It outlives the process, so a monitor or
+# ``vramtop record`` finds the post-mortem of a process that died of its OOM.
+
+POSTMORTEM_SCHEMA = "vramtop.oom"
+
+
+def postmortem_name(pid: int, when: float) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return f"oom-{pid}-{stamp}-{int(when * 1000) % 1000:03d}.json"
+
+
+def postmortem_files(directory: Path, pid: int) -> list[Path]:
+    """The post-mortem files of one process, oldest first."""
+    try:
+        return sorted(directory.glob(f"oom-{pid}-*.json"))
+    except OSError:
+        return []
+
+
+def read_postmortem(path: Path) -> OomReport | None:
+    """The report in a post-mortem file; None when it is not one (never raises)."""
+    try:
+        if path.is_symlink() or path.stat().st_size > FRAME_MAX_BYTES:
+            return None
+        document = json.loads(path.read_text())
+        if not isinstance(document, dict) or document.get("schema") != POSTMORTEM_SCHEMA:
+            return None
+        return from_dict(OomReport, document.get("report"))
+    except (OSError, ValueError, DecodeError, RecursionError):
+        return None

@@ -16,7 +16,7 @@ from typing import Any
 from vramtop.model import TensorCensus
 
 BLOCK = 512
-TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER, PARAMS_16BIT = range(5)
+TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER, PARAMS_16BIT, BUFFERS = range(6)
 
 
 def _local(tensor: Any) -> Any:
@@ -41,11 +41,24 @@ class _Counter:
         if key in self.seen or not storage.nbytes():
             return
         self.seen.add(key)
-        per_device = self.bytes.setdefault(index, [0, 0, 0, 0, 0])
+        per_device = self.bytes.setdefault(index, [0, 0, 0, 0, 0, 0])
         size = -(-storage.nbytes() // BLOCK) * BLOCK
         per_device[slot] += size
         if slot in (TRAINABLE, FROZEN) and t.is_floating_point() and t.element_size() <= 2:
             per_device[PARAMS_16BIT] += size  # bf16/fp16 weights: mixed precision is already there
+
+
+def parameters_of(optimizers: Iterable[Any], modules: Iterable[Any]) -> list[Any]:
+    """Every parameter of the models and optimizers, once each."""
+    params: dict[int, Any] = {}
+    for module in modules:
+        for p in module.parameters():
+            params.setdefault(id(p), p)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                params.setdefault(id(p), p)
+    return list(params.values())
 
 
 def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
@@ -54,20 +67,14 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
     CPU-only tests). Call it on the training thread only (see _runtime.py)."""
     optimizers = list(optimizers)
     modules = list(modules)
-    params: dict[int, Any] = {}
-    for module in modules:
-        for p in module.parameters():
-            params.setdefault(id(p), p)
-    from_optimizers = 0
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                from_optimizers += 1
-                params.setdefault(id(p), p)
+    params = parameters_of(optimizers, modules)
     counter = _Counter(torch, device_type)
-    for p in params.values():
+    for p in params:
         counter.add(p, TRAINABLE if p.requires_grad else FROZEN)
-    for p in params.values():
+    for module in modules:
+        for b in module.buffers():
+            counter.add(b, BUFFERS)
+    for p in params:
         if p.grad is not None:
             counter.add(p.grad, GRADIENTS)
     opaque: list[str] = []
@@ -98,6 +105,7 @@ def take_census(torch: Any, optimizers: Iterable[Any], modules: Iterable[Any],
             seen=seen,
             complete=complete,
             parameters_16bit=b[PARAMS_16BIT],
+            buffers=b[BUFFERS],
         )
         for device, b in counter.bytes.items()
     }

@@ -22,18 +22,20 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vramtop import __version__
 from vramtop.codec import to_dict
-from vramtop.model import AgentDevice, AgentSample, OomReport, StepPeak, TensorCensus
+from vramtop.model import AgentDevice, AgentSample, OomReport, PeakBill, StepPeak, TensorCensus
 from vramtop.protocol import runtime_dir
 
 from . import _postmortem
 from . import _torchstats as ts
-from ._census import take_census
+from ._census import parameters_of, take_census
+from ._peaks import Counted, estimate
+from ._phases import StepPhases
 from ._server import AgentServer
 from ._stack import inspect_thread
 
@@ -54,6 +56,11 @@ GIL_BUDGET = 0.002
 # The census repeats at least every second; while its result stays the same (a steady training
 # loop) the gap doubles up to this, and any change brings it back to a second.
 CENSUS_MAX_GAP = 8.0
+# An OOM's post-mortem is sent to connected monitors from the failing thread, at most this long,
+# before the program sees the exception (an uncaught OOM ends the process within milliseconds).
+OOM_FLUSH = 0.2
+# Persistent memory counts from this step on for the leak diagnosis (Adam's state exists by then).
+PERSISTENT_FROM_STEP = 2
 
 
 @dataclass
@@ -76,6 +83,18 @@ class _DeviceState:
     last_step: StepPeak | None = None
     peak_step: int | None = None  # the step during which the allocator's peak last rose
     census: TensorCensus | None = None
+    peak: PeakBill | None = None  # the bill at the allocator's peak (measured, or estimated)
+    memory_total: int | None = None
+    memory_limit: int | None = None  # the process's cap, when set
+    # Written by the training thread (step hook), read by the OOM observer:
+    known_peak: int = 0  # the highest allocator peak any reading saw
+    measured: PeakBill | None = None  # the last measured bill at the peak
+    residual: int = 0  # persistent memory beyond the census categories at the last measured step
+    kept: int = 0  # the previous step's outputs alive at that peak
+    boundary_peak: int | None = None  # the allocator's peak at the last step boundary read
+    persistent_first: tuple[int, int] | None = None  # (step, allocated) lowest at a step boundary
+    # The last few boundaries: their lowest is what persists now (one step's big outputs aside).
+    recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=8))
 
 
 class Agent:
@@ -101,6 +120,8 @@ class Agent:
         self._boundaries: deque[_Boundary] = deque(maxlen=256)
         self._last_boundary: _Boundary | None = None
         self._train_thread: int | None = None
+        self._phases: StepPhases | None = None
+        self._trainable: list[weakref.ref[Any]] | None = None  # from the last census
         self._hooks: list[Any] = []
         self._discovery: list[Any] = []  # the module-call hooks, removed once the models are known
         self._call_depth = threading.local()
@@ -115,7 +136,6 @@ class Agent:
         self._last_rescan = 0.0
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
-        self.ooms: deque[dict[str, Any]] = deque(maxlen=16)  # events not yet published
         self.last_oom: OomReport | None = None
         self.autocast: bool | None = None  # a top-level forward ran under autocast (seen in discovery)
         self.world_size: int | None = None
@@ -138,6 +158,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 hook.remove()
         self._hooks.clear()
+        if self._phases is not None:
+            self._phases.remove()
         _oom_observer.agent = None
         if self._server is not None:
             self._server.stop()
@@ -188,6 +210,8 @@ class Agent:
             # training thread iterates them, which would raise in the program. The next
             # optimizer step removes the module-call hooks from the training thread.
             self._stop.set()
+            if self._phases is not None:
+                self._phases.stopped = True  # inert; removed at the next optimizer step
             with contextlib.suppress(Exception):
                 if self._server is not None:
                     self._server.stop()
@@ -203,6 +227,8 @@ class Agent:
 
     def _activate(self, torch: Any) -> None:
         self._torch = torch
+        self._phases = StepPhases(self._read_counters, self._trainable_parameters, self._counted,
+                                  self._peaks_measured, torch, self._device_type)
         self._register_hooks(torch)
         self._rescan_devices(force=True)
         self._server = AgentServer(self.directory, self._beacon(), self._respond)
@@ -230,6 +256,9 @@ class Agent:
         register = getattr(optim, "register_optimizer_step_post_hook", None)
         if register is not None:
             self._hooks.append(register(self._after_optimizer_step))
+        register_pre = getattr(optim, "register_optimizer_step_pre_hook", None)
+        if register_pre is not None:
+            self._hooks.append(register_pre(self._before_optimizer_step))
         module_base = getattr(getattr(torch, "nn", None), "Module", None)
         modules = sys.modules.get(getattr(module_base, "__module__", ""), None)
         pre = getattr(modules, "register_module_forward_pre_hook", None)
@@ -256,6 +285,11 @@ class Agent:
                 if module not in self._modules:
                     self._modules.add(module)
                     self._new_model = True
+                    if self._phases is not None:
+                        # Its own forward hooks take over from its next call; this call's
+                        # pre-hook list is already fixed, so tell the phases here.
+                        self._phases.watch(module)
+                        self._phases.forward_started(module)
         except Exception:
             pass
 
@@ -288,6 +322,8 @@ class Agent:
                 # them here, on the training thread, outside torch's loops over module hooks.
                 if self._discovery:
                     self._end_discovery()
+                if self._phases is not None and not self._phases.removed:
+                    self._phases.remove()
                 return
             self.step += 1
             if self._discovery:
@@ -298,66 +334,150 @@ class Agent:
             new_optimizer = optimizer not in self._optimizers
             if new_optimizer:
                 self._optimizers.add(optimizer)
+            self._train_thread = threading.get_ident()
+            if not self._devices:
+                self._rescan_devices(force=True)  # the first step came before the first tick saw memory
             now = time.monotonic()
+            if new_optimizer:
+                self._census()  # before the step closes: its bill needs the optimizer's state
+            if self._phases is not None:
+                self._phases.after_optimizer(self.step)
             gap = max(BOUNDARY_GAP, self._boundary_cost / GIL_BUDGET)
             if now - self._last_boundary_read < gap and not new_optimizer:
                 return
             self._last_boundary_read = now
             started = time.perf_counter()
-            self._train_thread = threading.get_ident()
-            if not self._devices:
-                self._rescan_devices(force=True)  # the first step came before the first tick saw memory
             current, peak = {}, {}
             for index in list(self._devices):
                 raw = ts.raw_stats(self._torch, index)
                 a, r = raw["allocated_bytes"]["all"], raw["reserved_bytes"]["all"]
                 current[index] = (a["current"], r["current"])
                 peak[index] = (a["peak"], r["peak"])
+                self._note_boundary(index, a["current"], a["peak"])
             self._boundaries.append(_Boundary(self.step, now, current, peak))
             # A moving average: one read slowed by preemption should not space out the next ones.
             cost = time.perf_counter() - started
             self._boundary_cost = cost if not self._boundary_cost else 0.75 * self._boundary_cost + 0.25 * cost
-            if new_optimizer or self._census_due(now):
+            if not new_optimizer and self._census_due(now):
                 self._census()
         except Exception:
             pass
 
+    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._phases is not None:
+            self._phases.before_optimizer()
+
+    def _note_boundary(self, index: int, allocated: int, peak: int) -> None:
+        """At a step boundary read: persistent memory for the leak diagnosis, and the bill of a
+        peak that rose during steps no reading saw (estimated from the last measured one)."""
+        state = self._devices.get(index)
+        if state is None:
+            return
+        state.boundary_peak = peak
+        if self.step >= PERSISTENT_FROM_STEP:
+            state.recent.append((self.step, allocated))
+            if state.persistent_first is None or allocated < state.persistent_first[1]:
+                state.persistent_first = (self.step, allocated)
+        if peak > state.known_peak:
+            state.known_peak = peak
+            if state.measured is not None:
+                counted = self._counted().get(index, Counted())
+                state.peak = estimate(state.measured, peak, self.step, counted, self.step > 1,
+                                      state.residual + state.kept)
+
+    # -- what the phases need ----------------------------------------------------------------
+
+    def _read_counters(self) -> dict[int, tuple[int, int]]:
+        out = {}
+        for index in list(self._devices):
+            a = ts.raw_stats(self._torch, index)["allocated_bytes"]["all"]
+            out[index] = (int(a["current"]), int(a["peak"]))
+        return out
+
+    def _trainable_parameters(self) -> list[Any]:
+        if self._trainable is None:  # the first forward, before any census
+            return [p for p in parameters_of(self._optimizers, self._modules) if p.requires_grad]
+        return [p for p in (ref() for ref in self._trainable) if p is not None]
+
+    def _counted(self) -> dict[int, Counted]:
+        out = {}
+        for index, state in list(self._devices.items()):
+            c = state.census
+            if c is not None:
+                out[index] = Counted(c.parameters_trainable, c.parameters_frozen, c.buffers, c.optimizer_state)
+        return out
+
+    def _peaks_measured(self, bills: dict[int, PeakBill], residuals: dict[int, int], peaks: dict[int, int]) -> None:
+        for index, value in peaks.items():
+            state = self._devices.get(index)
+            if state is not None:
+                state.known_peak = max(state.known_peak, value)
+                if index in residuals:
+                    state.residual = residuals[index]
+        for index, bill in bills.items():
+            state = self._devices.get(index)
+            if state is not None:
+                state.peak = state.measured = bill
+                state.kept = max(0, bill.other_persistent - state.residual)
+
     def _on_oom(self, device: int, requested: int, device_limit: int, device_free: int) -> None:
         """Called by the allocator on the thread whose allocation failed, before the program
-        sees the exception (the allocator's lock is released): record everything now."""
+        sees the exception (the allocator's lock is released): record everything now, send it
+        to connected monitors and write it down, all before returning: an uncaught OOM ends
+        the process within milliseconds."""
         try:
             if os.getpid() != self.pid or self._stop.is_set():
                 return
-            torch = self._torch
-            raw = ts.raw_stats(torch, device)
-            snapshot = ts.take_snapshot(torch, live_blocks=8)
-            try:  # on this thread tensors are safe to read: the census at the moment of failure
-                census = take_census(torch, self._optimizers, self._modules, self._device_type).get(device)
-            except Exception:
-                census = self._devices[device].census if device in self._devices else None
-            report = OomReport(
-                time=time.time(),
-                device=device,
-                requested=int(requested),
-                device_limit=int(device_limit),
-                device_free=int(device_free),
-                allocated=int(raw["allocated_bytes"]["all"]["current"]),
-                reserved=int(raw["reserved_bytes"]["all"]["current"]),
-                step=self.step,
-                phase=inspect_thread(threading.get_ident()),
-                largest_free_block=snapshot.largest_free.get(device) if snapshot else None,
-                largest_live_blocks=tuple(snapshot.largest_live.get(device, ())) if snapshot else (),
-                census=census,
-            )
+            report = self._oom_report(device, requested, device_limit, device_free)
+            if self._server is not None:
+                self._server.send_now({"type": "event", "kind": "oom", "pid": self.pid, "data": to_dict(report)},
+                                      timeout=OOM_FLUSH)
             path = _postmortem.write(report, self.directory)
-            report = replace(report, path=path)
-            if path and not self._told_postmortem:
-                self._told_postmortem = True  # once per process: OOMs often come in bursts
-                print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
-            self.last_oom = report
-            self.ooms.append({**to_dict(report), "device_total": report.device_limit})
+            self.last_oom = report = replace(report, path=path)  # samples carry it from now on
+            if path:
+                if not self._told_postmortem:
+                    self._told_postmortem = True  # once per process: OOMs often come in bursts
+                    print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
         except Exception:
             pass
+
+    def _oom_report(self, device: int, requested: int, device_limit: int, device_free: int) -> OomReport:
+        torch = self._torch
+        raw = ts.raw_stats(torch, device)
+        snapshot = ts.take_snapshot(torch, live_blocks=8)
+        state = self._devices.get(device)
+        try:  # on this thread tensors are safe to read: the census at the moment of failure
+            census = take_census(torch, self._optimizers, self._modules, self._device_type).get(device)
+        except Exception:
+            census = state.census if state is not None else None
+        # The autograd engine's threads run no Python: an OOM in backward shows on the training thread.
+        phase = inspect_thread(threading.get_ident())
+        if phase == "unknown" and self._train_thread not in (None, threading.get_ident()):
+            phase = inspect_thread(self._train_thread or 0)
+        first = state.persistent_first if state is not None else None
+        recent = list(state.recent) if state is not None else []
+        last = (recent[-1][0], min(a for _, a in recent)) if recent else None
+        return OomReport(
+            time=time.time(),
+            device=device,
+            requested=int(requested),
+            device_limit=int(device_limit),
+            device_free=int(device_free),
+            allocated=int(raw["allocated_bytes"]["all"]["current"]),
+            reserved=int(raw["reserved_bytes"]["all"]["current"]),
+            step=self.step,
+            phase=phase,
+            largest_free_block=snapshot.largest_free.get(device) if snapshot else None,
+            largest_live_blocks=tuple(snapshot.largest_live.get(device, ())) if snapshot else (),
+            census=census,
+            device_total=state.memory_total if state is not None else None,
+            step_peak=state.boundary_peak if state is not None else None,
+            persistent_first=first[1] if first else None,
+            persistent_first_step=first[0] if first else None,
+            persistent_last=last[1] if last else None,
+            persistent_last_step=last[0] if last else None,
+            pid=self.pid,
+        )
 
     # -- the sampler thread ----------------------------------------------------------------
 
@@ -380,7 +500,8 @@ class Agent:
             state.max_reserved = max(state.max_reserved, stats.reserved)
             devices.append(AgentDevice(index=state.index, uuid=state.uuid, name=state.name, stats=stats,
                                        census=state.census, last_step=state.last_step,
-                                       peak_step=state.peak_step))
+                                       peak_step=state.peak_step, peak=state.peak,
+                                       memory_total=state.memory_total, memory_limit=state.memory_limit))
         sample = AgentSample(
             pid=self.pid,
             time=time.time(),
@@ -400,8 +521,6 @@ class Agent:
         self._latest = sample
         if self._server is not None:
             self._server.publish({"type": "sample", "sample": to_dict(sample)})
-            while self.ooms:
-                self._server.publish({"type": "event", "kind": "oom", "pid": self.pid, "data": self.ooms.popleft()})
         return sample
 
     def _rescan_devices(self, force: bool = False) -> None:
@@ -417,6 +536,9 @@ class Agent:
                 self._devices[index] = _DeviceState(index, uuid, name)
                 if self._server is not None:
                     self._server.write_beacon(self._beacon())
+        for state in list(self._devices.values()):
+            # The program may set or change its cap at any time.
+            state.memory_total, state.memory_limit = ts.memory_limits(self._torch, state.index)
 
     def _close_steps(self) -> None:
         """Turn the step boundaries recorded by the hook into per-step peaks."""
@@ -464,6 +586,8 @@ class Agent:
         started = time.perf_counter()
         try:
             result = take_census(self._torch, self._optimizers, self._modules, self._device_type)
+            self._trainable = [weakref.ref(p) for p in parameters_of(self._optimizers, self._modules)
+                               if p.requires_grad]
             self.world_size = ts.world_size(self._torch)
             self.checkpointing = ts.checkpointing(self._modules)  # Transformers walks its modules
         except RuntimeError:  # a dict changed size while the program was building its model

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import selectors
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +56,9 @@ class _Client:
         self.decoder = FrameDecoder(max_bytes=64 * 1024)  # clients only send small requests
         self.greeted = False
         self.dropped = 0
+        # Held while writing to the socket: the server thread and send_now (an OOM, from the
+        # failing thread) must not interleave the bytes of two frames.
+        self.sending = threading.Lock()
 
 
 class AgentServer:
@@ -147,6 +152,42 @@ class AgentServer:
                 client.queue.append(frame)
         self._wake()
 
+    def send_now(self, message: dict[str, Any], timeout: float) -> None:
+        """Write ``message`` to every greeted client from this thread, within ``timeout`` seconds
+        in all: for what must reach monitors before the process can die (an OOM's post-mortem).
+        A frame cut off by the deadline is finished later by the server thread."""
+        frame = encode_frame(message)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            clients = [c for c in self._clients.values() if c.greeted]
+        for client in clients:
+            if not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                with self._lock:
+                    client.queue.appendleft(frame)
+                continue
+            try:
+                pending = client.partial + frame  # finish the frame in flight first
+                client.partial = b""
+                while pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        sent = client.sock.send(pending)
+                    except BlockingIOError:
+                        poller = select.poll()  # not select(): a training job may hold fds past 1024
+                        poller.register(client.sock, select.POLLOUT)
+                        poller.poll(remaining * 1000)
+                        continue
+                    except OSError:
+                        pending = b""
+                        break
+                    pending = pending[sent:]
+                client.partial = pending
+            finally:
+                client.sending.release()
+        self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
@@ -229,6 +270,14 @@ class AgentServer:
             self._drop(client)
 
     def _flush(self, client: _Client) -> None:
+        if not client.sending.acquire(blocking=False):
+            return  # send_now is writing to this client; the next wake-up finishes the rest
+        try:
+            self._flush_locked(client)
+        finally:
+            client.sending.release()
+
+    def _flush_locked(self, client: _Client) -> None:
         while True:
             if not client.partial:
                 with self._lock:

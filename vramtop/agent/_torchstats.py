@@ -110,6 +110,23 @@ def device_identity(torch: Any, index: int) -> tuple[str | None, str | None]:
     return text, getattr(props, "name", None)
 
 
+def memory_limits(torch: Any, index: int) -> tuple[int | None, int | None]:
+    """(the device's memory as CUDA reports it, the process's cap on it or None): the cap is
+    ``set_per_process_memory_fraction``'s fraction of that memory, where torch can say it."""
+    try:
+        total = int(torch.cuda.get_device_properties(index).total_memory)
+    except Exception:
+        return None, None
+    # The private call skips the public one's lazy-init check (CUDA is initialised already).
+    getter = getattr(torch._C, "_cuda_getMemoryFraction", None) or getattr(
+        torch.cuda, "get_per_process_memory_fraction", None)
+    try:
+        fraction = float(getter(index)) if getter is not None else 1.0
+    except Exception:
+        fraction = 1.0
+    return total, (int(total * fraction) if 0.0 < fraction < 1.0 else None)
+
+
 class SnapshotSummary:
     """Largest free block and segment count per device, from one allocator snapshot."""
 

@@ -4,7 +4,7 @@ Categories add up, by construction, to NVML's per-process figure::
 
     parameters (trainable + frozen) + gradients + optimizer state   <- counted from the tensors
   + other persistent            = allocated at the last step boundary - the three above
-                                  (buffers, caches the program keeps; growth here is a leak)
+                                  (buffers, inputs, caches the program keeps; growth here is a leak)
   + activations & temporaries   = allocated - all of the above      <- derived
   + allocator cache             = reserved - allocated
   + non-PyTorch                 = NVML per-process used - reserved  (CUDA context, NCCL, cuBLAS
@@ -13,9 +13,9 @@ Categories add up, by construction, to NVML's per-process figure::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vramtop.model import AgentDevice, AllocatorStats
+from vramtop.model import AgentDevice, AllocatorStats, PeakBill
 
 # Compact names of the categories, for narrow terminals and one-line summaries.
 SHORT_NAMES = {
@@ -43,6 +43,10 @@ class Bill:
     allocated: int
     reserved: int
     total: int | None  # NVML per-process used (equals the sum of the categories)
+    buffers: int | None = None  # module buffers, part of other persistent
+    phase: str | None = None  # at a peak: the phase of the step in which it was reached
+    step: int | None = None  # at a peak: the step in which it was reached
+    estimate: bool = False  # at a peak: categories assumed, not measured at the peak (see bill_at_peak)
 
     def categories(self) -> list[tuple[str, int | None]]:
         return [
@@ -87,6 +91,7 @@ def _bill(device: AgentDevice, allocated: int, reserved: int, gradients: int | N
         allocated=allocated,
         reserved=reserved,
         total=nvml_used,
+        buffers=census.buffers,
     )
 
 
@@ -101,17 +106,48 @@ def bill_now(device: AgentDevice, nvml_used: int | None) -> Bill:
 def bill_at_peak(device: AgentDevice, nvml_used: int | None) -> Bill | None:
     """The bill at the allocator's peak (``allocated_bytes.all.peak``), where OOMs happen.
 
-    The peak is the allocator's own, never reset; ``device.peak_step`` says in which step it
-    was reached. Gradients are counted at their full size (they all exist at the step
-    boundary) and non-PyTorch memory as it is now (it barely changes during training).
+    The agent measures it in the phase of the step where the peak was reached (``device.peak``:
+    gradients, optimizer state and kept memory as they were then). Without that measurement
+    (an older agent, or a peak reached before the first measured step) it is an estimate:
+    gradients at their full size and persistent memory as at the last step boundary. The peak
+    is the allocator's own, never reset; non-PyTorch memory is taken as it is now (it barely
+    changes during training).
     """
-    if device.census is None and device.last_step is None:
+    if device.census is None and device.last_step is None and device.peak is None:
         return None
     stats = device.stats
     non_pytorch = None if nvml_used is None else nvml_used - stats.reserved
     total = None if non_pytorch is None else stats.reserved_peak + non_pytorch
+    if device.peak is not None:
+        return _measured_peak(device.peak, stats, total)
     grads = device.census.gradients_peak if device.census else None
-    return _bill(device, stats.allocated_peak, stats.reserved_peak, grads, total)
+    bill = _bill(device, stats.allocated_peak, stats.reserved_peak, grads, total)
+    return replace(bill, step=device.peak_step, estimate=True)
+
+
+def _measured_peak(peak: PeakBill, stats: AllocatorStats, total: int | None) -> Bill:
+    allocated = stats.allocated_peak
+    counted = (peak.parameters_trainable + peak.parameters_frozen + peak.buffers + peak.gradients
+               + peak.optimizer_state + peak.other_persistent)
+    non_pytorch = None if total is None else total - stats.reserved_peak
+    return Bill(
+        parameters_trainable=peak.parameters_trainable,
+        parameters_frozen=peak.parameters_frozen,
+        gradients=peak.gradients,
+        optimizer_state=peak.optimizer_state,
+        other_persistent=peak.other_persistent + peak.buffers,
+        activations=allocated - counted,
+        cache=stats.reserved_peak - allocated,
+        non_pytorch=non_pytorch,
+        allocated=allocated,
+        reserved=stats.reserved_peak,
+        total=total,
+        buffers=peak.buffers,
+        phase=peak.phase,
+        step=peak.step,
+        # A later rise of the peak than the one measured, or one in an unmeasured step.
+        estimate=not peak.measured or peak.allocated < allocated,
+    )
 
 
 def non_pytorch_of(stats: AllocatorStats, nvml_used: int | None, gpu_used: int | None = None) -> int | None:

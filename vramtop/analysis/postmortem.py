@@ -9,6 +9,7 @@ from typing import Any
 
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation
+from vramtop.analysis.diagnosis import CAPACITY, Diagnosis, diagnose
 from vramtop.analysis.risk import Thresholds, mixed_precision
 from vramtop.model import AgentDevice, AgentSample, AllocatorStats, OomReport
 from vramtop.units import fmt_bytes
@@ -31,18 +32,21 @@ class PostMortem:
     advice: tuple[Advice, ...]
     top: Advice | None
     lines: tuple[str, ...]
+    diagnosis: Diagnosis | None = None  # what kind of OOM it was (agent figures at the failure)
+    first_thing: str | None = None  # the one line to act on: the diagnosis's action or the top lever
 
 
 def postmortem_of(oom: OomReport, before: AgentDevice | None = None, non_pytorch: int | None = None, *,
                   agent: AgentSample | None = None, thresholds: Thresholds | None = None,
-                  assumptions: Assumptions | None = None) -> PostMortem:
+                  assumptions: Assumptions | None = None, others: int | None = None) -> PostMortem:
     """The summary of an OOM from the agent's figures at the instant of failure.
 
     ``before`` is the agent's last sample of that device, for its UUID and the memory that
     persisted at the last step boundary; ``agent`` its process-wide facts (allocator setting,
     precision, world size); ``non_pytorch`` the process's memory outside PyTorch
     (CUDA context, libraries), known from earlier samples: NVML polled during an OOM's fast
-    growth is not comparable with the allocator's figures.
+    growth is not comparable with the allocator's figures; ``others`` the bytes other processes
+    held on the GPU (NVML), for the neighbour diagnosis.
     """
     stats = AllocatorStats(allocated=oom.allocated, reserved=oom.reserved, active=oom.allocated,
                            requested=oom.allocated, inactive_split=0, allocated_peak=oom.allocated,
@@ -55,21 +59,25 @@ def postmortem_of(oom: OomReport, before: AgentDevice | None = None, non_pytorch
     device = AgentDevice(index=oom.device, uuid=before.uuid if before is not None else None,
                          name=before.name if before is not None else None, stats=stats, census=census,
                          last_step=before.last_step if before is not None else None)
-    event = {"device": oom.device, "requested": oom.requested, "device_total": oom.device_limit,
-             "device_free": oom.device_free, "step": oom.step, "time": oom.time}
+    expandable = agent.expandable_segments if agent else None
+    diagnosis = diagnose(oom, others, expandable)
+    event = {"device": oom.device, "requested": oom.requested, "device_total": diagnosis.limit,
+             "device_free": diagnosis.available, "step": oom.step, "time": oom.time}
     used = None if non_pytorch is None else oom.reserved + non_pytorch
-    return postmortem_summary(event, device, used, expandable_segments=agent.expandable_segments if agent else None,
+    return postmortem_summary(event, device, used, expandable_segments=expandable,
                               thresholds=thresholds, assumptions=assumptions, at_failure=True,
                               mixed_precision=mixed_precision(agent, census) if agent else None,
                               world_size=agent.world_size if agent else None,
-                              checkpointing=agent.checkpointing if agent else None)
+                              checkpointing=agent.checkpointing if agent else None,
+                              diagnosis=diagnosis, oom=oom)
 
 
 def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvml_process_used: int | None, *,
                        expandable_segments: bool | None = None, thresholds: Thresholds | None = None,
                        assumptions: Assumptions | None = None, at_failure: bool = False,
                        mixed_precision: bool | None = None, world_size: int | None = None,
-                       checkpointing: bool | None = None) -> PostMortem:
+                       checkpointing: bool | None = None, diagnosis: Diagnosis | None = None,
+                       oom: OomReport | None = None) -> PostMortem:
     """A human summary of one OOM.
 
     ``event`` is what the agent's OOM observer records (device, requested, device_total,
@@ -87,8 +95,14 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
     missing = max(0, requested - free)
     need = missing + int(total * t.margin)
     where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
-    lines = [f"OOM{f' at step {step}' if step is not None else ''} on {where}: asked for {fmt_bytes(requested)} "
-             f"with {fmt_bytes(free)} free of {fmt_bytes(total)}, {fmt_bytes(missing)} short."]
+    of = fmt_bytes(total)
+    if diagnosis is not None and diagnosis.capped and oom is not None and oom.device_total:
+        of = f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a {fmt_bytes(oom.device_total)} GPU"
+    phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
+    lines = [f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
+             f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short."]
+    if diagnosis is not None:
+        lines.append(diagnosis.headline)
     bill: Bill | None = None
     fragmented: bool | None = None
     advice: tuple[Advice, ...] = ()
@@ -114,13 +128,21 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
                         fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
                         need=need, cache=cache, assumptions=assumptions, mixed_precision=mixed_precision,
                         world_size=world_size, checkpointing=checkpointing)
-    lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
     top = top or top_advice(advice)
-    if top is not None:
-        lines.append(f"First thing to try ({top.lever}): {top.text}")
-    elif device is None:
-        lines.append("No allocator figures for this process: start it with `vramtop run` to see the bill.")
+    first_thing = None
+    if diagnosis is not None and diagnosis.kind != CAPACITY and diagnosis.action:
+        # Not a matter of capacity: the levers would treat the symptom.
+        first_thing = f"First thing to do ({diagnosis.kind}): {diagnosis.action}"
+    else:
+        lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
+        if top is not None:
+            first_thing = f"First thing to try ({top.lever}): {top.text}"
+        elif device is None:
+            lines.append("No allocator figures for this process: start it with `vramtop run` to see the bill.")
+    if first_thing:
+        lines.append(first_thing)
     return PostMortem(step if isinstance(step, int) else None, event.get("time"), index if isinstance(index, int)
-                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines))
+                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines),
+                      diagnosis, first_thing)

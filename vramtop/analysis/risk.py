@@ -165,6 +165,9 @@ class _Subject:
     own_peak: int  # reserved at the allocator's peak + non-PyTorch
     projected: int  # own_peak + others + driver-reserved
     bill: Bill | None  # at the allocator's peak
+    limit: int | None = None  # what the process can have: the device's total, or its cap
+    load: int = 0  # what counts against ``limit``: ``projected``, or reserved at the peak under a cap
+    capped: bool = False  # the cap (set_per_process_memory_fraction) is the tighter limit
 
 
 def _subjects(sample: Sample, places: Mapping[str, _Place],
@@ -202,9 +205,15 @@ def _project(agent: AgentSample, device: AgentDevice, place: _Place, row: Proces
     else:
         others = sum(p.used_memory or 0 for p in place.processes if p is not row)
     own_peak = stats.reserved_peak + (non_pt or 0)
+    projected = own_peak + others + place.driver_reserved
     bill = bill_at_peak(device, None if non_pt is None else stats.reserved + non_pt)
-    return _Subject(pid, agent, device, place, row, non_pt, others, own_peak,
-                    own_peak + others + place.driver_reserved, bill)
+    limit, load, capped = place.total, projected, False
+    cap = device.memory_limit
+    # The allocator refuses to reserve past the cap whatever the GPU has free: whichever of the
+    # two leaves less room is the one that matters.
+    if cap and (place.total is None or cap - stats.reserved_peak < place.total - projected):
+        limit, load, capped = cap, stats.reserved_peak, True
+    return _Subject(pid, agent, device, place, row, non_pt, others, own_peak, projected, bill, limit, load, capped)
 
 
 def _advice(s: _Subject, margin: float, assumptions: Assumptions | None = None,
@@ -217,8 +226,8 @@ def _advice(s: _Subject, margin: float, assumptions: Assumptions | None = None,
     census = s.device.census
     return advise(
         s.bill,
-        device_total=s.place.total,
-        others=s.projected - s.own_peak,
+        device_total=s.limit,
+        others=s.load - s.own_peak,
         margin=margin,
         expandable_segments=s.agent.expandable_segments,
         fragmentation=frag,
@@ -264,9 +273,9 @@ def batch_fit_for(sample: Sample, agent: AgentSample, device: AgentDevice, margi
     """The largest micro-batch that fits under ``margin``, as a multiple of the current one
     (the figure behind the batch-size advice); None before the bill has activations."""
     s = _subject_of(sample, agent, device)
-    if s is None or s.bill is None or not s.place.total:
+    if s is None or s.bill is None or not s.limit:
         return None
-    return batch_fit(s.bill, s.place.total, s.projected - s.own_peak, margin)
+    return batch_fit(s.bill, s.limit, s.load - s.own_peak, margin)
 
 
 # -- hysteresis -----------------------------------------------------------------------------
@@ -445,8 +454,8 @@ class RiskTracker:
         return RiskWarning(level, kind, s.place.uuid, s.place.index, s.pid, title, evidence, sentence, action)
 
     def _lines(self, s: _Subject) -> tuple[int, int, int, int] | None:
-        """Raise and clear lines (bytes) for warning and critical, on this subject's device."""
-        total = s.place.total
+        """Raise and clear lines (bytes) for warning and critical, against the subject's limit."""
+        total = s.limit
         if not total:
             return None
         t = self.thresholds
@@ -463,12 +472,14 @@ class RiskTracker:
         if lines is None:
             return _NOTHING
         warn, crit, warn_clear, crit_clear = lines
-        p = s.projected
+        p = s.load
         want = CRITICAL if p > crit else WARNING if p > warn else None
         keep = CRITICAL if p > crit_clear else WARNING if p > warn_clear else None
         if keep is None:
             return _NOTHING
-        total = s.place.total or 0
+        total = s.limit or 0
+        if s.capped:
+            return self._headroom_capped(s, want, keep, p, total, warn)
         short = p - warn
         evidence: dict[str, float] = {
             "projected": p, "total": total, "limit": warn, "share": p / total, "own_peak": s.own_peak,
@@ -486,6 +497,22 @@ class RiskTracker:
         title = f"GPU {s.place.index}: projected step peak {fmt_bytes(p)} of {fmt_bytes(total)} ({p / total:.0%})"
         action = self._action(s, "Lower the step peak (a smaller micro-batch) or free memory on this GPU.")
         return _Finding(want, keep, self._warning(s, keep, HEADROOM, title, evidence, sentence, action))
+
+    def _headroom_capped(self, s: _Subject, want: str | None, keep: str | None, reserved: int, cap: int,
+                         warn: int) -> _Finding:
+        short = reserved - warn
+        evidence: dict[str, float] = {"projected": reserved, "total": cap, "limit": warn, "share": reserved / cap,
+                                      "reserved_peak": reserved, "cap": cap, "shortfall": max(0, short)}
+        sentence = (
+            f"PID {s.pid} may reserve at most {fmt_bytes(cap)} (its cap, set_per_process_memory_fraction, whatever "
+            f"the GPU has free); at the allocator's peak it reserved {fmt_bytes(reserved)}, {reserved / cap:.0%} "
+            "of it; "
+            + (f"that is {fmt_bytes(short)} past the {self.thresholds.margin:.0%} safety margin."
+               if short > 0 else f"only {fmt_bytes(-short)} inside the {self.thresholds.margin:.0%} safety margin."))
+        title = f"GPU {s.place.index}: step peak {fmt_bytes(reserved)} of PID {s.pid}'s {fmt_bytes(cap)} cap " \
+                f"({reserved / cap:.0%})"
+        action = self._action(s, "Lower the step peak (a smaller micro-batch) or raise the process's memory fraction.")
+        return _Finding(want, keep, self._warning(s, keep or WARNING, HEADROOM, title, evidence, sentence, action))
 
     def _retries(self, s: _Subject, state: _State) -> _Finding:
         count = s.device.stats.num_alloc_retries
@@ -569,25 +596,26 @@ class RiskTracker:
                    and fit.per_second >= t.leak_min_rate / 2)
         if not keep_ok:
             return _NOTHING
-        total = s.place.total
+        total = s.limit
         eta = margin_eta = steps_eta = None
-        if total:
-            eta = max(0.0, (total - s.projected) / fit.per_second)
-            margin_eta = max(0.0, (total * (1 - t.margin) - s.projected) / fit.per_second)
-            steps_eta = max(0.0, (total - s.projected) / fit.per_step) if fit.per_step > 0 else None
+        if total:  # against the process's cap, when that is the tighter limit
+            eta = max(0.0, (total - s.load) / fit.per_second)
+            margin_eta = max(0.0, (total * (1 - t.margin) - s.load) / fit.per_second)
+            steps_eta = max(0.0, (total - s.load) / fit.per_step) if fit.per_step > 0 else None
         level = (CRITICAL if eta is not None and eta < t.leak_critical
                  else INFO if eta is not None and eta > t.leak_horizon else WARNING)
         evidence: dict[str, float] = {
             "per_step": fit.per_step, "per_second": fit.per_second, "growth": fit.growth, "points": fit.points,
             "steps": fit.steps, "seconds": fit.seconds, "monotone": fit.monotone,
-            "persistent": last.persistent if last else 0, "projected": s.projected,
+            "persistent": last.persistent if last else 0, "projected": s.load,
         }
         if eta is not None:
             evidence.update(seconds_to_oom=eta, seconds_to_margin=margin_eta or 0.0)
         if steps_eta is not None:
             evidence["steps_to_oom"] = steps_eta
         when = ("" if eta is None else
-                f"; at this rate the step peak reaches the device total in ~{_duration(eta)}"
+                f"; at this rate the step peak reaches {'its cap' if s.capped else 'the device total'} "
+                f"in ~{_duration(eta)}"
                 + (f" (~{steps_eta:,.0f} steps)" if steps_eta is not None else "")
                 + f" and the {t.margin:.0%} margin in ~{_duration(margin_eta or 0.0)}")
         sentence = (f"Memory still allocated after each optimizer step in PID {s.pid} grew "
@@ -620,8 +648,14 @@ class RiskTracker:
         if not keep:
             return _NOTHING
         lines = self._lines(s)
-        pressed = stats.num_alloc_retries > 0 or (lines is not None and s.projected > lines[0])
-        level = WARNING if pressed else INFO
+        # A healthy transformer's cache between steps is in pieces and harms nothing: the figure
+        # stays in the bill line. It becomes a warning only with evidence of harm: the allocator
+        # had to flush its cache (retries) or failed (an OOM), or the peak is past the margin.
+        pressed = (stats.num_alloc_retries > 0 or stats.num_ooms > 0
+                   or (lines is not None and s.load > lines[0]))
+        if not pressed:
+            return _NOTHING
+        level = WARNING
         evidence: dict[str, float] = {"fragmentation": frag, "cache": cache, "retries": stats.num_alloc_retries}
         if stats.largest_free_block is not None:
             evidence["largest_free_block"] = stats.largest_free_block
@@ -651,7 +685,7 @@ class RiskTracker:
                 continue
             floor = min(t.neighbour_min_bytes, int(t.neighbour_min_share * place.total)) if place.total \
                 else t.neighbour_min_bytes
-            pressed = any((ln := self._lines(s)) is not None and s.projected > ln[0] for s in training)
+            pressed = any((ln := self._lines(s)) is not None and s.load > ln[0] for s in training)
             ranks = {s.pid: s for s in training if s.agent.rank is not None}
             if len({s.agent.rank for s in ranks.values()}) < 2:
                 ranks = {}

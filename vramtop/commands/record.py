@@ -36,6 +36,7 @@ MIN_DEADLINE_S = 1.0
 MAX_DEADLINE_S = 5.0
 FIRST_READ_DEADLINE_S = 10.0
 _TICK_S = 0.1  # how often the loop looks at signals and the command between samples
+SETTLE_S = 1.0  # after the command ends, how long its agents' last frames may take to arrive
 
 EPILOG = """\
 examples:
@@ -250,6 +251,9 @@ class _Session:
         self.duration = duration
         self.compress = compress
         self.failure: VramtopError | None = None  # the write error that stopped the recording
+        self.started = time.time()
+        self._pids: set[int] = set()  # processes seen: their post-mortem files belong to this recording
+        self._written: set[tuple[Any, Any, str]] = set()
 
     def run(self, first: Sample, command: Sequence[str]) -> int:
         with _Signals() as signals:
@@ -261,6 +265,7 @@ class _Session:
             if signals.reason is not None:  # a signal came while the command was starting
                 child.send_signal(signal.SIGTERM if signals.reason != "hangup" else signal.SIGHUP)
             reason = self._record(signals, child)
+            self._last_events(child)
             if child.returncode is None:
                 # --duration ended, or the disk is full: the recording stops, the command runs on.
                 self._finish(reason, EXIT_OK)
@@ -309,13 +314,39 @@ class _Session:
             if self.pid is not None:
                 sample = only_process(sample, self.pid)
             self._write(self.recorder.write_sample, sample)
+            self._pids.update(a.pid for a in sample.agents)
+            self._pids.update(p.pid for g in sample.gpus for p in g.processes)
             events = self._agent_events()
             for event in events:  # e.g. an OOM seen by a training process's agent
-                self._write(self.recorder.write_event, str(event.get("kind", "agent")), event.get("data") or {},
-                            pid=event.get("pid"))
+                self._write_event(event)
             self._warnings(sample, events)
             # Keep the cadence; after a long stall, go on from now instead of catching up.
             next_at = max(next_at + self.interval, time.monotonic())
+
+    def _last_events(self, child: subprocess.Popen[bytes]) -> None:
+        """What the command's agents said as it ended: the frames still on their way (an OOM's
+        post-mortem sent by the failing thread just before the process died) and post-mortem
+        files its processes wrote that no connection carried."""
+        agents = getattr(self.reader.source, "agents", None)
+        if agents is None:
+            return
+        agents.settle(SETTLE_S)
+        agents.poll()
+        events = self._agent_events()
+        for pid in sorted(self._pids | {child.pid}):
+            events.extend(agents.postmortems(pid, since=self.started))
+        seen = set()
+        for event in events + agents.drain_events():
+            key = (event.get("kind"), event.get("pid"), str(event.get("data", {}).get("time")))
+            if key in seen or key in self._written:
+                continue
+            seen.add(key)
+            self._write_event(event)
+
+    def _write_event(self, event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        self._written.add((event.get("kind"), event.get("pid"), str(data.get("time"))))
+        self._write(self.recorder.write_event, str(event.get("kind", "agent")), data, pid=event.get("pid"))
 
     def _warnings(self, sample: Sample, events: list[dict[str, Any]]) -> None:
         """A "warning" event when a warning is raised or changes level, "warning.cleared" when

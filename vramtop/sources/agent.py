@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vramtop.codec import DecodeError, from_dict
-from vramtop.model import AgentSample, Sample
+from vramtop.codec import DecodeError, from_dict, to_dict
+from vramtop.model import AgentSample, OomReport, Sample
 from vramtop.protocol import (
     FrameDecoder,
     InsecureDirectory,
@@ -28,6 +28,8 @@ from vramtop.protocol import (
     encode_frame,
     ensure_private_dir,
     hello,
+    postmortem_files,
+    read_postmortem,
     runtime_dir,
 )
 from vramtop.sources.nvml import NvmlSource
@@ -60,6 +62,7 @@ class AgentConnection:
         self.events: deque[dict[str, Any]] = deque(maxlen=256)
         self.error: str | None = None
         self.closed = threading.Event()
+        self.connected_at = time.time()
         self._sock: socket.socket | None = None
 
     def connect(self) -> None:
@@ -134,6 +137,8 @@ class AgentSource:
         self.directory_problem: str | None = None
         self._last_scan = -RESCAN_S
         self._lock = threading.Lock()
+        self._ended: list[dict[str, Any]] = []  # events of connections that have closed
+        self._ooms_seen: set[tuple[int, float]] = set()  # (PID, time) of OOM events handed out
 
     def poll(self, wait: float = 0.0) -> tuple[AgentSample, ...]:
         """The latest sample of every connected agent; ``wait`` seconds at most for agents that
@@ -150,13 +155,48 @@ class AgentSource:
                 if conn.closed.is_set():
                     self.problems[pid] = conn.error or "disconnected"
                     del self.connections[pid]
+                    # What it sent last (an OOM just before it died) still counts, and so does
+                    # a post-mortem it wrote when the socket could not carry it in time.
+                    self._ended.extend(conn.events)
+                    conn.events.clear()
+                    self._ended.extend(self.postmortems(pid, since=conn.connected_at))
             return tuple(c.latest for c in self.connections.values() if c.latest is not None)
 
+    def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for connections to agents whose processes have exited
+        to read their last frames and close (used when a recorded command has ended)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                open_ = [c for c in self.connections.values() if not c.closed.is_set() and not _alive(c.pid)]
+            if not open_:
+                return
+            time.sleep(0.01)
+
     def drain_events(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        for conn in self.connections.values():
-            while conn.events:
-                events.append(conn.events.popleft())
+        """Events that arrived since the last call (each OOM once, from the socket or its file)."""
+        with self._lock:
+            events, self._ended = self._ended, []
+            for conn in self.connections.values():
+                while conn.events:
+                    events.append(conn.events.popleft())
+        out = []
+        for event in events:
+            if event.get("kind") == "oom":
+                key = _oom_key(event)
+                if key in self._ooms_seen:
+                    continue
+                self._ooms_seen.add(key)
+            out.append(event)
+        return out
+
+    def postmortems(self, pid: int, since: float) -> list[dict[str, Any]]:
+        """OOM events, from post-mortem files, of ``pid`` at ``since`` or later."""
+        events = []
+        for path in postmortem_files(self.directory, pid):
+            report = read_postmortem(path)
+            if report is not None and report.time >= since - 1.0:
+                events.append(oom_event(pid, report))
         return events
 
     def close(self) -> None:
@@ -192,6 +232,18 @@ class AgentSource:
                 continue
             self.problems.pop(pid, None)
             self.connections[pid] = conn
+
+
+def oom_event(pid: int, report: OomReport) -> dict[str, Any]:
+    """An OOM as the agent sends it over the socket."""
+    return {"type": "event", "kind": "oom", "pid": pid, "data": to_dict(report)}
+
+
+def _oom_key(event: dict[str, Any]) -> tuple[int, float]:
+    data = event.get("data")
+    when = data.get("time") if isinstance(data, dict) else None
+    pid = event.get("pid")
+    return (pid if isinstance(pid, int) else -1, float(when) if isinstance(when, int | float) else -1.0)
 
 
 def remove_stale(directory: Path, pid: int) -> None:

@@ -1,0 +1,118 @@
+"""Where in a step the allocator's peak was reached, and what it was made of then.
+
+Pure arithmetic over readings taken by the hooks (_phases.py): no torch here, so it is tested
+without one. A reading is the allocator's peak and current counters at a phase boundary, with
+the gradient bytes that existed and the previous step's outputs still alive at that moment.
+The peak counter only grows (the agent never resets it), so the last interval between two
+readings in which it rose holds the peak; the phase of that interval is the phase of the peak.
+
+What persists into the step ("other persistent") is measured at the forward start: allocated
+then, minus parameters, buffers, optimizer state, gradients and the previous step's outputs
+that the loop still holds (those die when the loop rebinds its variables after the forward, so
+they count at a peak in the forward only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vramtop.model import BETWEEN_STEPS, FORWARD, OPTIMIZER, PeakBill
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The allocator and the counted tensors at the end of an interval of ``phase``."""
+
+    phase: str  # the phase of the interval that ends here
+    peak: Mapping[int, int]  # device -> allocated_bytes.all.peak
+    current: Mapping[int, int]  # device -> allocated_bytes.all.current
+    gradients: Mapping[int, int]  # device -> gradient bytes existing now
+    kept: Mapping[int, int]  # device -> bytes of the previous step's outputs still alive
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What the census counted on one device (the tensors that do not change within a step)."""
+
+    trainable: int = 0
+    frozen: int = 0
+    buffers: int = 0
+    optimizer_state: int = 0
+
+
+def close_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int,
+               counted: Mapping[int, Counted], optimizer_stepped: bool) -> dict[int, PeakBill]:
+    """The bill at the peak for each device whose peak counter rose during these readings.
+
+    ``readings`` start at the forward start (its interval is "between steps", from ``anchor``,
+    the peak counters at the end of the previous measured step; leave ``anchor`` empty when
+    that step was not measured); ``step`` numbers this step from 1; ``optimizer_stepped`` says whether one had run before this step (Adam creates its
+    state in its first step: before it, the state does not exist).
+    """
+    if not readings:
+        return {}
+    first = readings[0]
+    out = {}
+    for device in first.peak:
+        rise = _last_rise(readings, anchor, device)
+        if rise is None:
+            continue
+        at = readings[rise]
+        before = readings[rise - 1] if rise > 0 else at
+        c = counted.get(device, Counted())
+        state_before = c.optimizer_state if optimizer_stepped else 0
+        state = c.optimizer_state if at.phase == OPTIMIZER else state_before
+        kept_then = first.kept.get(device, 0) if at.phase in (BETWEEN_STEPS, FORWARD) else at.kept.get(device, 0)
+        out[device] = PeakBill(
+            allocated=at.peak[device],
+            step=step,
+            phase=at.phase,
+            parameters_trainable=c.trainable,
+            parameters_frozen=c.frozen,
+            buffers=c.buffers,
+            gradients=before.gradients.get(device, 0),
+            optimizer_state=state,
+            other_persistent=residual(first, device, c, state_before) + kept_then,
+        )
+    return out
+
+
+def residual(start: Reading, device: int, c: Counted, optimizer_state: int) -> int:
+    """Memory held from before the step that no census category explains: inputs, caches the
+    program keeps, leaks (the previous step's outputs apart)."""
+    counted = c.trainable + c.frozen + c.buffers + optimizer_state + start.gradients.get(device, 0)
+    return max(0, start.current.get(device, 0) - counted - start.kept.get(device, 0))
+
+
+def _last_rise(readings: Sequence[Reading], anchor: Mapping[int, int], device: int) -> int | None:
+    previous = anchor.get(device)
+    rise = None
+    for i, r in enumerate(readings):
+        value = r.peak.get(device)
+        if value is None:
+            continue
+        if previous is not None and value > previous:
+            rise = i
+        previous = value
+    return rise
+
+
+def estimate(last: PeakBill, allocated: int, step: int, counted: Counted, optimizer_stepped: bool,
+             other_persistent: int) -> PeakBill:
+    """The bill at a peak reached in a step that was not measured: the phase and gradients of
+    the last measured peak (``last``), today's census, and ``other_persistent`` as last measured."""
+    state = counted.optimizer_state if optimizer_stepped or last.phase == OPTIMIZER else 0
+    return PeakBill(
+        allocated=allocated,
+        step=step,
+        phase=last.phase,
+        parameters_trainable=counted.trainable,
+        parameters_frozen=counted.frozen,
+        buffers=counted.buffers,
+        gradients=last.gradients,
+        optimizer_state=state,
+        other_persistent=other_persistent,
+        measured=False,
+        basis_step=last.step if last.measured else last.basis_step,
+    )

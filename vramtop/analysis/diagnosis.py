@@ -1,0 +1,111 @@
+"""What kind of out-of-memory error it was, before any lever is offered.
+
+The same bytes short can have five causes, and each has its own fix; ranking levers (a smaller
+batch, checkpointing, offload) is right only for the last:
+
+- **leak**: memory still allocated after each step grew, step after step, until it ran out;
+- **fragmentation**: the allocator's cache held enough free bytes, but in pieces too small;
+- **neighbour**: other processes held what was missing;
+- **spike**: one request far above the step's usual peak (an evaluation, a long sequence, a
+  bigger batch): the training step itself fits;
+- **capacity**: the step needs more than the device (or the process's cap) has.
+
+Pure: everything comes from the agent's figures at the failure (:class:`OomReport`) and, when
+the caller has NVML, the memory other processes held. The post-mortem, the TUI and the report
+all use :func:`diagnose`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramtop.model import OomReport
+from vramtop.units import GiB, MiB, fmt_bytes
+
+LEAK, FRAGMENTATION, NEIGHBOUR, SPIKE, CAPACITY = "leak", "fragmentation", "neighbour", "spike", "capacity"
+
+LEAK_MIN_GROWTH = 256 * MiB  # and LEAK_MIN_SHARE of the limit: less is allocator noise
+LEAK_MIN_SHARE = 0.05
+LEAK_MIN_STEPS = 3
+SPIKE_RATIO = 1.2  # a request that would take allocated this far past the usual step peak
+NEIGHBOUR_MIN = 1 * GiB
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    kind: str  # leak | fragmentation | neighbour | spike | capacity
+    headline: str  # one sentence with the numbers
+    action: str | None  # what to do; None for capacity, where the ranked levers say it
+    limit: int  # the memory the process could have: the device's, or its cap
+    capped: bool  # the limit is the process's cap (set_per_process_memory_fraction)
+    available: int  # what a new allocation could still get: free on the device, within the cap
+    short: int  # requested - available
+
+
+def limit_of(oom: OomReport) -> tuple[int, bool]:
+    """(the memory the process could use, whether that is its cap rather than the device)."""
+    total = oom.device_total
+    capped = total is not None and 0 < oom.device_limit < total
+    return oom.device_limit, capped
+
+
+def diagnose(oom: OomReport, others: int | None = None, expandable_segments: bool | None = None) -> Diagnosis:
+    """The kind of OOM ``oom`` was; ``others``: bytes other processes held on the device (NVML),
+    None when unknown."""
+    limit, capped = limit_of(oom)
+    available = oom.device_free
+    if capped:
+        available = min(available, max(0, limit - oom.reserved))
+    short = max(0, oom.requested - available)
+    where = "its cap" if capped else "the GPU"
+
+    def result(kind: str, headline: str, action: str | None) -> Diagnosis:
+        return Diagnosis(kind, headline, action, limit, capped, available, short)
+
+    growth = _leak_growth(oom, limit)
+    if growth is not None:
+        first, last = oom.persistent_first_step or 0, oom.persistent_last_step or 0
+        per_step = growth / max(1, last - first)
+        return result(LEAK, (
+            f"A leak: memory still allocated after each step grew by {fmt_bytes(growth)} from step {first} "
+            f"({fmt_bytes(oom.persistent_first or 0)}) to step {last} ({fmt_bytes(oom.persistent_last or 0)}), "
+            f"~{fmt_bytes(int(per_step))}/step, until {where} ran out."),
+            "Find what keeps tensors across steps: losses or outputs appended to a list without .item() or "
+            ".detach(), a growing cache, hooks that store activations. A smaller batch or model only "
+            "postpones this OOM.")
+    cache = oom.reserved - oom.allocated
+    block = oom.largest_free_block
+    if block is not None and cache >= oom.requested > block and expandable_segments is not True:
+        return result(FRAGMENTATION, (
+            f"Fragmentation: the allocator held {fmt_bytes(cache)} unused, enough for the "
+            f"{fmt_bytes(oom.requested)} request, but its largest free block was {fmt_bytes(block)}."),
+            "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts, so freed "
+            "memory can be mapped where a large tensor needs it.")
+    cap_binds = capped and limit - oom.reserved <= oom.device_free
+    if others is not None and not cap_binds and others >= max(NEIGHBOUR_MIN, short):
+        return result(NEIGHBOUR, (
+            f"A neighbour: other processes held {fmt_bytes(others)} on this GPU; without them the "
+            f"{fmt_bytes(oom.requested)} request would have fit ({fmt_bytes(short)} short)."),
+            "Stop the other processes on this GPU or move them elsewhere (CUDA_VISIBLE_DEVICES), or give "
+            "this job a GPU of its own.")
+    needed = oom.allocated + oom.requested
+    if oom.step_peak and oom.step >= 1 and needed > SPIKE_RATIO * oom.step_peak:
+        return result(SPIKE, (
+            f"A spike: this request would have taken allocated memory to {fmt_bytes(needed)}, "
+            f"{needed / oom.step_peak:.1f}x the peak of the training steps before it ({fmt_bytes(oom.step_peak)}), "
+            f"in {oom.phase}: an evaluation, a longer sequence or a bigger batch than those steps."),
+            "Run evaluation under torch.no_grad() with a smaller batch, cap the sequence length, or keep enough "
+            "of the margin free for it: the training step itself fits.")
+    return result(CAPACITY, (
+        f"Capacity: the step needs more than the {fmt_bytes(limit)} {where} holds "
+        f"({fmt_bytes(short)} short); what frees the most at the peak comes below."), None)
+
+
+def _leak_growth(oom: OomReport, limit: int) -> int | None:
+    first, last = oom.persistent_first, oom.persistent_last
+    if first is None or last is None or oom.persistent_first_step is None or oom.persistent_last_step is None:
+        return None
+    if oom.persistent_last_step - oom.persistent_first_step < LEAK_MIN_STEPS:
+        return None
+    growth = last - first
+    return growth if growth >= max(LEAK_MIN_GROWTH, int(LEAK_MIN_SHARE * limit)) else None
