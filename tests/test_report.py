@@ -503,7 +503,11 @@ def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
     warnings = out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
     assert "CRITICAL GPU 0: persistent memory of PID" in warnings and "grows 32 MiB/step" in warnings
     assert "fragmented allocator cache" not in warnings and "out of memory in PID" in warnings
-    assert "Bill at the failure:" in out and "First thing to try" in out
+    assert "Bill at the failure:" in out
+    # Diagnosis first: the leak ate 8.4 GiB (more than the OOM was short), then the 8x evaluation
+    # batch; a lever on the batch is not the first thing to say.
+    assert "A leak: memory still allocated after each step grew by 8.4 GiB from step 4" in out
+    assert "Also: A spike" in out and "First thing to do (leak)" in out and "First thing to try" not in out
     # The recorder raised the same kinds of warning live, with the same rules (this file was
     # recorded before a fragmented cache needed evidence of harm to be a warning).
     rec = read_recording(GPT2)

@@ -234,6 +234,17 @@ class AgentSample:
 
 
 @dataclass(frozen=True)
+class AgentEvent:
+    """Something an agent reported between two samples: today, an OOM with its post-mortem
+    (``oom``), sent from the failing thread or read from the file it left."""
+
+    kind: str  # "oom"
+    pid: int  # the process, as its agent knows it (its own PID namespace)
+    time: float
+    oom: OomReport | None = None
+
+
+@dataclass(frozen=True)
 class Sample:
     """Everything known at one instant."""
 
@@ -245,6 +256,7 @@ class Sample:
     error: str | None = None  # why the source could not produce fresh data
     stale_since: float | None = None  # time of the last fresh data, when this sample is stale
     agents: tuple[AgentSample, ...] = ()  # processes running the vramtop agent
+    events: tuple[AgentEvent, ...] = ()  # what agents reported since the previous sample
 
     @property
     def stale(self) -> bool:

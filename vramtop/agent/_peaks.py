@@ -47,8 +47,9 @@ def close_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int
 
     ``readings`` start at the forward start (its interval is "between steps", from ``anchor``,
     the peak counters at the end of the previous measured step; leave ``anchor`` empty when
-    that step was not measured); ``step`` numbers this step from 1; ``optimizer_stepped`` says whether one had run before this step (Adam creates its
-    state in its first step: before it, the state does not exist).
+    that step was not measured); ``step`` numbers this step from 1; ``optimizer_stepped`` says
+    whether an optimizer step ran before this one (Adam creates its state in its first step:
+    before it, the state does not exist).
     """
     if not readings:
         return {}

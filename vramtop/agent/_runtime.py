@@ -434,10 +434,9 @@ class Agent:
                                       timeout=OOM_FLUSH)
             path = _postmortem.write(report, self.directory)
             self.last_oom = report = replace(report, path=path)  # samples carry it from now on
-            if path:
-                if not self._told_postmortem:
-                    self._told_postmortem = True  # once per process: OOMs often come in bursts
-                    print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
+            if path and not self._told_postmortem:
+                self._told_postmortem = True  # once per process: OOMs often come in bursts
+                print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
         except Exception:
             pass
 

@@ -17,9 +17,10 @@ all use :func:`diagnose`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from vramtop.model import OomReport
+from vramtop.model import OomReport, StepPeak
 from vramtop.units import GiB, MiB, fmt_bytes
 
 LEAK, FRAGMENTATION, NEIGHBOUR, SPIKE, CAPACITY = "leak", "fragmentation", "neighbour", "spike", "capacity"
@@ -40,6 +41,7 @@ class Diagnosis:
     capped: bool  # the limit is the process's cap (set_per_process_memory_fraction)
     available: int  # what a new allocation could still get: free on the device, within the cap
     short: int  # requested - available
+    also: tuple[str, ...] = ()  # headlines of other causes that held too, weaker than this one
 
 
 def limit_of(oom: OomReport) -> tuple[int, bool]:
@@ -51,54 +53,61 @@ def limit_of(oom: OomReport) -> tuple[int, bool]:
 
 def diagnose(oom: OomReport, others: int | None = None, expandable_segments: bool | None = None) -> Diagnosis:
     """The kind of OOM ``oom`` was; ``others``: bytes other processes held on the device (NVML),
-    None when unknown."""
+    None when unknown. The first cause that holds, in the order of the module's docstring, is
+    the diagnosis; the others that hold are listed after it."""
     limit, capped = limit_of(oom)
     available = oom.device_free
     if capped:
         available = min(available, max(0, limit - oom.reserved))
     short = max(0, oom.requested - available)
+    found = _causes(oom, others, expandable_segments, limit, capped, short)
+    if not found:
+        where = "its cap" if capped else "the GPU"
+        found = [(CAPACITY, (f"Capacity: the step needs more than the {fmt_bytes(limit)} {where} holds "
+                             f"({fmt_bytes(short)} short); what frees the most at the peak comes below."), None)]
+    kind, headline, action = found[0]
+    return Diagnosis(kind, headline, action, limit, capped, available, short, tuple(h for _, h, _ in found[1:]))
+
+
+def _causes(oom: OomReport, others: int | None, expandable_segments: bool | None, limit: int, capped: bool,
+            short: int) -> list[tuple[str, str, str | None]]:
     where = "its cap" if capped else "the GPU"
-
-    def result(kind: str, headline: str, action: str | None) -> Diagnosis:
-        return Diagnosis(kind, headline, action, limit, capped, available, short)
-
+    out: list[tuple[str, str, str | None]] = []
     growth = _leak_growth(oom, limit)
-    if growth is not None:
+    if growth is not None and growth >= short:  # without the growth it would have fit
         first, last = oom.persistent_first_step or 0, oom.persistent_last_step or 0
         per_step = growth / max(1, last - first)
-        return result(LEAK, (
+        out.append((LEAK, (
             f"A leak: memory still allocated after each step grew by {fmt_bytes(growth)} from step {first} "
             f"({fmt_bytes(oom.persistent_first or 0)}) to step {last} ({fmt_bytes(oom.persistent_last or 0)}), "
             f"~{fmt_bytes(int(per_step))}/step, until {where} ran out."),
             "Find what keeps tensors across steps: losses or outputs appended to a list without .item() or "
             ".detach(), a growing cache, hooks that store activations. A smaller batch or model only "
-            "postpones this OOM.")
+            "postpones this OOM."))
     cache = oom.reserved - oom.allocated
     block = oom.largest_free_block
     if block is not None and cache >= oom.requested > block and expandable_segments is not True:
-        return result(FRAGMENTATION, (
+        out.append((FRAGMENTATION, (
             f"Fragmentation: the allocator held {fmt_bytes(cache)} unused, enough for the "
             f"{fmt_bytes(oom.requested)} request, but its largest free block was {fmt_bytes(block)}."),
             "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts, so freed "
-            "memory can be mapped where a large tensor needs it.")
+            "memory can be mapped where a large tensor needs it."))
     cap_binds = capped and limit - oom.reserved <= oom.device_free
     if others is not None and not cap_binds and others >= max(NEIGHBOUR_MIN, short):
-        return result(NEIGHBOUR, (
+        out.append((NEIGHBOUR, (
             f"A neighbour: other processes held {fmt_bytes(others)} on this GPU; without them the "
             f"{fmt_bytes(oom.requested)} request would have fit ({fmt_bytes(short)} short)."),
             "Stop the other processes on this GPU or move them elsewhere (CUDA_VISIBLE_DEVICES), or give "
-            "this job a GPU of its own.")
+            "this job a GPU of its own."))
     needed = oom.allocated + oom.requested
     if oom.step_peak and oom.step >= 1 and needed > SPIKE_RATIO * oom.step_peak:
-        return result(SPIKE, (
+        out.append((SPIKE, (
             f"A spike: this request would have taken allocated memory to {fmt_bytes(needed)}, "
             f"{needed / oom.step_peak:.1f}x the peak of the training steps before it ({fmt_bytes(oom.step_peak)}), "
             f"in {oom.phase}: an evaluation, a longer sequence or a bigger batch than those steps."),
             "Run evaluation under torch.no_grad() with a smaller batch, cap the sequence length, or keep enough "
-            "of the margin free for it: the training step itself fits.")
-    return result(CAPACITY, (
-        f"Capacity: the step needs more than the {fmt_bytes(limit)} {where} holds "
-        f"({fmt_bytes(short)} short); what frees the most at the peak comes below."), None)
+            "of the margin free for it: the training step itself fits."))
+    return out
 
 
 def _leak_growth(oom: OomReport, limit: int) -> int | None:
@@ -109,3 +118,21 @@ def _leak_growth(oom: OomReport, limit: int) -> int | None:
         return None
     growth = last - first
     return growth if growth >= max(LEAK_MIN_GROWTH, int(LEAK_MIN_SHARE * limit)) else None
+
+
+def with_history(oom: OomReport, steps: Sequence[StepPeak], from_step: int = 2) -> OomReport:
+    """``oom`` with the step figures an older agent did not put in it, from the step peaks a
+    recording kept of the same process and device (oldest first): the peak of the last step,
+    and the lowest persistent memory overall and over the last few steps."""
+    kept = [s for s in steps if s.step >= from_step and s.step <= oom.step]
+    if not kept:
+        return oom
+    changes = {}
+    if oom.step_peak is None:
+        changes["step_peak"] = kept[-1].peak_allocated
+    if oom.persistent_first is None:
+        first = min(kept, key=lambda s: s.persistent)
+        recent = kept[-8:]
+        changes.update(persistent_first=first.persistent, persistent_first_step=first.step,
+                       persistent_last=min(s.persistent for s in recent), persistent_last_step=recent[-1].step)
+    return replace(oom, **changes)

@@ -97,12 +97,14 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
     where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
     of = fmt_bytes(total)
     if diagnosis is not None and diagnosis.capped and oom is not None and oom.device_total:
-        of = f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a {fmt_bytes(oom.device_total)} GPU"
+        of = (f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a "
+              f"{fmt_bytes(oom.device_total)} GPU")
     phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
     lines = [f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
              f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short."]
     if diagnosis is not None:
         lines.append(diagnosis.headline)
+        lines.extend(f"Also: {also}" for also in diagnosis.also)
     bill: Bill | None = None
     fragmented: bool | None = None
     advice: tuple[Advice, ...] = ()

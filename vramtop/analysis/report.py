@@ -14,9 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, non_pytorch_of
+from vramtop.analysis.diagnosis import with_history
 from vramtop.analysis.postmortem import postmortem_of
 from vramtop.analysis.risk import Thresholds, warnings_over
-from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample
+from vramtop.codec import DecodeError, from_dict
+from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample, StepPeak
 from vramtop.recording import Event, Recording
 
 # A process is keyed by (PID as NVML reports it, GPU UUID).
@@ -213,7 +215,7 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
         processes=tuple(_process_summaries(fresh, gpus)),
         events=recording.events,
         warnings=tuple(_warnings(fresh, recording.events, gpus, thresholds)),
-        postmortems=tuple(_postmortems(fresh, gpus, thresholds)),
+        postmortems=tuple(_postmortems(fresh, recording.events, gpus, thresholds)),
         problems=tuple(problems),
     )
 
@@ -233,35 +235,72 @@ def _warnings(fresh: list[Sample], events: Sequence[Event], selectors: Sequence[
     return out
 
 
-def _postmortems(fresh: list[Sample], selectors: Sequence[str] | None,
+def _postmortems(fresh: list[Sample], events: Sequence[Event], selectors: Sequence[str] | None,
                  thresholds: Thresholds | None) -> list[PostMortemSeen]:
-    """Each OOM once, from the agent's figures at the failure, with the process's memory outside
-    PyTorch taken from the samples before it (the median of NVML's figure minus reserved)."""
+    """Each OOM once, from the agent's figures at the failure: kept in the samples of a process
+    that survived it, or only in an "oom" event when the OOM killed it. The process's memory
+    outside PyTorch comes from the samples before it (the median of NVML's figure minus
+    reserved), and so does what other processes held on its GPU (for the diagnosis)."""
     before: dict[tuple[int, int], AgentDevice] = {}
+    agents: dict[int, AgentSample] = {}
     outside: dict[tuple[int, int], list[int]] = {}
+    others: dict[tuple[int, int], int] = {}
+    steps: dict[tuple[int, int], list[StepPeak]] = {}
     seen: set[tuple[int, float]] = set()
     out = []
+    ooms = sorted(((e.time, e.pid, report) for e in events if e.kind == "oom" and isinstance(e.pid, int)
+                   and (report := _oom_report(e.data)) is not None), key=lambda x: x[0])
+
+    def add(pid: int, oom: OomReport, agent: AgentSample | None) -> None:
+        if (pid, oom.time) in seen:
+            return
+        seen.add((pid, oom.time))
+        device = before.get((pid, oom.device))
+        uuid = device.uuid if device is not None and device.uuid else ""
+        if selected(oom.device, uuid, selectors):
+            known = outside.get((pid, oom.device))
+            oom = with_history(oom, steps.get((pid, oom.device), []))
+            summary = postmortem_of(oom, device, int(statistics.median(known)) if known else None,
+                                    agent=agent, thresholds=thresholds, others=others.get((pid, oom.device)))
+            out.append(PostMortemSeen(oom.time, pid, oom, summary.lines))
+
+    i = 0
     for s in fresh:
+        while i < len(ooms) and ooms[i][0] <= s.time:
+            _, pid, oom = ooms[i]
+            add(pid, oom, agents.get(pid))
+            i += 1
         for agent in s.agents:
-            oom = agent.last_oom
-            if oom is not None and (agent.pid, oom.time) not in seen:
-                seen.add((agent.pid, oom.time))
-                device = before.get((agent.pid, oom.device))
-                uuid = device.uuid if device is not None and device.uuid else ""
-                if selected(oom.device, uuid, selectors):
-                    known = outside.get((agent.pid, oom.device))
-                    summary = postmortem_of(oom, device, int(statistics.median(known)) if known else None,
-                                            agent=agent, thresholds=thresholds)
-                    out.append(PostMortemSeen(oom.time, agent.pid, oom, summary.lines))
+            agents[agent.pid] = agent
+            if agent.last_oom is not None:
+                add(agent.pid, agent.last_oom, agent)
             for device in agent.devices:
                 before[(agent.pid, device.index)] = device
+                kept = steps.setdefault((agent.pid, device.index), [])
+                if device.last_step is not None and (not kept or kept[-1].step < device.last_step.step):
+                    kept.append(device.last_step)
                 if device.uuid is None:
                     continue
                 used = _process_used(s, agent.host_pid or agent.pid, device.uuid)
-                non_pytorch = non_pytorch_of(device.stats, used, _gpu_used(s, device.uuid))
+                gpu_used = _gpu_used(s, device.uuid)
+                non_pytorch = non_pytorch_of(device.stats, used, gpu_used)
                 if non_pytorch is not None:
                     outside.setdefault((agent.pid, device.index), []).append(non_pytorch)
+                gpu = s.gpu(device.uuid)
+                if gpu is not None and used is not None:  # the rows of one poll: comparable
+                    others[(agent.pid, device.index)] = sum(
+                        p.used_memory or 0 for p in gpu.processes if p.pid != (agent.host_pid or agent.pid))
+    for _, pid, oom in ooms[i:]:  # after the last sample: the process died of it
+        add(pid, oom, agents.get(pid))
+    out.sort(key=lambda pm: pm.time)
     return out
+
+
+def _oom_report(data: object) -> OomReport | None:
+    try:
+        return from_dict(OomReport, data)
+    except (DecodeError, TypeError, ValueError):
+        return None
 
 
 def _fresh(samples: Iterable[Sample]) -> list[Sample]:

@@ -22,11 +22,15 @@ from typing import Any
 
 from vramtop.analysis.advice import Advice, Assumptions, advise, batch_fit, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, fragmentation, fragmentation_proxy, non_pytorch_of
+from vramtop.analysis.diagnosis import diagnose
 from vramtop.analysis.leak import LeakFit, LeakPoint, fit_leak
+from vramtop.codec import DecodeError, from_dict, to_dict
 from vramtop.model import (
     NOT_VISIBLE,
     AgentDevice,
+    AgentEvent,
     AgentSample,
+    OomReport,
     ProcessSample,
     Sample,
     TensorCensus,
@@ -555,12 +559,20 @@ class RiskTracker:
         evidence: dict[str, float] = {"ooms": count, "delta": max(0, delta)}
         detail = ""
         need = None
+        diagnosis = None
         if ev is not None:
             requested, free = int(ev.get("requested", 0)), int(ev.get("device_free", 0))
             evidence.update(requested=requested, device_free=free, device_total=int(ev.get("device_total", 0)))
             detail = f"; it asked for {fmt_bytes(requested)} with {fmt_bytes(free)} free"
             if s.place.total:
                 need = max(0, requested - free) + int(s.place.total * self.thresholds.margin)
+            try:  # the agent's report at the failure: what kind of OOM it was
+                # Other processes' rows come from one NVML poll: unlike memory.used they are
+                # comparable with each other during an OOM's fast growth.
+                others = sum(p.used_memory or 0 for p in s.place.processes if p is not s.row)
+                diagnosis = diagnose(from_dict(OomReport, dict(ev)), others, s.agent.expandable_segments)
+            except (DecodeError, TypeError, ValueError):
+                diagnosis = None
         if first:
             sentence = (f"PID {s.pid} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
                         "before vramtop started watching it (the program caught the error).")
@@ -568,8 +580,15 @@ class RiskTracker:
             # An event may arrive before (or, if the process died, without) the counter's rise.
             so_far = f" ({count} OOM{'s' if count != 1 else ''} so far)" if count else ""
             sentence = f"PID {s.pid} ran out of GPU memory{so_far}{detail}."
-        action = self._action(s, "Lower the step peak: a smaller micro-batch with gradient accumulation.", need)
-        title = f"GPU {s.place.index}: out of memory in PID {s.pid}"
+        if diagnosis is not None:
+            sentence += " " + diagnosis.headline
+            evidence["short"] = diagnosis.short
+        if diagnosis is not None and diagnosis.action is not None:
+            action = diagnosis.action  # not a matter of capacity: no lever fixes it
+        else:
+            action = self._action(s, "Lower the step peak: a smaller micro-batch with gradient accumulation.", need)
+        kind = f" ({diagnosis.kind})" if diagnosis is not None else ""
+        title = f"GPU {s.place.index}: out of memory in PID {s.pid}{kind}"
         return _Finding(level, level, self._warning(s, level, OOM, title, evidence, sentence, action),
                         immediate=True, hold=self.thresholds.event_hold)
 
@@ -768,16 +787,22 @@ def warnings_over(samples: Sequence[Sample], events: Sequence[Any] = (),
 
 
 def _oom_events(events: Iterable[Any]) -> dict[tuple[int, int], Mapping[str, Any]]:
-    """OOM events by (PID, CUDA device index), from live messages or recorded Events."""
+    """OOM events by (PID, CUDA device index): typed AgentEvents, recorded Events or raw messages."""
     out: dict[tuple[int, int], Mapping[str, Any]] = {}
     for e in events:
-        if isinstance(e, Mapping):
+        kind: Any
+        pid: Any
+        data: Any
+        if isinstance(e, AgentEvent):
+            kind, pid, data = e.kind, e.pid, to_dict(e.oom) if e.oom is not None else {}
+        elif isinstance(e, Mapping):
             kind, pid, data = e.get("kind"), e.get("pid"), e.get("data", e)
         else:
             kind, pid, data = getattr(e, "kind", None), getattr(e, "pid", None), getattr(e, "data", {})
-        if kind != "oom" or pid is None or not isinstance(data, Mapping):
+        if kind != "oom" or not isinstance(pid, int) or not isinstance(data, Mapping):
             continue
-        out[(int(pid), int(data.get("device", 0)))] = data
+        device = data.get("device", 0)
+        out[(pid, device if isinstance(device, int) else 0)] = data
     return out
 
 

@@ -22,7 +22,9 @@ from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from vramtop.codec import to_dict
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.model import AgentEvent
 from vramtop.recording import COMPRESSED_SUFFIXES, XZ_SUFFIX
 
 if TYPE_CHECKING:
@@ -253,7 +255,7 @@ class _Session:
         self.failure: VramtopError | None = None  # the write error that stopped the recording
         self.started = time.time()
         self._pids: set[int] = set()  # processes seen: their post-mortem files belong to this recording
-        self._written: set[tuple[Any, Any, str]] = set()
+        self._written: set[tuple[str, int, float]] = set()
 
     def run(self, first: Sample, command: Sequence[str]) -> int:
         with _Signals() as signals:
@@ -313,10 +315,11 @@ class _Session:
                 sample = replace(sample, time=time.time())
             if self.pid is not None:
                 sample = only_process(sample, self.pid)
-            self._write(self.recorder.write_sample, sample)
+            # Events go into the file as event records of their own, not inside the sample.
+            self._write(self.recorder.write_sample, replace(sample, events=()))
             self._pids.update(a.pid for a in sample.agents)
             self._pids.update(p.pid for g in sample.gpus for p in g.processes)
-            events = self._agent_events()
+            events = [e for e in sample.events if self.pid is None or e.pid == self.pid]
             for event in events:  # e.g. an OOM seen by a training process's agent
                 self._write_event(event)
             self._warnings(sample, events)
@@ -330,25 +333,26 @@ class _Session:
         agents = getattr(self.reader.source, "agents", None)
         if agents is None:
             return
+        from vramtop.sources.agent import typed_events
+
         agents.settle(SETTLE_S)
         agents.poll()
-        events = self._agent_events()
+        messages = agents.drain_events()
         for pid in sorted(self._pids | {child.pid}):
-            events.extend(agents.postmortems(pid, since=self.started))
-        seen = set()
-        for event in events + agents.drain_events():
-            key = (event.get("kind"), event.get("pid"), str(event.get("data", {}).get("time")))
-            if key in seen or key in self._written:
-                continue
-            seen.add(key)
+            messages.extend(agents.postmortems(pid, since=self.started))
+        events, _ = typed_events(messages)
+        for event in events:
             self._write_event(event)
 
-    def _write_event(self, event: dict[str, Any]) -> None:
-        data = event.get("data") or {}
-        self._written.add((event.get("kind"), event.get("pid"), str(data.get("time"))))
-        self._write(self.recorder.write_event, str(event.get("kind", "agent")), data, pid=event.get("pid"))
+    def _write_event(self, event: AgentEvent) -> None:
+        key = (event.kind, event.pid, event.time)
+        if key in self._written:  # an OOM both sent on the socket and left in its file
+            return
+        self._written.add(key)
+        data = to_dict(event.oom) if event.oom is not None else {}
+        self._write(self.recorder.write_event, event.kind, data, pid=event.pid)
 
-    def _warnings(self, sample: Sample, events: list[dict[str, Any]]) -> None:
+    def _warnings(self, sample: Sample, events: Sequence[AgentEvent]) -> None:
         """A "warning" event when a warning is raised or changes level, "warning.cleared" when
         it goes: the same warnings the TUI shows, kept in the file."""
         if self.risk is None:
@@ -368,11 +372,6 @@ class _Session:
                         {"kind": gone.kind, "gpu_uuid": gone.gpu_uuid, "title": gone.title},
                         pid=gone.pid, time=sample.time)
         self._raised = now
-
-    def _agent_events(self) -> list[dict[str, Any]]:
-        agents = getattr(self.reader.source, "agents", None)
-        events = agents.drain_events() if agents is not None else []
-        return [e for e in events if self.pid is None or e.get("pid") == self.pid]
 
     def _write(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         if self.failure is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vramtop.codec import DecodeError, from_dict, to_dict
-from vramtop.model import AgentSample, OomReport, Sample
+from vramtop.model import AgentEvent, AgentSample, OomReport, Sample
 from vramtop.protocol import (
     FrameDecoder,
     InsecureDirectory,
@@ -234,6 +234,24 @@ class AgentSource:
             self.connections[pid] = conn
 
 
+def typed_events(messages: list[dict[str, Any]]) -> tuple[list[AgentEvent], int]:
+    """Agent event frames as typed events, and how many did not validate (agent input is
+    untrusted: a malformed event is dropped, never raised)."""
+    out, bad = [], 0
+    for message in messages:
+        pid, data = message.get("pid"), message.get("data")
+        if message.get("kind") != "oom" or not isinstance(pid, int) or isinstance(pid, bool):
+            bad += 1
+            continue
+        try:
+            report = from_dict(OomReport, data)
+        except (DecodeError, TypeError, ValueError, RecursionError):
+            bad += 1
+            continue
+        out.append(AgentEvent("oom", pid, report.time, report))
+    return out, bad
+
+
 def oom_event(pid: int, report: OomReport) -> dict[str, Any]:
     """An OOM as the agent sends it over the socket."""
     return {"type": "event", "kind": "oom", "pid": pid, "data": to_dict(report)}
@@ -268,6 +286,7 @@ class MonitorSource:
         self.nvml = nvml
         self.agents = agents
         self.agent_wait = agent_wait
+        self.dropped_events = 0  # agent events that did not validate
 
     def open(self) -> None:
         self.nvml.open()
@@ -276,7 +295,10 @@ class MonitorSource:
         sample = self.nvml.read()
         if self.agents is None:
             return sample
-        return replace(sample, agents=self.agents.poll(self.agent_wait))
+        agents = self.agents.poll(self.agent_wait)
+        events, bad = typed_events(self.agents.drain_events())
+        self.dropped_events += bad
+        return replace(sample, agents=agents, events=tuple(events))
 
     def close(self) -> None:
         self.nvml.close()

@@ -40,7 +40,8 @@ class SampleArrived(Message):
         self.sample = sample
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, SampleArrived)
+        # Never drop a sample that carries events (an OOM's post-mortem): it is shown once.
+        return isinstance(message, SampleArrived) and not message.sample.events
 
 
 class SourceFailed(Message):
@@ -119,7 +120,7 @@ class VramtopApp(App[None]):
     def on_sample_arrived(self, message: SampleArrived) -> None:
         self.history.add(message.sample)
         if not message.sample.stale:  # stale data says nothing new about risk
-            self.warnings = self.risk.update(message.sample)
+            self.warnings = self.risk.update(message.sample, message.sample.events)
         self.failure = None
         self.latest = message.sample
         if self.paused:
