@@ -1,0 +1,135 @@
+"""OOMs that kill the program, on a real GPU: the post-mortem survives, says what kind of OOM it
+was, and a process's memory cap is the limit it is measured against.
+
+The programs are bench/oom_scenarios.py: a batch that doubles until a forward pass fails, a
+loss kept with its graph every step, a leak under set_per_process_memory_fraction. None catches
+its OOM: the process ends within milliseconds, as training jobs do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_tui_tmux import SESSION, Tmux
+from vramtop.analysis.risk import RiskTracker
+from vramtop.sources.agent import AgentSource, MonitorSource
+from vramtop.sources.nvml import NvmlSource
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "bench" / "oom_scenarios.py"
+
+
+@pytest.fixture
+def env(tmp_path):
+    run = tmp_path / "xdg"
+    run.mkdir(mode=0o700)
+    return {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}", "XDG_RUNTIME_DIR": str(run)}
+
+
+def record(env, out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramtop", "record", "-o", str(out), "-i", "0.5", "--",
+                           sys.executable, str(SCENARIOS), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def report(env, path: Path) -> dict:
+    result = subprocess.run([sys.executable, "-m", "vramtop", "report", str(path), "--json"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_an_oom_that_kills_the_program_in_forward_is_in_the_recording_and_the_tui(env, tmp_path):
+    tmux = Tmux()
+    try:
+        tmux.start(["env", f"XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']}", f"PYTHONPATH={env['PYTHONPATH']}",
+                    sys.executable, "-m", "vramtop", "-i", "0.5"], 160, 48, tmp_path / "status")
+        out = tmp_path / "doubling.jsonl"
+        result = record(env, out, "doubling")
+        assert result.returncode == 1 and "OutOfMemoryError" in result.stderr, result.stderr[-2000:]
+        pid = int(next(line for line in result.stderr.splitlines() if "post-mortem:" in line)
+                  .split("PID ")[1].split(";")[0])
+        screen = tmux.wait_for(lambda s: f"out of memory in PID {pid}" in s, "the OOM warning", timeout=30)
+        print(screen)
+        tmux("send-keys", "-t", SESSION, "W")
+        detail = tmux.wait_for(lambda s: "A spike" in s, "the diagnosis in the warning's details", timeout=10)
+        print(detail)
+        tmux("send-keys", "-t", SESSION, "Escape")
+        tmux("send-keys", "-t", SESSION, "q")
+        assert tmux.wait_for_exit() == 0
+    finally:
+        tmux.kill_server()
+    data = report(env, out)
+    (pm,) = data["postmortems"]
+    print("\n".join(pm["lines"]))
+    assert pm["pid"] == pid and pm["oom"]["phase"] in ("forward", "loss", "backward")
+    # The batch doubled: the failing step needed about twice the peak of the steps before it.
+    assert any(line.startswith("A spike") for line in pm["lines"]), pm["lines"]
+    assert pm["oom"]["path"] and Path(pm["oom"]["path"]).parent == Path(env["XDG_RUNTIME_DIR"]) / "vramtop"
+
+
+def test_a_leak_that_runs_out_of_memory_is_diagnosed_as_a_leak_first(env, tmp_path):
+    out = tmp_path / "leak.jsonl"
+    result = record(env, out, "leak")
+    assert result.returncode == 1 and "OutOfMemoryError" in result.stderr, result.stderr[-2000:]
+    data = report(env, out)
+    (pm,) = data["postmortems"]
+    print("\n".join(pm["lines"]))
+    assert pm["lines"][1].startswith("A leak: memory still allocated after each step grew by"), pm["lines"]
+    assert any(line.startswith("First thing to do (leak)") for line in pm["lines"])
+    assert not any(line.startswith("First thing to try") for line in pm["lines"])
+    kinds = {w["kind"] for w in data["warnings"]}
+    assert "leak" in kinds and "oom" in kinds
+
+
+def test_a_capped_process_is_measured_against_its_cap_and_its_leak_warned_in_time(env, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "vramtop", "run", "--", sys.executable, str(SCENARIOS),
+                             "capped-leak", "--fraction", "0.1", "--leak-mib", "32", "--pause", "0.1"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]
+    source = MonitorSource(NvmlSource(), AgentSource())
+    source.open()
+    tracker = RiskTracker()
+    first_warned: dict[str, tuple[float, object]] = {}
+    oom_warning = None
+    limits = set()
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            sample = source.read()
+            for agent in sample.agents:
+                limits.update(d.memory_limit for d in agent.devices)
+            for w in tracker.update(sample, sample.events):
+                if w.level != "info" and w.kind in ("leak", "headroom"):
+                    first_warned.setdefault(w.kind, (time.monotonic(), w))
+                if w.kind == "oom":
+                    oom_warning = w
+            if proc.poll() is not None and oom_warning is not None:
+                break
+            time.sleep(0.5)
+        died = time.monotonic()
+    finally:
+        source.close()
+        proc.kill()
+    assert proc.returncode == 1
+    total = NvmlSource()
+    total.open()
+    card = total.read().gpus[0].memory_total
+    total.close()
+    (cap,) = {v for v in limits if v}
+    assert cap == pytest.approx(0.1 * card, rel=0.02)  # the cap, not the card
+    assert "leak" in first_warned, first_warned
+    when, leak = first_warned["leak"]
+    print(f"leak warned {died - when:.0f} s before the OOM: {leak.title} | {leak.sentence}")
+    assert died - when >= 10
+    assert "its cap" in leak.sentence
+    # The time to OOM is against the cap: minutes at most, not the hours the whole card would give.
+    assert leak.evidence["seconds_to_oom"] < 300
+    assert oom_warning is not None and "cap" in oom_warning.sentence, oom_warning

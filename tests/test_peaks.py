@@ -1,0 +1,153 @@
+"""The bill at the allocator's peak: the pure arithmetic (agent/_peaks.py), and the agent's hooks
+following real (CPU) torch through a step whose fake allocator spikes in backward."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vramtop.agent._peaks import Counted, Reading, close_step, estimate
+from vramtop.model import BACKWARD, BETWEEN_STEPS, FORWARD, LOSS, OPTIMIZER
+
+MiB = 1 << 20
+P, S = 100 * MiB, 200 * MiB  # parameters, optimizer state
+
+
+def reading(phase, peak, current=0, grads=0, kept=0):
+    return Reading(phase, {0: peak}, {0: current}, {0: grads}, {0: kept})
+
+
+def test_a_peak_in_backward_counts_the_gradients_that_existed_then_and_not_the_kept_outputs():
+    # Forward start: parameters, state, 30 MiB of the previous step's logits still held by the
+    # loop (they die when it rebinds them after the forward), 10 MiB of inputs.
+    readings = [
+        reading(BETWEEN_STEPS, peak=900 * MiB, current=P + S + 40 * MiB, kept=30 * MiB),
+        reading(FORWARD, peak=900 * MiB, current=800 * MiB, kept=30 * MiB),
+        reading(LOSS, peak=1000 * MiB, kept=0),
+        reading(BACKWARD, peak=1100 * MiB, grads=0),  # the peak: before any gradient landed
+        reading(BACKWARD, peak=1100 * MiB, grads=50 * MiB),
+        reading(BACKWARD, peak=1100 * MiB, grads=100 * MiB),
+        reading(OPTIMIZER, peak=1100 * MiB, grads=100 * MiB),
+    ]
+    (bill,) = close_step(readings, {0: 900 * MiB}, step=7, counted={0: Counted(P, 0, 0, S)},
+                         optimizer_stepped=True).values()
+    assert (bill.phase, bill.step, bill.allocated) == (BACKWARD, 7, 1100 * MiB)
+    assert bill.gradients == 0 and bill.optimizer_state == S and bill.measured
+    assert bill.other_persistent == 10 * MiB  # the inputs; the old logits were gone by then
+
+
+def test_a_peak_in_forward_keeps_the_previous_outputs_and_grads_of_accumulation():
+    readings = [
+        reading(BETWEEN_STEPS, peak=500 * MiB, current=P + S + P + 30 * MiB, grads=P, kept=30 * MiB),
+        reading(FORWARD, peak=2000 * MiB, current=900 * MiB, grads=P, kept=30 * MiB),
+        reading(LOSS, peak=2000 * MiB, grads=P, kept=0),
+    ]
+    (bill,) = close_step(readings, {0: 500 * MiB}, step=3, counted={0: Counted(P, 0, 0, S)},
+                         optimizer_stepped=True).values()
+    assert bill.phase == FORWARD and bill.gradients == P and bill.other_persistent == 30 * MiB
+
+
+def test_the_first_step_has_no_optimizer_state_until_its_optimizer_step():
+    counted = {0: Counted(P, 0, 0, S)}
+    in_backward = [reading(BETWEEN_STEPS, 0, current=P), reading(FORWARD, 600 * MiB), reading(BACKWARD, 900 * MiB)]
+    (bill,) = close_step(in_backward, {0: P}, step=1, counted=counted, optimizer_stepped=False).values()
+    assert bill.optimizer_state == 0 and bill.other_persistent == 0
+    # Adam creates its state in its first step: a peak there has it.
+    in_optimizer = [*in_backward, reading(BACKWARD, 900 * MiB, grads=P), reading(OPTIMIZER, 1000 * MiB, grads=P)]
+    (bill,) = close_step(in_optimizer, {0: P}, step=1, counted=counted, optimizer_stepped=False).values()
+    assert bill.phase == OPTIMIZER and bill.optimizer_state == S and bill.gradients == P
+
+
+def test_no_bill_without_a_rise_and_no_phase_for_a_rise_before_the_first_reading():
+    flat = [reading(BETWEEN_STEPS, 900 * MiB), reading(FORWARD, 900 * MiB), reading(BACKWARD, 900 * MiB)]
+    assert close_step(flat, {0: 900 * MiB}, step=2, counted={}, optimizer_stepped=True) == {}
+    # Without an anchor (the step before was not measured) a rise before the forward is not placed.
+    assert close_step(flat, {}, step=2, counted={}, optimizer_stepped=True) == {}
+    assert close_step([], {}, step=2, counted={}, optimizer_stepped=True) == {}
+
+
+def test_an_unmeasured_rise_is_an_estimate_from_the_last_measured_peak():
+    readings = [reading(BETWEEN_STEPS, 0, current=P + S), reading(FORWARD, 800 * MiB),
+                reading(BACKWARD, 900 * MiB, grads=0)]
+    (last,) = close_step(readings, {0: 0}, step=2, counted={0: Counted(P, 0, 0, S)}, optimizer_stepped=True).values()
+    later = estimate(last, 950 * MiB, 40, Counted(P, 0, 0, S), True, 5 * MiB)
+    assert (later.phase, later.gradients, later.allocated, later.step) == (BACKWARD, 0, 950 * MiB, 40)
+    assert not later.measured and later.basis_step == 2 and later.other_persistent == 5 * MiB
+    assert estimate(later, 990 * MiB, 41, Counted(P, 0, 0, S), True, 0).basis_step == 2
+
+
+torch = pytest.importorskip("torch")
+
+from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from vramtop.agent._runtime import Agent  # noqa: E402
+
+
+def rounded(nbytes: int) -> int:
+    return -(-nbytes // 512) * 512
+
+
+def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(tmp_path):
+    """Real CPU torch: a model, AdamW, autograd; the fake allocator follows what a GPU's would
+    do (activations in forward, a temporary at the start of backward, Adam's state created in
+    the first optimizer step). The agent's hooks must place the peak and count what existed."""
+    fake = FakeCudaTorch(torch)
+    alloc = fake.allocator
+    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        ACT, TEMP = 100 * MiB, 60 * MiB
+        inner = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+        params = sum(rounded(p.numel() * 4) for p in inner.parameters())
+        state = sum(2 * rounded(p.numel() * 4) + 512 for p in inner.parameters())  # exp_avg, exp_avg_sq, step
+        base = {"now": params}
+        alloc.set(params, params + 512 * MiB)
+        fake.initialized = True
+        deadline = time.monotonic() + 10
+        while not agent.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        class Spike(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                alloc.set(base["now"] + ACT)  # activations saved for backward
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                alloc.set(base["now"] + ACT + TEMP)  # a temporary on top of them: the step's peak
+                alloc.set(base["now"] + params)  # activations freed, gradients written
+                return grad
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return Spike.apply(self.inner(x))
+
+        net = Net()
+        opt = torch.optim.AdamW(net.parameters(), foreach=False)
+        opt.register_step_post_hook(lambda *a: alloc.set(base["now"] + params + state))  # Adam's state
+        x = torch.randn(32, 64)
+        peaks = []
+        for _ in range(3):
+            net(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            base["now"] = params + state
+            alloc.set(base["now"])
+            peaks.append(agent._devices[0].peak)
+        first, second, third = peaks
+        assert first is not None and (first.step, first.phase, first.measured) == (1, BACKWARD, True)
+        assert first.optimizer_state == 0 and first.gradients == 0 and first.other_persistent == 0
+        assert first.parameters_trainable == params
+        assert first.allocated - params == ACT + TEMP  # what the bill derives as activations
+        assert second is not None and (second.step, second.phase) == (2, BACKWARD)
+        assert second.optimizer_state == state and second.gradients == 0 and second.other_persistent == 0
+        assert second.allocated - params - state == ACT + TEMP
+        assert third == second  # the peak did not rise again: the bill stays the one of step 2
+        assert fake.forbidden_calls == []
+    finally:
+        agent.stop()
