@@ -127,7 +127,7 @@ def with_history(oom: OomReport, steps: Sequence[StepPeak], from_step: int = 2) 
     kept = [s for s in steps if s.step >= from_step and s.step <= oom.step]
     if not kept:
         return oom
-    changes = {}
+    changes: dict[str, Any] = {}
     if oom.step_peak is None:
         changes["step_peak"] = kept[-1].peak_allocated
     if oom.persistent_first is None:
