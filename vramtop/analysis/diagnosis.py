@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from vramtop.model import OomReport, StepPeak
 from vramtop.units import GiB, MiB, fmt_bytes
