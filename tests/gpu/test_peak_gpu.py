@@ -45,6 +45,8 @@ def run_reference(tmp_path: Path, workload: str) -> dict:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+    if os.environ.get("VRAMTOP_GPU_OUT"):  # the figures, for bench/RESULTS.md
+        Path(os.environ["VRAMTOP_GPU_OUT"], f"peak-{workload}.json").write_text(lines[0][len("RESULT "):])
     return json.loads(lines[0][len("RESULT "):])
 
 
@@ -65,16 +67,36 @@ def reference(ref: dict, profiler: bool) -> dict[str, int]:
             "parameters": ref["Parameter"],
             "gradients": ref["Gradient"],
             "optimizer state": ref["Optimizer_State"],
-            "other persistent": ref["Input"] + ref["Unknown"],
+            "other persistent": ref["Input"],
             "activations & temporaries": ref["Activation"] + ref["Temporary"] + ref["Autograd_Detail"],
+            "not categorised": ref["Unknown"],
         }
     return {
         "parameters": ref["Parameter"],
         "gradients": ref["Gradient"],
         "optimizer state": ref["Optstate"],
-        "other persistent": ref["Buffer"] + ref["Other"],
+        # Tensors from before the step that MemTracker cannot see count here: they are what
+        # "other persistent" is (inputs, cuBLAS workspaces, tensors the loop kept).
+        "other persistent": ref["Buffer"] + ref["Other"] + ref["Untracked"],
         "activations & temporaries": ref["Activation"] + ref["Temp"],
     }
+
+
+def comparable(mine: dict[str, int], theirs: dict[str, int], phase: str) -> list[tuple[str, int, int]]:
+    """The categories both sides define alike, as (name, vramtop, reference).
+
+    Two definitions differ and are merged, never hidden: MemTracker files everything the
+    optimizer step allocates (its temporaries too) as optimizer state, where the bill derives
+    them as temporaries; the profiler leaves part of a frozen model's activations uncategorised
+    ("Unknown"), so there activations and other persistent memory are compared together."""
+    pairs = {name: (mine[name], theirs[name]) for name in mine}
+    if phase == "optimizer":
+        a, b = pairs.pop("optimizer state"), pairs.pop("activations & temporaries")
+        pairs["optimizer state + step temporaries"] = (a[0] + b[0], a[1] + b[1])
+    if "not categorised" in theirs:
+        a, b = pairs.pop("other persistent"), pairs.pop("activations & temporaries")
+        pairs["activations + other (incl. not categorised)"] = (a[0] + b[0], a[1] + b[1] + theirs["not categorised"])
+    return [(name, v, r) for name, (v, r) in pairs.items()]
 
 
 def compare(result: dict) -> list[str]:
@@ -88,16 +110,14 @@ def compare(result: dict) -> list[str]:
         assert peak is not None, f"no bill at the peak after step {step['step']}"
         assert peak["step"] == step["step"] and peak["measured"], peak
         assert peak["allocated"] == step["allocator_peak"]
-        mine, theirs = ours(peak), reference(step["reference"], profiler)
         lines.append(f"{result['workload']} step {step['step']}: peak {peak['allocated'] / GiB:.2f} GiB in "
                      f"{peak['phase']}; reference total {step['reference'].get('Total', 0) / GiB:.2f} GiB")
-        for name, value in mine.items():
-            ref = theirs[name]
+        for name, value, ref in comparable(ours(peak), reference(step["reference"], profiler), peak["phase"]):
             tolerance = max(REL * ref, FLOOR * peak["allocated"])
             ok = abs(value - ref) <= tolerance
-            off = (value - ref) / ref if ref else 0.0
-            lines.append(f"{'  ok  ' if ok else 'FAIL  '}{name:<26} vramtop {value / GiB:8.3f} GiB  "
-                         f"reference {ref / GiB:8.3f} GiB  ({off:+.1%})")
+            off = f"{(value - ref) / ref:+.1%}" if ref else f"{(value - ref) / peak['allocated']:+.2%} of the peak"
+            lines.append(f"{'  ok  ' if ok else 'FAIL  '}{name:<44} vramtop {value / GiB:8.3f} GiB  "
+                         f"reference {ref / GiB:8.3f} GiB  ({off})")
     return lines
 
 
