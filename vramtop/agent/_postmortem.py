@@ -35,23 +35,20 @@ def summary_lines(report: OomReport) -> list[str]:
 
 
 def write(report: OomReport, directory: Path) -> str | None:
-    """Write the post-mortem into ``directory`` (created private if need be); its path, or None
-    when that is impossible (the directory is not safe, or the disk is full)."""
+    """Write the post-mortem into ``directory`` (created private if need be) at once, without
+    its summary (add_summary adds it once the report has reached the monitors); its path, or
+    None when that is impossible (the directory is not safe, or the disk is full)."""
     try:
         ensure_private_dir(directory)
     except OSError:
         return None
     path = directory / postmortem_name(os.getpid(), report.time)
-    document: dict[str, Any] = {"schema": POSTMORTEM_SCHEMA, "version": 1, "pid": os.getpid(),
-                                "argv": sys.argv[:16], "report": to_dict(replace_path(report, str(path)))}
-    document["summary"] = summary_lines(report)
-    data = json.dumps(document, indent=2).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError:
         return None
     try:
-        os.write(fd, data)
+        os.write(fd, _document(replace_path(report, str(path)), summary=False))
     except OSError:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -60,6 +57,34 @@ def write(report: OomReport, directory: Path) -> str | None:
         os.close(fd)
     _prune(directory)
     return str(path)
+
+
+def add_summary(report: OomReport, path: str) -> None:
+    """Rewrite the post-mortem with its summary in words (which imports vramtop's analysis: too
+    slow for the moments before the report has been sent). Atomic: a new file renamed over."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, _document(report, summary=True))
+        os.close(fd)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _document(report: OomReport, summary: bool) -> bytes:
+    document: dict[str, Any] = {"schema": POSTMORTEM_SCHEMA, "version": 1, "pid": os.getpid(),
+                                "argv": sys.argv[:16], "report": to_dict(report)}
+    if summary:
+        document["summary"] = summary_lines(report)
+    return json.dumps(document, indent=2).encode()
 
 
 def replace_path(report: OomReport, path: str) -> OomReport:

@@ -388,6 +388,8 @@ class Agent:
     # -- what the phases need ----------------------------------------------------------------
 
     def _read_counters(self) -> dict[int, tuple[int, int]]:
+        if not self._devices:  # the first forward can come before the sampler has seen the memory
+            self._rescan_devices(force=True)
         out = {}
         for index in list(self._devices):
             a = ts.raw_stats(self._torch, index)["allocated_bytes"]["all"]
@@ -429,14 +431,19 @@ class Agent:
             if os.getpid() != self.pid or self._stop.is_set():
                 return
             report = self._oom_report(device, requested, device_limit, device_free)
+            # The file first (a few ms, no summary yet), so the report sent names it; then the
+            # monitors; then the summary in words, which takes longer.
+            path = _postmortem.write(report, self.directory)
+            report = replace(report, path=path)
             if self._server is not None:
                 self._server.send_now({"type": "event", "kind": "oom", "pid": self.pid, "data": to_dict(report)},
                                       timeout=OOM_FLUSH)
-            path = _postmortem.write(report, self.directory)
-            self.last_oom = report = replace(report, path=path)  # samples carry it from now on
-            if path and not self._told_postmortem:
-                self._told_postmortem = True  # once per process: OOMs often come in bursts
-                print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
+            self.last_oom = report  # samples carry it from now on
+            if path:
+                _postmortem.add_summary(report, path)
+                if not self._told_postmortem:
+                    self._told_postmortem = True  # once per process: OOMs often come in bursts
+                    print(f"vramtop: CUDA out of memory in PID {self.pid}; post-mortem: {path}", file=sys.stderr)
         except Exception:
             pass
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 from vramtop.model import AllocatorStats
@@ -207,12 +208,18 @@ def autocast_enabled(torch: Any, device_type: str) -> bool | None:
 
 
 def checkpointing(modules: Any) -> bool | None:
-    """Whether a model says gradient checkpointing is on (Transformers' ``is_gradient_checkpointing``);
-    None when none of them says."""
+    """Whether a model says gradient checkpointing is on (Transformers' ``is_activation_checkpointing``,
+    ``is_gradient_checkpointing`` before 5.x); None when none of them says."""
     said = None
     for module in list(modules):
         try:
-            value = getattr(module, "is_gradient_checkpointing", None)
+            # The older name warns of its deprecation in Transformers 5: never print into the
+            # program's output for our sake.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = getattr(module, "is_activation_checkpointing", None)
+                if not isinstance(value, bool):
+                    value = getattr(module, "is_gradient_checkpointing", None)
         except Exception:
             continue
         if isinstance(value, bool):
