@@ -460,6 +460,9 @@ class Agent:
         phase = inspect_thread(threading.get_ident())
         if phase == "unknown" and self._train_thread not in (None, threading.get_ident()):
             phase = inspect_thread(self._train_thread or 0)
+        total = state.memory_total if state is not None else None
+        if total is None:  # an OOM before the sampler saw the device
+            total, _ = ts.memory_limits(torch, device)
         first = state.persistent_first if state is not None else None
         recent = list(state.recent) if state is not None else []
         last = (recent[-1][0], min(a for _, a in recent)) if recent else None
@@ -476,7 +479,7 @@ class Agent:
             largest_free_block=snapshot.largest_free.get(device) if snapshot else None,
             largest_live_blocks=tuple(snapshot.largest_live.get(device, ())) if snapshot else (),
             census=census,
-            device_total=state.memory_total if state is not None else None,
+            device_total=total,
             step_peak=state.boundary_peak if state is not None else None,
             persistent_first=first[1] if first else None,
             persistent_first_step=first[0] if first else None,
