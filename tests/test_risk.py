@@ -56,7 +56,7 @@ def census(params=2 * GiB, grads=2 * GiB, optim=4 * GiB):
 
 def snap(t, *, reserved_peak=40 * GiB, allocated_peak=None, reserved=None, allocated=None, persistent=8 * GiB,
          step=100, retries=0, ooms=0, largest_free=None, expandable=None, others=(), census_=None,
-         agent=True, stale=False):
+         agent=True, stale=False, cap=None):
     """One sample: a training process (PID) with the agent on one 80 GiB GPU, and ``others``
     as (pid, bytes, command) rows next to it. Projected peak = reserved_peak + 1 GiB + others."""
     reserved = reserved_peak if reserved is None else reserved
@@ -68,7 +68,7 @@ def snap(t, *, reserved_peak=40 * GiB, allocated_peak=None, reserved=None, alloc
     last = StepPeak(step=step, duration=0.5, peak_allocated=allocated_peak, peak_reserved=reserved_peak,
                     persistent=persistent, exact=True)
     device = AgentDevice(index=0, uuid=UUID, name="H100", stats=stats, census=census_ or census(), last_step=last,
-                         peak_step=step)
+                         peak_step=step, memory_limit=cap)
     own = reserved + NON_PT
     procs = [ProcessSample(PID, UUID, own, "C", name="python", command="python train.py")]
     procs += [ProcessSample(pid, UUID, used, "C", name="python", command=cmd, user="bob") for pid, used, cmd in others]
@@ -658,3 +658,28 @@ def test_a_changed_threshold_changes_what_is_raised():
         quiet, loud = strict.update(frag_snap(float(i), retries=2)), default.update(frag_snap(float(i), retries=2))
     assert FRAGMENTATION not in {w.kind for w in quiet}
     assert (FRAGMENTATION, WARNING) in kinds(loud)
+
+
+# -- a process's cap ------------------------------------------------------------------------------
+
+
+def test_headroom_and_a_leaks_time_to_oom_count_against_the_processs_cap():
+    # 20 GiB reserved at the peak on an 80 GiB card: plenty of room on the card, but the process
+    # may reserve only 21 GiB (set_per_process_memory_fraction).
+    tracker = RiskTracker()
+    for i in range(3):
+        warnings = tracker.update(snap(float(i), reserved_peak=20 * GiB, cap=21 * GiB))
+    (w,) = [w for w in warnings if w.kind == HEADROOM]
+    assert w.level == WARNING and "21.0 GiB" in w.title and "cap" in w.sentence  # 95% of it
+    assert w.evidence["cap"] == 21 * GiB and w.evidence["projected"] == 20 * GiB
+    assert RiskTracker().update(snap(0.0, reserved_peak=20 * GiB)) == ()  # no cap: no warning
+    # A leak of 64 MiB a step, a step a second, from 10 GiB: the cap is ~11 GiB away, the card ~70.
+    tracker = RiskTracker()
+    for i in range(60):
+        persistent = 10 * GiB + i * 64 * MiB
+        tracker.update(snap(float(i), step=100 + i, persistent=persistent, reserved_peak=persistent + GiB,
+                            cap=21 * GiB))
+    (leak,) = [w for w in tracker.warnings if w.kind == LEAK]
+    assert "its cap" in leak.sentence
+    assert leak.evidence["seconds_to_oom"] == pytest.approx((21 * GiB - leak.evidence["projected"]) / (64 * MiB),
+                                                            rel=0.05)

@@ -75,16 +75,20 @@ def _causes(oom: OomReport, others: int | None, expandable_segments: bool | None
     where = "its cap" if capped else "the GPU"
     out: list[tuple[str, str, str | None]] = []
     growth = _leak_growth(oom, limit)
-    if growth is not None and growth >= short:  # without the growth it would have fit
+    leak = None
+    if growth is not None:
         first, last = oom.persistent_first_step or 0, oom.persistent_last_step or 0
         per_step = growth / max(1, last - first)
-        out.append((LEAK, (
+        leak = (LEAK, (
             f"A leak: memory still allocated after each step grew by {fmt_bytes(growth)} from step {first} "
             f"({fmt_bytes(oom.persistent_first or 0)}) to step {last} ({fmt_bytes(oom.persistent_last or 0)}), "
-            f"~{fmt_bytes(int(per_step))}/step, until {where} ran out."),
+            f"~{fmt_bytes(int(per_step))}/step" + (f", until {where} ran out." if growth >= short else
+                                                   f", less than the {fmt_bytes(short)} missing.")),
             "Find what keeps tensors across steps: losses or outputs appended to a list without .item() or "
             ".detach(), a growing cache, hooks that store activations. A smaller batch or model only "
-            "postpones this OOM."))
+            "postpones this OOM.")
+        if growth >= short:  # without the growth it would have fit: the cause
+            out.append(leak)
     cache = oom.reserved - oom.allocated
     block = oom.largest_free_block
     if block is not None and cache >= oom.requested > block and expandable_segments is not True:
@@ -108,6 +112,8 @@ def _causes(oom: OomReport, others: int | None, expandable_segments: bool | None
             f"in {oom.phase}: an evaluation, a longer sequence or a bigger batch than those steps."),
             "Run evaluation under torch.no_grad() with a smaller batch, cap the sequence length, or keep enough "
             "of the margin free for it: the training step itself fits."))
+    if leak is not None and leak not in out:  # it grew, but less than was missing: said after
+        out.append(leak)
     return out
 
 
