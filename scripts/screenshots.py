@@ -100,7 +100,7 @@ def recording_moments(path: Path) -> list[tuple[str, list[Sample]]]:
         recording = read_recording(path)
     except (OSError, RecordingError) as err:
         raise InputError(f"{path}: {err}") from None
-    samples = list(recording.samples)
+    samples = recording.samples_with_events()  # an OOM's post-mortem reaches the TUI as it did live
     if not samples:
         raise InputError(f"{path}: no samples")
     with_agents = [i for i, s in enumerate(samples) if any(a.devices for a in s.agents)]

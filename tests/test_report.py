@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,11 @@ from vramtop.sinks.report_svg import CATEGORY_COLOURS, render_svg
 from vramtop.units import mib
 
 ROOT = Path(__file__).resolve().parent.parent
-GPT2 = ROOT / "screenshots" / "data" / "gpt2-training.jsonl"
+# A recording made by an older agent (H100, no bill measured at the peak, no step figures in its
+# OOM report): the one `vramtop demo` replays. H200 is the screenshots' newer one.
+GPT2 = Path(tempfile.mkdtemp(prefix="vramtop-test-")) / "gpt2-training.jsonl"  # plain: some tests edit its bytes
+GPT2.write_bytes(gzip.decompress((ROOT / "vramtop" / "demo" / "gpt2-h100.jsonl.gz").read_bytes()))
+H200 = ROOT / "screenshots" / "data" / "gpt2-training.jsonl"
 MiB = 1 << 20
 GiB = 1 << 30
 SVG = "{http://www.w3.org/2000/svg}"
@@ -601,3 +606,16 @@ def test_the_documented_pandas_recipe_reads_the_real_recording(tmp_path, suffix)
                                                   for d in a.devices)
     events = df.loc[df["type"] == "event", ["time", "kind", "pid", "data"]]
     assert list(events["kind"]) == [e.kind for e in rec.events]
+
+
+def test_a_recording_with_the_measured_bill_reports_its_phase_and_its_spike(capsys):
+    # H200, GPT-2 small leaking 32 MiB a step, then an evaluation at 8x the batch: the OOM is a
+    # spike (4.6x the steps' peak) and the leak, smaller than what was missing, comes after it.
+    rec = read_recording(H200)
+    (pm,) = summarize(rec).postmortems
+    assert pm.lines[1].startswith("A spike: this request would have taken allocated memory to 150 GiB, 4.6x")
+    assert pm.lines[2].startswith("Also: A leak") and "less than the 13.4 GiB missing" in pm.lines[2]
+    assert any(line.startswith("First thing to do (spike)") for line in pm.lines)
+    peaks = [d.peak for s in rec.samples for a in s.agents for d in a.devices if d.peak is not None]
+    assert peaks and all(p.measured or p.basis_step for p in peaks)
+    assert {p.phase for p in peaks} == {"backward"} and peaks[-1].gradients == 0

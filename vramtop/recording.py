@@ -50,13 +50,13 @@ import shutil
 import time as _time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from vramtop import __version__
 from vramtop.codec import DecodeError, from_dict, to_dict
 from vramtop.errors import VramtopError
-from vramtop.model import Sample
+from vramtop.model import AgentEvent, OomReport, Sample
 from vramtop.protocol import RECORDING_SCHEMA, RECORDING_VERSION, SchemaError
 
 HEADER = "header"
@@ -306,6 +306,24 @@ class Recording:
     @property
     def damaged_lines(self) -> int:
         return sum(1 for p in self.problems if p.line is not None)
+
+    def samples_with_events(self) -> list[Sample]:
+        """The samples with the agents' events (OOMs) recorded between them put back inside the
+        sample that followed each, as the live monitor received them."""
+        ooms = sorted((e for e in self.events if e.kind == "oom" and isinstance(e.pid, int)), key=lambda e: e.time)
+        out, i = [], 0
+        for sample in self.samples:
+            typed = []
+            while i < len(ooms) and ooms[i].time <= sample.time:
+                event = ooms[i]
+                i += 1
+                try:
+                    report = from_dict(OomReport, event.data)
+                except (DecodeError, TypeError, ValueError):
+                    continue
+                typed.append(AgentEvent("oom", event.pid or 0, report.time, report))
+            out.append(replace(sample, events=tuple(typed)) if typed else sample)
+        return out
 
 
 def read_recording(path: str | os.PathLike[str]) -> Recording:

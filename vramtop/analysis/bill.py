@@ -143,9 +143,9 @@ def _measured_peak(peak: PeakBill, stats: AllocatorStats, total: int | None) -> 
         reserved=stats.reserved_peak,
         total=total,
         buffers=peak.buffers,
-        phase=peak.phase,
-        step=peak.step,
-        # A later rise of the peak than the one measured, or one in an unmeasured step.
+        # The peak rose again after the one measured (an OOM's growth, say): when is unknown.
+        phase=peak.phase if peak.allocated >= allocated else None,
+        step=peak.step if peak.allocated >= allocated else None,
         estimate=not peak.measured or peak.allocated < allocated,
     )
 

@@ -32,6 +32,10 @@ CATEGORY_STYLES = {
 }
 
 
+# The phases of a step in a narrow pane.
+PHASE_SHORT = {"between steps": "btw", "forward": "fwd", "loss": "loss", "backward": "bwd", "optimizer": "opt"}
+
+
 def stacked_bar(bill: Bill, width: int, scale: int) -> Text:
     """The bill as one bar of ``width`` cells, to ``scale`` bytes (the GPU's total)."""
     bar = Text()
@@ -89,8 +93,13 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     out.append("  OOM " if narrow else "  OOMs ", style="dim")
     out.append(str(stats.num_ooms), style="bold red" if stats.num_ooms else "")
     out.append(f"  peak {fmt_bytes(stats.allocated_peak)}", style="dim")
-    if device.peak_step is not None:
-        out.append(f" @{device.peak_step}" if narrow else f" @step {device.peak_step}", style="dim")
+    step = peak.step if peak is not None and peak.step is not None else device.peak_step
+    if step is not None:
+        out.append(f" @{step}" if narrow else f" @step {step}", style="dim")
+    if peak is not None and peak.phase:
+        # Where in the step it was reached; "~": estimated, not measured at the peak.
+        phase = PHASE_SHORT.get(peak.phase, peak.phase) if narrow else f"in {peak.phase}"
+        out.append(f" {phase}{'~' if peak.estimate else ''}", style="dim")
     out.append("\n")
     # The bill: a bar to scale of the whole GPU, then the categories now and at the peak.
     bar_width = max(10, width - 2)
@@ -140,9 +149,13 @@ def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch
     if report.largest_live_blocks:
         t.append("; biggest live blocks " + ", ".join(fmt_bytes(b) for b in report.largest_live_blocks[:4]))
     summary = postmortem_of(report, device, non_pytorch, agent=agent)
+    if summary.diagnosis is not None:  # what kind of OOM it was, before any lever
+        t.append("\n" + summary.diagnosis.headline, style="bold")
     for line in summary.lines:
-        if line.startswith(("Bill at the failure", "First thing to try")):
-            t.append("\n" + line, style="bold" if line.startswith("First") else "")
+        if line.startswith("Bill at the failure"):
+            t.append("\n" + line)
+    if summary.first_thing:
+        t.append("\n" + summary.first_thing, style="bold")
     if report.path:
         t.append(f"\npost-mortem: {report.path}", style="dim")
     t.append("\n")

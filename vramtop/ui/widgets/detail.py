@@ -6,6 +6,7 @@ from rich.text import Text
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.bill import non_pytorch_of
+from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
@@ -44,11 +45,18 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
         if room > 12:
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
+        kind = None
         if agent.last_oom is not None and agent.last_oom.device == device.index:
             outside = non_pytorch_of(device.stats, first.used_memory)
             t.append_text(render_oom(agent.last_oom, device, outside, agent))  # sticky: for the process's life
+            kind = diagnose(agent.last_oom, expandable_segments=agent.expandable_segments).kind
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
-        t.append_text(render_advice(advice, narrow))
+        if kind not in (None, CAPACITY):
+            # The levers size the step to the GPU; this OOM had another cause (see above).
+            t.append(f"\nadvice: its OOM was a {kind}, not a lack of capacity: the post-mortem above says what "
+                     "to do first; levers would treat the symptom.", style="dim")
+        else:
+            t.append_text(render_advice(advice, narrow))
         return t
     t.append("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
