@@ -28,6 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 
 import vramtop.agent as agent  # noqa: E402
 from vramtop.agent import _torchstats  # noqa: E402
+from vramtop.agent._phases import StepPhases  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 
 
@@ -91,6 +92,9 @@ def main() -> int:
     profile = Profile()
     for name in ("_after_optimizer_step", "_census", "_rescan_devices", "_before_module_call", "_after_module_call"):
         setattr(Agent, name, profile.timed(f"Agent.{name}", getattr(Agent, name)))
+    for name in ("_before_forward", "_after_forward", "_backward_started", "_gradient_landed", "before_optimizer",
+                 "after_optimizer"):  # the step's phases (the bill at the peak)
+        setattr(StepPhases, name, profile.timed(f"StepPhases.{name}", getattr(StepPhases, name)))
     _torchstats.raw_stats = profile.timed("allocator counters (raw_stats)", _torchstats.raw_stats)  # type: ignore[assignment]
     gc.callbacks.append(profile.gc_callback)
     work = workloads.mlp()
