@@ -65,6 +65,9 @@ class StepPhases:
         self._counted = counted
         self._done = done
         self._torch = torch
+        self._is_grad_enabled = getattr(torch, "is_grad_enabled", lambda: True)
+        compiler = getattr(torch, "compiler", None)
+        self._is_compiling = getattr(compiler, "is_compiling", None) or (lambda: False)
         self._device_type = device_type
         self.step = 1  # the step in progress, counting from 1
         self.optimizer_stepped = False
@@ -127,7 +130,7 @@ class StepPhases:
 
     def _before_forward(self, module: Any, args: Any) -> None:
         try:
-            if _compiling(self._torch):
+            if self._is_compiling():
                 return  # traced into a compiled graph: do nothing there
             depth = getattr(self._depth, "value", 0)
             self._depth.value = depth + 1
@@ -144,7 +147,7 @@ class StepPhases:
 
     def _after_forward(self, module: Any, args: Any, output: Any) -> None:
         try:
-            if _compiling(self._torch):
+            if self._is_compiling():
                 return
             depth = max(0, getattr(self._depth, "value", 1) - 1)
             self._depth.value = depth
@@ -152,7 +155,7 @@ class StepPhases:
                 return
             self._state = AFTER_FORWARD
             # Under grad mode a backward follows; a model called next belongs to the same forward.
-            self._outputs_need_backward = bool(self._torch.is_grad_enabled())
+            self._outputs_need_backward = bool(self._is_grad_enabled())
             tensors = list(_tensors(output)) if (self._remember or self._measure) else []
             if self._remember:
                 self._outputs.extend(self._describe(tensors))
@@ -218,7 +221,8 @@ class StepPhases:
     def before_optimizer(self) -> None:
         """The global optimizer-step pre-hook: the backward (and gradient clipping) is over."""
         try:
-            self._drop_grad_hooks()
+            if self._grad_handles:
+                self._drop_grad_hooks()
             if self.stopped or self._state == IDLE:
                 return
             if self._measure:
@@ -250,13 +254,12 @@ class StepPhases:
         self._measure = self._micro_steps <= FIRST_MEASURED or self._rose or (due and self._remembered)
         self._remember = self._measure or due
         self._state = IN_FORWARD
+        self._outputs_need_backward = False
+        if not self._measure:
+            return  # the steady state: nothing to set up
         self._cost = 0.0
         self._readings = []
         self._grad_storages = set()
-        self._outputs = []
-        self._outputs_need_backward = False
-        if not self._measure:
-            return
         started = time.perf_counter()
         self._grads = self._count_gradients()
         self._kept = self._alive(self._previous_outputs)
@@ -265,16 +268,18 @@ class StepPhases:
 
     def _close(self, phase: str | None) -> None:
         """End the micro-step; with ``phase`` (the optimizer) read the counters once more."""
-        self._drop_grad_hooks()
+        if self._grad_handles:
+            self._drop_grad_hooks()
         measured = self._measure
         if measured and phase is not None:
             started = time.perf_counter()
             self._take(phase)
             self._cost += time.perf_counter() - started
         self._state = IDLE
-        self._previous_outputs = self._outputs if self._remember else []
+        if self._remember or self._previous_outputs:
+            self._previous_outputs = self._outputs if self._remember else []
+            self._outputs = []
         self._remembered = self._remember
-        self._outputs = []
         self._measure = self._remember = False
         if not measured:
             self._anchor = {}  # the next measured step cannot tell when, before it, the peak rose
