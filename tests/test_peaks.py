@@ -148,6 +148,28 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
         assert second.optimizer_state == state and second.gradients == 0 and second.other_persistent == 0
         assert second.allocated - params - state == ACT + TEMP
         assert third == second  # the peak did not rise again: the bill stays the one of step 2
+        # The steady state pays nothing: between measurements the hooks are off the model.
+        for _ in range(3):
+            net(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        assert not agent._phases.armed and not net._forward_pre_hooks and not net._forward_hooks
+        # A measurement falls due: the hooks go back on at the next step boundary; the step after
+        # remembers its outputs, the one after that is measured, and its higher peak is billed.
+        agent._phases._next_measure = 0.0
+        for extra in (0, 0, 100 * MiB):  # a bigger temporary than the one before, in the loss
+            def spike_more(grad, extra=extra):
+                alloc.set(alloc.allocated + extra)
+                return grad
+            out = net(x)
+            out.register_hook(spike_more)
+            out.pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            alloc.set(base["now"])
+        later = agent._devices[0].peak
+        assert later.step == 9 and later.measured and later.phase in (LOSS, BACKWARD)
+        assert later.allocated == params + state + ACT + 100 * MiB
         assert fake.forbidden_calls == []
     finally:
         agent.stop()

@@ -59,8 +59,10 @@ class StepPhases:
     def __init__(self, read: Reader, parameters: Callable[[], list[Any]],
                  counted: Callable[[], Mapping[int, Counted]],
                  done: Callable[[dict[int, PeakBill], dict[int, int], dict[int, int]], None],
-                 torch: Any, device_type: str = "cuda") -> None:
+                 torch: Any, device_type: str = "cuda",
+                 register_optimizer_pre_hook: Callable[[Any], Any] | None = None) -> None:
         self._read = read
+        self._register_optimizer_pre_hook = register_optimizer_pre_hook
         self._parameters = parameters
         self._counted = counted
         self._done = done
@@ -75,7 +77,11 @@ class StepPhases:
         self._state = IDLE
         self._depth = threading.local()
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._handles: list[Any] = []  # forward hooks on the watched models
+        # Armed: the models' forward hooks and the optimizer-step pre-hook are registered. They
+        # are taken off between measurements (a training loop's steady state pays nothing for
+        # them) and put back at an optimizer step boundary when a measurement is due.
+        self.armed = False
+        self._handles: list[Any] = []  # forward hooks on the watched models, the optimizer pre-hook
         self._grad_handles: list[Any] = []
         self._micro_steps = 0
         self._measure = False  # this micro-step is measured
@@ -96,10 +102,38 @@ class StepPhases:
     # -- wiring --------------------------------------------------------------------------------
 
     def watch(self, model: Any) -> None:
-        """Hook a model's forward (once). Call on the training thread."""
+        """Follow a model's forward (once). Call on the training thread."""
         if model in self._watched:
             return
         self._watched.add(model)
+        if self.armed:
+            self._hook(model)
+
+    def arm(self) -> None:
+        """Put the hooks on. Call on the training thread, outside any forward."""
+        if self.armed or self.stopped:
+            return
+        self.armed = True
+        for model in list(self._watched):
+            self._hook(model)
+        if self._register_optimizer_pre_hook is not None:
+            with contextlib.suppress(Exception):
+                self._handles.append(self._register_optimizer_pre_hook(self._optimizer_pre_hook))
+
+    def disarm(self) -> None:
+        """Take the hooks off. Call on the training thread, outside any forward."""
+        if self.armed:
+            # The steps that follow go unseen: nothing remembered from before them holds after.
+            self._remembered = False
+            self._previous_outputs = []
+            self._anchor = {}
+        self.armed = False
+        for handle in self._handles:
+            with contextlib.suppress(Exception):
+                handle.remove()
+        self._handles.clear()
+
+    def _hook(self, model: Any) -> None:
         try:
             self._handles.append(model.register_forward_pre_hook(self._before_forward))
             try:
@@ -109,22 +143,23 @@ class StepPhases:
         except Exception:
             pass
 
+    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.before_optimizer()
+
     def forward_started(self, model: Any) -> None:
         """A just-watched model's first call: its own pre-hook was registered too late for it."""
-        self._before_forward(model, ())
+        if self.armed:
+            self._before_forward(model, ())
 
     @property
     def removed(self) -> bool:
         return self.stopped and not self._handles and not self._grad_handles
 
     def remove(self) -> None:
-        """Take every hook off. Call on the training thread."""
+        """Take every hook off for good. Call on the training thread."""
         self.stopped = True
-        for handle in self._handles + self._grad_handles:
-            with contextlib.suppress(Exception):
-                handle.remove()
-        self._handles.clear()
-        self._grad_handles.clear()
+        self.disarm()
+        self._drop_grad_hooks()
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -234,7 +269,9 @@ class StepPhases:
             pass
 
     def after_optimizer(self, steps_done: int) -> None:
-        """The agent's optimizer-step post-hook: the step is over."""
+        """The agent's optimizer-step post-hook: the step is over. Here, between two forwards on
+        the training thread, the hooks go on when the next steps are to be measured, and off
+        when they are not."""
         try:
             if self.stopped:
                 return
@@ -242,8 +279,17 @@ class StepPhases:
                 self._close(OPTIMIZER)
             self.optimizer_stepped = True
             self.step = steps_done + 1
+            if self._wanted(time.monotonic()):
+                self.arm()
+            else:
+                self.disarm()
         except Exception:
             pass
+
+    def _wanted(self, now: float) -> bool:
+        """Whether the next micro-step needs the hooks: one of the first, one after a rise of the
+        peak, or one that remembers outputs or measures because a measurement is due."""
+        return self._micro_steps < FIRST_MEASURED or self._rose or now >= self._next_measure
 
     # -- measuring -------------------------------------------------------------------------------
 

@@ -134,6 +134,7 @@ class Agent:
         self._last_boundary_read = self._boundary_cost = 0.0
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
+        self._rescan_lock = threading.Lock()
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
         self.last_oom: OomReport | None = None
@@ -176,6 +177,7 @@ class Agent:
             return
         # The parent was still waiting for CUDA; the child may be the one that uses it.
         self.pid = os.getpid()
+        self._rescan_lock = threading.Lock()  # a lock held by a thread that did not come along
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
         self._thread.start()
@@ -227,8 +229,12 @@ class Agent:
 
     def _activate(self, torch: Any) -> None:
         self._torch = torch
+        base = getattr(getattr(torch, "optim", None), "Optimizer", None)
+        optim = sys.modules.get(getattr(base, "__module__", ""), None)
         self._phases = StepPhases(self._read_counters, self._trainable_parameters, self._counted,
-                                  self._peaks_measured, torch, self._device_type)
+                                  self._peaks_measured, torch, self._device_type,
+                                  getattr(optim, "register_optimizer_step_pre_hook", None))
+        self._phases.arm()  # the first steps are measured
         self._register_hooks(torch)
         self._rescan_devices(force=True)
         self._server = AgentServer(self.directory, self._beacon(), self._respond)
@@ -256,9 +262,7 @@ class Agent:
         register = getattr(optim, "register_optimizer_step_post_hook", None)
         if register is not None:
             self._hooks.append(register(self._after_optimizer_step))
-        register_pre = getattr(optim, "register_optimizer_step_pre_hook", None)
-        if register_pre is not None:
-            self._hooks.append(register_pre(self._before_optimizer_step))
+
         module_base = getattr(getattr(torch, "nn", None), "Module", None)
         modules = sys.modules.get(getattr(module_base, "__module__", ""), None)
         pre = getattr(modules, "register_module_forward_pre_hook", None)
@@ -362,10 +366,6 @@ class Agent:
                 self._census()
         except Exception:
             pass
-
-    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._phases is not None:
-            self._phases.before_optimizer()
 
     def _note_boundary(self, index: int, allocated: int, peak: int) -> None:
         """At a step boundary read: persistent memory for the leak diagnosis, and the bill of a
@@ -533,6 +533,11 @@ class Agent:
         return sample
 
     def _rescan_devices(self, force: bool = False) -> None:
+        # The sampler and the training thread (its first step) both look for devices.
+        with self._rescan_lock:
+            self._rescan_devices_locked(force)
+
+    def _rescan_devices_locked(self, force: bool) -> None:
         now = time.monotonic()
         # CUDA can be initialised a moment before the first allocation: until a device shows
         # up, look at every tick.

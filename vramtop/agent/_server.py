@@ -105,7 +105,9 @@ class AgentServer:
     def write_beacon(self, beacon: dict[str, Any]) -> None:
         """``<pid>.json``: who we are, for monitors listing agents. Written atomically, 0600."""
         self._beacon = beacon
-        tmp = self.beacon_file.with_suffix(".json.tmp")
+        # A name of this thread's own: two threads may write it at once (the sampler, and the
+        # training thread when its first step finds a device first).
+        tmp = self.beacon_file.with_name(f".{self.beacon_file.stem}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, json.dumps(beacon).encode())
