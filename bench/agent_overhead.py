@@ -32,6 +32,7 @@ import workloads
 from overhead_stats import BlockTicks, block_ticks, tick_interference
 
 import vramtop.agent as agent
+from vramtop.agent._phases import StepPhases
 from vramtop.agent._runtime import DEFAULT_INTERVAL, Agent
 
 CONDITIONS = {"off": None, "on": DEFAULT_INTERVAL, "on-10x": DEFAULT_INTERVAL / 10}
@@ -50,6 +51,11 @@ class AgentClock:
     def install(cls) -> None:
         for name in ("_after_optimizer_step", "_before_module_call", "_after_module_call"):
             setattr(Agent, name, cls._timed(getattr(Agent, name)))
+        # The step's phases (the bill at the peak); after_optimizer runs inside the agent's
+        # optimizer-step hook, timed above already.
+        for name in ("_before_forward", "_after_forward", "_backward_started", "_gradient_landed",
+                     "_optimizer_pre_hook"):
+            setattr(StepPhases, name, cls._timed(getattr(StepPhases, name)))
         tick = Agent.tick
 
         def logged_tick(self: Agent) -> Any:
