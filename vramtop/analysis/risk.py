@@ -583,6 +583,8 @@ class RiskTracker:
         if diagnosis is not None:
             sentence += " " + diagnosis.headline
             evidence["short"] = diagnosis.short
+        if ev is not None and isinstance(ev.get("path"), str):
+            sentence += f" Post-mortem: {ev['path']}"
         if diagnosis is not None and diagnosis.action is not None:
             action = diagnosis.action  # not a matter of capacity: no lever fixes it
         else:
