@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes.util
+import gzip
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pynvml
 import pytest
@@ -149,3 +151,85 @@ def test_shared_options_work_before_and_after_the_command_name():
     assert parser.parse_args(["record"]).interval == 1.0
     assert parser.parse_args(["--gpu", "1", "replay", "f"]).gpu == ["1"]
     assert parser.parse_args(["attach", "1", "--margin", "20"]).margin == 20.0
+
+
+# -- what a new user trips over ------------------------------------------------------------------
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vramtop", "demo",
+                    "gpt2-h100.jsonl.gz")
+
+
+def run_shell(command: str, cwd) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    return subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    # `head` closes the pipe after one byte: no traceback, the exit status SIGPIPE gives a tool.
+    for _ in range(3):
+        result = run_shell(f"{sys.executable} -m vramtop report {DEMO} | head -c1 >/dev/null", tmp_path)
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+        assert result.returncode in (0, 141)
+
+
+def test_report_never_overwrites_without_force_and_never_the_recording(tmp_path, capsys):
+    recording = tmp_path / "run.jsonl"
+    recording.write_bytes(gzip.decompress(Path(DEMO).read_bytes()))
+    before = recording.read_bytes()
+    assert main(["report", str(recording), "--html", str(recording)]) == EXIT_USAGE
+    assert "is the recording being read" in capsys.readouterr().err and recording.read_bytes() == before
+    page = tmp_path / "page.html"
+    page.write_text("mine")
+    assert main(["report", str(recording), "--html", str(page)]) == EXIT_USAGE
+    assert "already exists: pass --force" in capsys.readouterr().err and page.read_text() == "mine"
+    assert main(["report", str(recording), "--html", str(page), "--force"]) == 0
+    assert page.read_text().startswith("<!doctype html>") or "<html" in page.read_text()
+    assert main(["report", str(recording), "--html", str(recording), "--force"]) == EXIT_USAGE  # not even so
+    assert recording.read_bytes() == before
+
+
+def test_report_refuses_a_gpu_the_recording_does_not_have(capsys):
+    assert main(["report", DEMO, "--gpu", "99"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--gpu 99 matches no GPU of this recording; it has: 0 (GPU-" in err
+
+
+def test_a_picture_that_cannot_be_made_leaves_the_text_report(tmp_path):
+    # No PNG converter on PATH (and none importable in a bare environment): the text comes first.
+    result = run_shell(f"PATH=/nonexistent {sys.executable} -m vramtop report {DEMO} --png {tmp_path}/t.png",
+                       tmp_path)
+    if result.returncode == 0:
+        pytest.skip("a PNG converter is importable here")
+    assert "POST-MORTEM" in result.stdout and "vramtop:" in result.stderr
+
+
+def test_no_driver_points_a_newcomer_at_the_demo():
+    result = subprocess.run([sys.executable, "-m", "vramtop", "--once"], capture_output=True, text=True,
+                            env={**os.environ, "LD_LIBRARY_PATH": "/nonexistent"}, timeout=60)
+    if result.returncode != EXIT_NO_DRIVER:
+        pytest.skip("an NVIDIA driver is installed here")
+    assert "vramtop demo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_playback_options_are_checked_alike_and_gpu_is_refused_where_it_does_not_apply(capsys):
+    for command in (["demo"], ["replay", DEMO]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--speed", "0"])
+        assert exit_.value.code == EXIT_USAGE and "must be between 0.25 and 32" in capsys.readouterr().err
+        assert main(["--gpu", "0", *command]) == EXIT_USAGE
+        assert "--gpu does not apply to" in capsys.readouterr().err
+
+
+def test_the_demo_recording_can_be_reported(capsys):
+    assert main(["demo", "--report"]) == 0
+    captured = capsys.readouterr()
+    assert "POST-MORTEM" in captured.out and "the recording is" in captured.err
+
+
+def test_a_negative_interval_gets_the_intervals_own_message(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["-i", "-1", "--once"])
+    assert exit_.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "must be between 0.05 and 3600 seconds" in err and "expected one argument" not in err

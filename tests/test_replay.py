@@ -171,3 +171,22 @@ async def test_the_demo_opens_where_the_training_starts(samples):
         await pilot.pause()
         assert app.position == 0
     assert first_busy_index([samples[0]]) == 0  # nothing ever runs: from the start
+
+
+@pytest.mark.parametrize("key", ["t", "k"])
+async def test_a_replay_never_signals_a_process(samples, monkeypatch, key):
+    # A recorded PID may be a live process here, even one with the same start time: refused.
+    sent = []
+    monkeypatch.setattr("vramtop.ui.app.send_signal", lambda *a: sent.append(a) or "sent")
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        footer = line_with(app, "Quit")
+        assert "Term" not in footer and "Kill" not in footer
+        await pilot.press(key)
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert sent == [] and app.screen is app.screen_stack[0]
+        assert any("this is a recording" in str(n.message) for n in app._notifications)

@@ -293,12 +293,14 @@ async def test_driver_not_loaded_before_any_sample_says_so():
 # -- keys -------------------------------------------------------------------------------------
 
 
-async def test_q_quits():
+@pytest.mark.parametrize("key", ["q", "ctrl+c"])
+async def test_q_and_ctrl_c_quit(key):
+    # Ctrl-C quits, as in htop and nvitop (Textual's own would ask for Ctrl-Q in a toast).
     app = monitor()
     async with app.run_test(size=NARROW_SIZE) as pilot:
         await feed(pilot, box())
         assert app.is_running
-        await pilot.press("q")
+        await pilot.press(key)
         await pilot.pause()
         assert not app.is_running
 

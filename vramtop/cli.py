@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from vramtop import __version__
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
+
+EXIT_PIPE = 128 + 13  # what a shell reports for a command SIGPIPE ended
 
 DESCRIPTION = """\
 Live GPU-memory monitor for training: nvidia-smi's numbers per GPU and process, next to
@@ -127,9 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values_joined(argv: Sequence[str]) -> list[str]:
+    """``-i -1`` as ``--interval=-1``: argparse takes "-1" for the ``-1`` (--once) option and says
+    "expected one argument"; joined, the value gets its own, clearer message."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in ("-i", "--interval") and re.fullmatch(r"-[0-9.]+", out[i + 1]):
+            out[i:i + 2] = [f"--interval={out[i + 1]}", ""]
+    return [a for a in out if a != ""]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values_joined(sys.argv[1:] if argv is None else argv))
     try:
         module = getattr(args, "module", None)
         if module is not None:
@@ -148,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader went away (`vramtop report F | head`): stop quietly, as SIGPIPE stops the
+        # standard tools, and keep the interpreter from complaining while it flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]

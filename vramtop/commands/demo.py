@@ -9,14 +9,24 @@ from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--speed", type=float, default=2.0, metavar="X",
-                        help="playback speed (default: 2; + and - change it while playing)")
+    from vramtop.commands.replay import speed
+
+    parser.add_argument("--speed", type=speed, default=2.0, metavar="X",
+                        help="playback speed, 0.25 to 32 (default: 2; + and - change it while playing)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the recording's report (what `vramtop report` says of it) and its path")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vramtop.commands.replay import load, recorded_interval
+    from vramtop.commands.replay import load, recorded_interval, refuse_gpu
     from vramtop.demo import RECORDING
 
+    refuse_gpu(args, "the demo")
+    if args.report:
+        from vramtop.cli import main
+
+        print(f"vramtop demo: the recording is {RECORDING}", file=sys.stderr)
+        return main(["report", str(RECORDING)])
     recording, _ = load(str(RECORDING))
     samples = recording.samples
     if not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a recording made by `vramtop record` (.jsonl, .jsonl.xz or .jsonl.gz)")
-    parser.add_argument("--speed", type=float, default=1.0, metavar="X",
+    parser.add_argument("--speed", type=speed, default=1.0, metavar="X",
                         help="playback speed, 0.25 to 32 (default: 1; + and - change it while playing)")
 
 
@@ -46,9 +46,26 @@ def recorded_interval(recording: Recording) -> float | None:
     return recording.header.interval if recording.header else None
 
 
+def speed(text: str) -> float:
+    """A playback speed (``--speed`` of replay and demo)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.25 <= value <= 32:
+        raise argparse.ArgumentTypeError("must be between 0.25 and 32")
+    return value
+
+
+def refuse_gpu(args: argparse.Namespace, command: str) -> None:
+    """A recording is replayed whole: --gpu would be silently ignored, so it is refused."""
+    if getattr(args, "gpu", None):
+        raise VramtopError(f"--gpu does not apply to {command}: it replays every GPU of the recording "
+                           "(`vramtop report FILE --gpu IDS` summarises some of them)", EXIT_USAGE)
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 0.25 <= args.speed <= 32:
-        raise VramtopError("--speed must be between 0.25 and 32", EXIT_USAGE)
+    refuse_gpu(args, "replay")
     recording, notice = load(args.file)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise VramtopError("replay needs a terminal; `vramtop report FILE` summarises a recording as text",

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 
-from vramtop.errors import EXIT_FAILURE, EXIT_OK, VramtopError
+from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
 
 EPILOG = """\
 examples:
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write a self-contained web page: summary and memory timeline")
     parser.add_argument("--png", metavar="OUT.png", help="also write the memory timeline as a PNG image")
     parser.add_argument("--svg", metavar="OUT.svg", help="also write the memory timeline as an SVG image")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite OUT files that exist (never FILE)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +43,28 @@ def run(args: argparse.Namespace) -> int:
     from vramtop.protocol import SchemaError
     from vramtop.recording import read_recording
 
+    outputs = [path for path in (args.html, args.png, args.svg) if path]
+    _check_outputs(args.file, outputs, args.force)
     try:
         recording = read_recording(args.file)
     except SchemaError as err:
         raise VramtopError(str(err), EXIT_FAILURE) from None
     report = summarize(recording, args.gpu, thresholds_from(args))
-    if args.html or args.png or args.svg:
+    if args.gpu and not report.gpus:
+        known = ", ".join(f"{g.index} ({g.uuid})" for g in summarize(recording).gpus) or "none"
+        raise VramtopError(f"--gpu {','.join(args.gpu)} matches no GPU of this recording; it has: {known}",
+                           EXIT_USAGE)
+    # The text first: a picture that cannot be written must not take the report with it.
+    if args.json:
+        from vramtop.sinks.report_json import render_json
+
+        print(render_json(report))
+    else:
+        from vramtop.sinks.report_text import render_text
+
+        print(render_text(report))
+    sys.stdout.flush()
+    if outputs:
         from vramtop.sinks.report_svg import render_svg
 
         svg = render_svg(panels(recording, report), report)
@@ -61,18 +78,20 @@ def run(args: argparse.Namespace) -> int:
             from vramtop.sinks.report_html import render_html
 
             _write(args.html, render_html(report, svg).encode())
-    if args.json:
-        from vramtop.sinks.report_json import render_json
-
-        print(render_json(report))
-    else:
-        from vramtop.sinks.report_text import render_text
-
-        print(render_text(report))
-    for path in (args.html, args.png, args.svg):
-        if path:
-            print(f"vramtop: wrote {path}", file=sys.stderr)
+    for path in outputs:
+        print(f"vramtop: wrote {path}", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_outputs(source: str, outputs: list[str], force: bool) -> None:
+    """Never overwrite the recording, nor a file that exists unless --force."""
+    for path in outputs:
+        if os.path.lexists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise VramtopError(f"{path} is the recording being read: choose another name", EXIT_USAGE)
+        if os.path.lexists(path) and not force:
+            raise VramtopError(f"{path} already exists: pass --force to overwrite it", EXIT_USAGE)
+    if len(set(outputs)) < len(outputs):
+        raise VramtopError("--html, --png and --svg must name different files", EXIT_USAGE)
 
 
 def _write(path: str, data: bytes) -> None:

@@ -57,7 +57,8 @@ _TRY_OLDER = {ERR_FUNCTION_NOT_FOUND, ERR_ARGUMENT_VERSION_MISMATCH, ERR_NOT_SUP
 _INIT_MESSAGES = {
     ERR_LIBRARY_NOT_FOUND: (
         "NVIDIA driver not found: libnvidia-ml.so.1 could not be loaded "
-        "(is the NVIDIA driver installed, and is this a GPU machine or container?)",
+        "(is the NVIDIA driver installed, and is this a GPU machine or container?). "
+        "No GPU here? `vramtop demo` replays a real training run",
         EXIT_NO_DRIVER,
     ),
     ERR_DRIVER_NOT_LOADED: (

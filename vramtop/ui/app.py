@@ -57,6 +57,8 @@ class VramtopApp(App[None]):
     TITLE = "vramtop"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # As in htop and nvitop: Ctrl-C quits (Textual would ask to press Ctrl-Q instead).
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("W", "warnings", "Warnings", show=False),
         Binding("space,p", "toggle_pause", "Pause", key_display="space"),

@@ -59,6 +59,9 @@ class ReplayApp(VramtopApp):
         Binding("P", "peak", "Peak"),
         Binding("home", "jump(0)", "Start", show=False, priority=True),
         Binding("end", "jump(-1)", "End", show=False, priority=True),
+        # A recording's PIDs are not this machine's processes: never signal them.
+        Binding("t", "signal('SIGTERM')", "Term", show=False),
+        Binding("k", "signal('SIGKILL')", "Kill", show=False),
     ]
 
     def __init__(self, samples: Sequence[Sample], *, title: str, interval: float, speed: float = 1.0,
@@ -152,6 +155,9 @@ class ReplayApp(VramtopApp):
                 self._show(i)
                 return
         self.notify("no warning in this recording")
+
+    def action_signal(self, name: str) -> None:
+        self.notify("this is a recording: its processes are not signalled", severity="warning")
 
     def action_peak(self) -> None:
         self.paused = True
