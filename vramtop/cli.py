@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vramtop import __version__
+from vramtop.commands.options import bounded
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 
 EXIT_PIPE = 128 + 13  # what a shell reports for a command SIGPIPE ended
@@ -35,14 +36,7 @@ exit codes: 0 ok, 1 error, 2 usage, 3 no NVIDIA driver, 4 no GPU, 5 NVML failed
 """
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0.05 and 3600 seconds")
-    return value
+_interval = bounded(0.05, 3600, "seconds")
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from vramtop.commands.options import bounded
 from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
 
 if TYPE_CHECKING:
@@ -46,15 +47,7 @@ def recorded_interval(recording: Recording) -> float | None:
     return recording.header.interval if recording.header else None
 
 
-def speed(text: str) -> float:
-    """A playback speed (``--speed`` of replay and demo)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.25 <= value <= 32:
-        raise argparse.ArgumentTypeError("must be between 0.25 and 32")
-    return value
+speed = bounded(0.25, 32)  # the playback speed of replay and demo
 
 
 def refuse_gpu(args: argparse.Namespace, command: str) -> None:
