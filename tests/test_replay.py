@@ -190,3 +190,29 @@ async def test_a_replay_never_signals_a_process(samples, monkeypatch, key):
         await pilot.pause()
         assert sent == [] and app.screen is app.screen_stack[0]
         assert any("this is a recording" in str(n.message) for n in app._notifications)
+
+
+async def test_at_80x24_the_oom_frame_shows_the_numbers_and_pagedown_reaches_the_advice():
+    # The worst moment of the recording: the OOM. The bill's numbers come first; the prose of the
+    # post-mortem below them is one PgDn away; the recording machine's file path is not shown.
+    rec = read_recording(REAL)
+    samples = rec.samples_with_events()
+    last = max(i for i, s in enumerate(samples) if any(a.last_oom for a in s.agents))
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=last, events=rec.events)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("space")  # pause there
+        await pilot.pause()
+        assert app.position == last
+        screen = screen_text(app)
+        assert "OUT OF MEMORY" in screen and "alloc 126 GiB" in screen and "activ*" in screen
+        assert "First thing to do" not in screen
+        for _ in range(3):
+            await pilot.press("pagedown")
+            await pilot.pause()
+            if "First thing to do (spike)" in screen_text(app):
+                break
+        assert "First thing to do (spike)" in screen_text(app)
+        assert "post-mortem: /tmp" not in screen_text(app)
+        await pilot.press("pageup", "pageup", "pageup")
+        await pilot.pause()
+        assert "alloc 126 GiB" in screen_text(app)

@@ -305,6 +305,22 @@ async def test_q_and_ctrl_c_quit(key):
         assert not app.is_running
 
 
+async def test_help_scrolls_in_an_80x24_terminal_to_what_the_abbreviations_mean():
+    app = monitor()
+    async with app.run_test(size=NARROW_SIZE) as pilot:
+        await feed(pilot, box())
+        await pilot.press("question_mark")
+        assert "non-PT is memory" not in screen_text(app)  # below the fold at 24 rows
+        for _ in range(4):
+            await pilot.press("pagedown")
+            await pilot.pause()
+        assert isinstance(app.screen, HelpScreen) and "non-PT is memory" in screen_text(app)
+        assert "frag: 1 − largest free block / cache" in screen_text(app)
+        await pilot.press("x")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+
+
 @pytest.mark.parametrize("key", ["x", "escape", "question_mark", "s", "q"])
 async def test_help_opens_on_question_mark_and_any_key_closes_it_and_does_nothing_else(key):
     app = monitor()

@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
@@ -55,6 +56,9 @@ class SourceFailed(Message):
 class VramtopApp(App[None]):
     CSS_PATH = "vramtop.tcss"
     TITLE = "vramtop"
+    # Textual's command palette offers nothing vramtop's keys do not, and its footer entry
+    # pushed vramtop's own keys off an 80-column footer.
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         # As in htop and nvitop: Ctrl-C quits (Textual would ask to press Ctrl-Q instead).
@@ -67,7 +71,11 @@ class VramtopApp(App[None]):
         Binding("G", "all_gpus", "All GPUs", show=False),
         Binding("t", "signal('SIGTERM')", "Term"),
         Binding("k", "signal('SIGKILL')", "Kill"),
+        # The process table has the focus (arrows select); these scroll the details below it.
+        Binding("pagedown", "scroll_detail(1)", "More", key_display="PgDn", priority=True),
+        Binding("pageup", "scroll_detail(-1)", "Details up", key_display="PgUp", show=False, priority=True),
     ]
+    live = True  # a replay shows a recording: its PIDs and paths are another machine's
 
     def __init__(self, source: Source, *, interval: float = 1.0, deadline: float = 5.0,
                  poll: bool = True, focus_pid: int | None = None, notice: str | None = None,
@@ -97,7 +105,8 @@ class VramtopApp(App[None]):
         yield GpuList(id="gpus")
         yield WarningList(id="warnings")
         yield ProcessTable(id="procs")
-        yield ProcessDetail(id="detail")
+        with VerticalScroll(id="detail-box"):
+            yield ProcessDetail(id="detail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -177,7 +186,7 @@ class VramtopApp(App[None]):
         if key is not None:
             uuid, _, pid = key.rpartition(":")
             advice = self.advice(sample, int(pid), uuid)
-        self.query_one(ProcessDetail).show(sample, key, self.narrow, advice)
+        self.query_one(ProcessDetail).show(sample, key, self.narrow, advice, live=self.live)
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """The ranked advice for a process (PID as NVML reports it) on a GPU."""
@@ -224,6 +233,19 @@ class VramtopApp(App[None]):
         return t
 
     # -- actions -----------------------------------------------------------------------------
+
+    def action_scroll_detail(self, direction: int) -> None:
+        # Over the main screen a modal (help, warnings) scrolls instead: these keys come here
+        # first, ahead of the process table that would take them as its own.
+        if self.screen is not self.screen_stack[0]:
+            boxes = self.screen.query(VerticalScroll)
+            box = boxes.first() if boxes else None
+            if box is None:
+                return
+        else:
+            box = self.query_one("#detail-box", VerticalScroll)
+        page = max(1, box.scrollable_content_region.height - 1)
+        box.scroll_relative(y=direction * page, animate=False)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

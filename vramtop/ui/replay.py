@@ -48,6 +48,8 @@ def first_busy_index(samples: Sequence[Sample], lead: int = 2) -> int:
 class ReplayApp(VramtopApp):
     """Pause, step, jump to warnings and to the peak, change the speed."""
 
+    live = False
+
     # Added to the monitor's own keys (Textual merges bindings along the class hierarchy).
     # Priority: the process table would otherwise take the arrows, Home and End.
     BINDINGS = [

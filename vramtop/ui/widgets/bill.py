@@ -134,15 +134,23 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     return out
 
 
-def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch: int | None = None,
-               agent: AgentSample | None = None) -> Text:
-    """The sticky post-mortem of the process's latest out-of-memory error: what failed, the bill
-    at the failure and the first thing to try (analysis/risk.py postmortem_of)."""
+def oom_headline(report: OomReport) -> Text:
+    """The one line that says an OOM happened: when, where in the step, what it asked for."""
     t = Text()
     t.append(" OUT OF MEMORY ", style="bold white on red")
     when = time.strftime("%H:%M:%S", time.localtime(report.time))
     t.append(f" {when} · step {report.step} · {report.phase}: asked for {fmt_bytes(report.requested)} "
              f"with {fmt_bytes(report.device_free)} free of {fmt_bytes(report.device_limit)}\n", style="bold red")
+    return t
+
+
+def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch: int | None = None,
+               agent: AgentSample | None = None, show_path: bool = True) -> Text:
+    """The sticky post-mortem of the process's latest out-of-memory error, after its headline:
+    what kind of OOM it was, the bill at the failure and the first thing to do
+    (analysis/postmortem.py). ``show_path``: False in a replay, where the file is on the machine
+    that recorded it."""
+    t = Text()
     t.append(f"PyTorch held {fmt_bytes(report.reserved)} (allocated {fmt_bytes(report.allocated)})")
     if report.largest_free_block is not None:
         t.append(f", largest cached free block {fmt_bytes(report.largest_free_block)}")
@@ -156,7 +164,7 @@ def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch
             t.append("\n" + line)
     if summary.first_thing:
         t.append("\n" + summary.first_thing, style="bold")
-    if report.path:
+    if report.path and show_path:
         t.append(f"\npost-mortem: {report.path}", style="dim")
     t.append("\n")
     return t

@@ -10,14 +10,14 @@ from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
-from vramtop.ui.widgets.bill import agent_title, render_agent, render_oom
+from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib
 
 
 def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True,
-                  advice: tuple[Advice, ...] = ()) -> Text:
+                  advice: tuple[Advice, ...] = (), live: bool = True) -> Text:
     if key is None:
         return Text("no process selected", style="dim")
     uuid, _, pid_text = key.rpartition(":")
@@ -46,11 +46,16 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         kind = None
-        if agent.last_oom is not None and agent.last_oom.device == device.index:
-            outside = non_pytorch_of(device.stats, first.used_memory)
-            t.append_text(render_oom(agent.last_oom, device, outside, agent))  # sticky: for the process's life
-            kind = diagnose(agent.last_oom, expandable_segments=agent.expandable_segments).kind
+        oom = agent.last_oom if agent.last_oom is not None and agent.last_oom.device == device.index else None
+        if oom is not None:  # sticky: for the process's life
+            t.append_text(oom_headline(oom))
+            kind = diagnose(oom, expandable_segments=agent.expandable_segments).kind
+        # The numbers first: in an 80x24 pane they must be on screen; the prose scrolls (PgDn).
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
+        if oom is not None:
+            t.append("\n")
+            t.append_text(render_oom(oom, device, non_pytorch_of(device.stats, first.used_memory), agent,
+                                     show_path=live))
         if kind not in (None, CAPACITY):
             # The levers size the step to the GPU; this OOM had another cause (see above).
             t.append(f"\nadvice: its OOM was a {kind}, not a lack of capacity: the post-mortem above says what "
@@ -66,6 +71,9 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     elif first.visibility == MISMATCH:
         t.append("\nThis PID is another process here (it holds no /dev/nvidia*): the GPU process "
                  "lives in another PID namespace.", style="dim")
+    elif not live:
+        t.append("\nNo agent connected at this moment of the recording (not yet, or the process has none).",
+                 style="dim")
     else:
         t.append("\nNo vramtop agent in this process: NVML sees how much it holds, not why. "
                  "Start it with `vramtop run -- <command>` to see the bill.", style="dim")
@@ -73,9 +81,10 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
 
 
 class ProcessDetail(Panel):
-    def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = ()) -> None:
+    def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = (),
+             live: bool = True) -> None:
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
         self.set_class(bool(found), "agent")
         self.app.set_class(bool(found), "agent-view")  # the layout makes room for the bill
-        self.redraw(render_detail(sample, key, width, narrow, advice))
+        self.redraw(render_detail(sample, key, width, narrow, advice, live))
