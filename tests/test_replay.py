@@ -216,3 +216,21 @@ async def test_at_80x24_the_oom_frame_shows_the_numbers_and_pagedown_reaches_the
         await pilot.press("pageup", "pageup", "pageup")
         await pilot.pause()
         assert "alloc 126 GiB" in screen_text(app)
+
+
+async def test_the_replay_footer_keeps_its_own_keys_at_80_columns(samples):
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        footer = line_with(app, "Quit")
+        for key in ("← Back", "→ Step", "+ Fast", "- Slow", "w Warning", "P Peak", "q Quit"):
+            assert key in footer, footer
+
+
+async def test_paused_and_the_sort_key_stay_on_an_80_column_status_line(samples):
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        status = screen_text(app).splitlines()[0]
+        assert "PAUSED" in status and "sort gpu memory" in status, status

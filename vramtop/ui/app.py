@@ -205,14 +205,22 @@ class VramtopApp(App[None]):
         return None
 
     def _status_line(self) -> Text:
+        # What must never be cut off at 80 columns comes first: PAUSED and the GPU filter.
         t = Text()
         t.append(" vramtop ", style="bold reverse")
         t.append_text(self.status_extra())
+        if self.paused:
+            t.append(" PAUSED ", style="bold black on yellow")
         sample = self.sample
+        if self.gpu_filter and sample is not None:
+            gpu = sample.gpu(self.gpu_filter)
+            t.append(f"  GPU {gpu.index if gpu else '?'} only", style="cyan")
+        t.append("  sort ", style="dim")
+        t.append(self.sort)
         if sample is not None:
             host = sample.host
             if not self.narrow:
-                t.append(f" {host.hostname}")
+                t.append(f"  {host.hostname}")
                 if sample.driver_version:
                     t.append(f"  driver {sample.driver_version}", style="dim")
                 if sample.cuda_driver_version:
@@ -223,13 +231,6 @@ class VramtopApp(App[None]):
                 t.append(f"  swap {fmt_bytes(host.swap_used)}", style="yellow")
             t.append(f"  {time.strftime('%H:%M:%S', time.localtime(sample.time))}", style="dim")
         t.append(f"  every {self.interval:g}s", style="dim")
-        t.append("  sort ", style="dim")
-        t.append(self.sort)
-        if self.gpu_filter and sample is not None:
-            gpu = sample.gpu(self.gpu_filter)
-            t.append(f"  GPU {gpu.index if gpu else '?'} only", style="cyan")
-        if self.paused:
-            t.append("  PAUSED", style="bold black on yellow")
         return t
 
     # -- actions -----------------------------------------------------------------------------

@@ -55,12 +55,17 @@ class ReplayApp(VramtopApp):
     BINDINGS = [
         Binding("right,l", "step(1)", "Step", key_display="→", priority=True),
         Binding("left,h", "step(-1)", "Back", key_display="←", priority=True),
-        Binding("plus,equals_sign", "speed(1)", "Faster", key_display="+"),
-        Binding("minus", "speed(-1)", "Slower", key_display="-"),
+        Binding("plus,equals_sign", "speed(1)", "Fast", key_display="+"),
+        Binding("minus", "speed(-1)", "Slow", key_display="-"),
         Binding("w", "next_warning", "Warning"),
         Binding("P", "peak", "Peak"),
         Binding("home", "jump(0)", "Start", show=False, priority=True),
         Binding("end", "jump(-1)", "End", show=False, priority=True),
+        # An 80-column footer has room for the replay's own keys: sorting and the GPU filter
+        # still work, listed in the help.
+        Binding("s", "cycle_sort", "Sort", show=False),
+        Binding("g", "next_gpu", "GPU", show=False),
+        Binding("pagedown", "scroll_detail(1)", "More", key_display="PgDn", show=False, priority=True),
         # A recording's PIDs are not this machine's processes: never signal them.
         Binding("t", "signal('SIGTERM')", "Term", show=False),
         Binding("k", "signal('SIGKILL')", "Kill", show=False),
