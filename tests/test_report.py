@@ -561,28 +561,40 @@ def test_the_picture_zooms_on_the_agent_when_it_ran_for_a_small_part_of_the_reco
     assert "zoomed to" not in render_svg(panels(plain, summarize(plain)), summarize(plain))
 
 
-def test_png_without_a_converter_says_how_to_get_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "cairosvg", None)  # import fails
+def test_png_works_out_of_the_box_and_is_the_svgs_picture(tmp_path, capsys):
+    # resvg-py is a dependency: no converter program, no system library.
+    png, svg = tmp_path / "r.png", tmp_path / "r.svg"
+    assert main(["report", str(GPT2), "--png", str(png), "--svg", str(svg)]) == 0
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    root = ET.fromstring(svg.read_text())
+    assert (width, height) == (2 * int(float(root.get("width"))), 2 * int(float(root.get("height"))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "r.svg"]  # no temporary file left
+
+
+def test_png_without_any_rasteriser_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    for module in ("resvg_py", "cairosvg"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails
     monkeypatch.setattr(report_png.shutil, "which", lambda name: None)
     png = tmp_path / "r.png"
     assert main(["report", str(GPT2), "--png", str(png)]) == EXIT_FAILURE
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "rsvg-convert" in err and "cairosvg" in err
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "resvg-py" in captured.err and "--svg and --html" in captured.err
+    assert "POST-MORTEM" in captured.out  # the text report came first
     assert not png.exists()
     with pytest.raises(VramtopError):
         report_png.svg_to_png("<svg/>")
 
 
 @pytest.mark.skipif(report_png.shutil.which("rsvg-convert") is None, reason="rsvg-convert not installed")
-def test_png_with_rsvg_convert(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "cairosvg", None)
+def test_png_with_rsvg_convert_where_resvg_has_no_wheel(tmp_path, monkeypatch, capsys):
+    for module in ("resvg_py", "cairosvg"):
+        monkeypatch.setitem(sys.modules, module, None)
     png = tmp_path / "r.png"
     assert main(["report", str(GPT2), "--png", str(png)]) == 0
     data = png.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    width = int.from_bytes(data[16:20], "big")
-    assert width == 2000  # drawn at twice the SVG's 1000 px
-    assert [p.name for p in tmp_path.iterdir()] == ["r.png"]  # no temporary file left
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and int.from_bytes(data[16:20], "big") == 2000
 
 
 @pytest.mark.parametrize("suffix", ["", ".xz", ".gz"])

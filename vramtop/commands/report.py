@@ -19,7 +19,7 @@ examples:
   vramtop report run.jsonl                   text summary (plain, .xz or .gz; also while recording)
   vramtop report run.jsonl.xz --json         the same as a JSON document (schema vramtop.report)
   vramtop report run.jsonl --html run.html   a web page with the memory timeline (works offline)
-  vramtop report run.jsonl --png run.png     the timeline as a PNG (needs rsvg-convert or cairosvg)
+  vramtop report run.jsonl --png run.png     the timeline as a PNG (the same picture as --svg)
   vramtop report run.jsonl --svg run.svg     the timeline as an SVG image
 """
 
