@@ -224,3 +224,12 @@ def test_a_negative_interval_gets_the_intervals_own_message(capsys):
     assert exit_.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "must be between 0.05 and 3600 seconds" in err and "expected one argument" not in err
+
+
+def test_commands_that_read_a_recording_offer_no_refresh_interval():
+    for command in ("report", "replay", "demo"):
+        help_text = subprocess.run([sys.executable, "-m", "vramtop", command, "--help"], capture_output=True,
+                                   text=True, timeout=60).stdout
+        assert "--interval" not in help_text, command
+    assert "--interval" in subprocess.run([sys.executable, "-m", "vramtop", "record", "--help"],
+                                          capture_output=True, text=True, timeout=60).stdout

@@ -46,13 +46,15 @@ def _gpu_list(text: str) -> list[str]:
     return items
 
 
-def _source_options(defaults: bool = True) -> argparse.ArgumentParser:
+def _source_options(defaults: bool = True, interval: bool = True) -> argparse.ArgumentParser:
     """Options shared by every command that reads GPUs (defined once). Subcommands get them
-    without defaults, so `vramtop -i 2 record` keeps the 2 given before the command name."""
+    without defaults, so `vramtop -i 2 record` keeps the 2 given before the command name; those
+    that read a recording have no refresh interval of their own (``interval=False``)."""
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("-i", "--interval", type=_interval, default=1.0 if defaults else argparse.SUPPRESS,
-                        metavar="S",
-                        help="seconds between refreshes (default: 1.0)")
+    if interval:
+        shared.add_argument("-i", "--interval", type=_interval, default=1.0 if defaults else argparse.SUPPRESS,
+                            metavar="S",
+                            help="seconds between refreshes (default: 1.0)")
     shared.add_argument("--gpu", type=_gpu_list, action="extend", default=None if defaults else argparse.SUPPRESS,
                         metavar="IDS",
                         help="only these GPUs: comma-separated NVML indices or UUID prefixes")
@@ -101,6 +103,10 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+# Commands that read a recording: its own interval applies, not -i.
+RECORDED = {"report", "replay", "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     shared = _source_options()
     parser = argparse.ArgumentParser(
@@ -119,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, module, summary in SUBCOMMANDS:
             sub = commands.add_parser(name, help=summary, description=summary,
-                                      parents=[_source_options(defaults=False)])
+                                      parents=[_source_options(defaults=False, interval=name not in RECORDED)])
             sub.set_defaults(module=module)
             importlib.import_module(module).add_arguments(sub)
     return parser
