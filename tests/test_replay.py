@@ -192,9 +192,40 @@ async def test_a_replay_never_signals_a_process(samples, monkeypatch, key):
         assert any("this is a recording" in str(n.message) for n in app._notifications)
 
 
-async def test_at_80x24_the_oom_frame_shows_the_numbers_and_pagedown_reaches_the_advice():
-    # The worst moment of the recording: the OOM. The bill's numbers come first; the prose of the
-    # post-mortem below them is one PgDn away; the recording machine's file path is not shown.
+DEMO = REPO / "vramtop" / "demo" / "gpt2-h100.jsonl.gz"
+
+
+async def test_at_80x24_the_demos_worst_moment_shows_the_failure_the_first_thing_and_the_numbers():
+    # `vramtop demo` (an older agent's H100 recording) at its OOM frame, in a tmux-sized pane.
+    rec = read_recording(DEMO)
+    samples = rec.samples_with_events()
+    last = max(i for i, s in enumerate(samples) if any(a.last_oom for a in s.agents))
+    app = ReplayApp(samples, title="demo", interval=60.0, speed=1.0, start=last, events=rec.events)
+    async with app.run_test(size=(80, 24)) as pilot:  # a minute a sample: the playhead stays
+        await pilot.pause()
+        assert app.position == last
+        screen = screen_text(app)
+        # Diagnosed from the recording's step figures, as `vramtop report` does: the leak first.
+        for seen in ("OUT OF MEMORY", "First thing to do (leak)", "alloc ", "rsv ", "fits ≤", "params", "activ*",
+                     "non-PT"):
+            assert seen in screen, (seen, screen)
+
+
+async def test_a_replay_before_the_agent_connects_says_so(samples):
+    early = next(i for i, s in enumerate(samples) if any(g.processes for g in s.gpus) and not s.agents)
+    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=early)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        screen = screen_text(app)
+        assert "No agent connected at this moment of the recording" in screen
+        assert "No vramtop agent in this process" not in screen
+
+
+async def test_at_80x24_the_oom_frame_shows_the_numbers_and_the_first_thing_to_do():
+    # The worst moment of the recording: the OOM. Its headline, the first thing to do and the
+    # bill's numbers are on screen; the rest of the post-mortem is a PgDn away; the recording
+    # machine's file path is not shown.
     rec = read_recording(REAL)
     samples = rec.samples_with_events()
     last = max(i for i, s in enumerate(samples) if any(a.last_oom for a in s.agents))
@@ -205,13 +236,13 @@ async def test_at_80x24_the_oom_frame_shows_the_numbers_and_pagedown_reaches_the
         assert app.position == last
         screen = screen_text(app)
         assert "OUT OF MEMORY" in screen and "alloc 126 GiB" in screen and "activ*" in screen
-        assert "First thing to do" not in screen
+        assert "First thing to do (spike)" in screen and "A spike: this request" not in screen
         for _ in range(3):
             await pilot.press("pagedown")
             await pilot.pause()
-            if "First thing to do (spike)" in screen_text(app):
+            if "A spike: this request" in screen_text(app):
                 break
-        assert "First thing to do (spike)" in screen_text(app)
+        assert "A spike: this request" in screen_text(app)
         assert "post-mortem: /tmp" not in screen_text(app)
         await pilot.press("pageup", "pageup", "pageup")
         await pilot.pause()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vramtop.model import OomReport, StepPeak
+from vramtop.model import OomReport, Sample, StepPeak
 from vramtop.units import GiB, MiB, fmt_bytes
 
 LEAK, FRAGMENTATION, NEIGHBOUR, SPIKE, CAPACITY = "leak", "fragmentation", "neighbour", "spike", "capacity"
@@ -143,3 +143,23 @@ def with_history(oom: OomReport, steps: Sequence[StepPeak], from_step: int = 2) 
         changes.update(persistent_first=first.persistent, persistent_first_step=first.step,
                        persistent_last=min(s.persistent for s in recent), persistent_last_step=recent[-1].step)
     return replace(oom, **changes)
+
+
+def with_histories(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples of a recording with each OOM report an older agent made given its step figures
+    (with_history) from the samples before it: a replay then diagnoses it as the report does."""
+    steps: dict[tuple[int, int], list[StepPeak]] = {}
+    out = []
+    for sample in samples:
+        agents = []
+        for agent in sample.agents:
+            for device in agent.devices:
+                kept = steps.setdefault((agent.pid, device.index), [])
+                if device.last_step is not None and (not kept or kept[-1].step < device.last_step.step):
+                    kept.append(device.last_step)
+            oom = agent.last_oom
+            if oom is not None and (oom.step_peak is None or oom.persistent_first is None):
+                agent = replace(agent, last_oom=with_history(oom, steps.get((agent.pid, oom.device), [])))
+            agents.append(agent)
+        out.append(replace(sample, agents=tuple(agents)) if sample.agents else sample)
+    return out

@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.binding import Binding
 
 from vramtop.analysis.advice import Advice
+from vramtop.analysis.diagnosis import with_histories
 from vramtop.analysis.history import History
 from vramtop.analysis.report import agent_device
 from vramtop.analysis.risk import Thresholds, advice_for, warnings_over
@@ -76,7 +77,7 @@ class ReplayApp(VramtopApp):
                  start: int = 0, **kwargs: Any) -> None:
         super().__init__(_NoSource(), interval=interval, poll=False, notice=notice,
                          thresholds=thresholds, **kwargs)
-        self.samples = list(samples)
+        self.samples = with_histories(samples)  # an older agent's OOM reports, diagnosed as in `report`
         self.recording_title = title
         self.position = -1
         self._start = start

@@ -145,29 +145,30 @@ def oom_headline(report: OomReport) -> Text:
 
 
 def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch: int | None = None,
-               agent: AgentSample | None = None, show_path: bool = True) -> Text:
-    """The sticky post-mortem of the process's latest out-of-memory error, after its headline:
-    what kind of OOM it was, the bill at the failure and the first thing to do
-    (analysis/postmortem.py). ``show_path``: False in a replay, where the file is on the machine
-    that recorded it."""
+               agent: AgentSample | None = None, show_path: bool = True) -> tuple[Text, Text]:
+    """The sticky post-mortem of the process's latest out-of-memory error, in two parts: the
+    first thing to do (shown right under the headline, before the numbers), and the rest —
+    what PyTorch held, what kind of OOM it was, the bill at the failure (analysis/postmortem.py).
+    ``show_path``: False in a replay, where the file is on the machine that recorded it."""
+    summary = postmortem_of(report, device, non_pytorch, agent=agent)
+    first = Text(summary.first_thing + "\n", style="bold") if summary.first_thing else Text()
     t = Text()
     t.append(f"PyTorch held {fmt_bytes(report.reserved)} (allocated {fmt_bytes(report.allocated)})")
     if report.largest_free_block is not None:
         t.append(f", largest cached free block {fmt_bytes(report.largest_free_block)}")
     if report.largest_live_blocks:
         t.append("; biggest live blocks " + ", ".join(fmt_bytes(b) for b in report.largest_live_blocks[:4]))
-    summary = postmortem_of(report, device, non_pytorch, agent=agent)
-    if summary.diagnosis is not None:  # what kind of OOM it was, before any lever
+    if summary.diagnosis is not None:  # what kind of OOM it was
         t.append("\n" + summary.diagnosis.headline, style="bold")
+        for also in summary.diagnosis.also:
+            t.append("\nAlso: " + also)
     for line in summary.lines:
         if line.startswith("Bill at the failure"):
             t.append("\n" + line)
-    if summary.first_thing:
-        t.append("\n" + summary.first_thing, style="bold")
     if report.path and show_path:
         t.append(f"\npost-mortem: {report.path}", style="dim")
     t.append("\n")
-    return t
+    return first, t
 
 
 AGENT_STALE_S = 5.0  # an agent sample older than this (against NVML's) is flagged

@@ -46,16 +46,20 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
             t.append(process_label(first)[:room], style="dim")
         t.append("\n")
         kind = None
+        story = None
         oom = agent.last_oom if agent.last_oom is not None and agent.last_oom.device == device.index else None
         if oom is not None:  # sticky: for the process's life
+            # In an 80x24 pane: the failure and the first thing to do, then the numbers; the
+            # rest of the post-mortem below them (PgDn).
             t.append_text(oom_headline(oom))
+            todo, story = render_oom(oom, device, non_pytorch_of(device.stats, first.used_memory), agent,
+                                     show_path=live)
+            t.append_text(todo)
             kind = diagnose(oom, expandable_segments=agent.expandable_segments).kind
-        # The numbers first: in an 80x24 pane they must be on screen; the prose scrolls (PgDn).
         t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
-        if oom is not None:
+        if story is not None:
             t.append("\n")
-            t.append_text(render_oom(oom, device, non_pytorch_of(device.stats, first.used_memory), agent,
-                                     show_path=live))
+            t.append_text(story)
         if kind not in (None, CAPACITY):
             # The levers size the step to the GPU; this OOM had another cause (see above).
             t.append(f"\nadvice: its OOM was a {kind}, not a lack of capacity: the post-mortem above says what "
