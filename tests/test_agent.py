@@ -21,6 +21,7 @@ from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.protocol import (  # noqa: E402
     FrameDecoder,
+    ProtocolError,
     encode_frame,
     hello,
     socket_path,
@@ -643,3 +644,56 @@ def test_the_post_mortem_never_follows_a_planted_symlink(tmp_path):
     open_dir.mkdir(mode=0o777)
     os.chmod(open_dir, 0o777)
     assert _postmortem.write(report, open_dir) is None and not list(open_dir.iterdir())
+
+
+def test_a_deeply_nested_frame_costs_only_its_own_connection(agent, agent_dir, fake_torch):
+    # 1,500 nested "[" made json.loads raise RecursionError (not a ValueError): the server thread
+    # died with it and every later monitor was refused. Now that client alone is dropped.
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    deep = b"[" * 1500 + b"]" * 1500
+    rogue = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rogue.connect(str(socket_path(os.getpid(), agent_dir)))
+    rogue.sendall(encode_frame(hello("monitor")) + len(deep).to_bytes(4, "big") + deep)
+    rogue.settimeout(5)
+    received = b""
+    while True:
+        chunk = rogue.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    rogue.close()
+    assert b"nests too deep" in received  # told why, then hung up on
+    source = AgentSource(agent_dir)
+    try:
+        (sample,) = wait_for(lambda: source.poll())
+        assert sample.pid == os.getpid()
+    finally:
+        source.close()
+
+
+def test_the_monitor_refuses_a_deeply_nested_frame_from_a_rogue_agent():
+    decoder = FrameDecoder()
+    deep = b"{\"type\":" + b"[" * 1500 + b"]" * 1500 + b"}"
+    with pytest.raises(ProtocolError, match="nests too deep"):
+        decoder.feed(len(deep).to_bytes(4, "big") + deep)
+
+
+def test_a_request_flood_is_bounded_and_the_hello_still_comes_first(agent, agent_dir, fake_torch):
+    # 211k requests once queued 211k answers in the training process (253 MB, step p99 x170).
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    flood.connect(str(socket_path(os.getpid(), agent_dir)))
+    request = encode_frame({"type": "request", "what": "sample"})
+    flood.sendall(encode_frame(hello("monitor")) + request * 5000)
+    time.sleep(1.0)  # it never reads meanwhile
+    (client,) = agent._server._clients.values()
+    assert len(client.queue) <= 64
+    flood.settimeout(5)
+    decoder = FrameDecoder(max_bytes=1 << 22)
+    messages = []
+    while len(messages) < 3:
+        messages += decoder.feed(flood.recv(1 << 20))
+    flood.close()
+    assert messages[0]["type"] == "hello" and messages[1]["type"] == "sample"

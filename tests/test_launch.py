@@ -245,3 +245,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_malformed_agent_events_are_dropped_and_counted_never_raised():
+    """Agent input is untrusted: `record` died on these (ValueError/TypeError, rc 1)."""
+    from vramtop.model import OomReport
+    from vramtop.sources.agent import oom_event, typed_events
+
+    good = oom_event(7, OomReport(time=1.0, device=0, requested=1, device_limit=2, device_free=0, allocated=1,
+                                  reserved=1, step=0, phase="forward"))
+    bad = [{"type": "event", "kind": "oom", "pid": "", "data": good["data"]},
+           {"type": "event", "kind": "oom", "pid": 7, "data": [1, 2]},
+           {"type": "event", "kind": "oom", "pid": 7, "data": {"device": "cuda:0"}},
+           {"type": "event", "kind": "oom", "pid": True, "data": good["data"]},
+           {"type": "event", "kind": "nonsense", "pid": 7}]
+    events, dropped = typed_events([*bad, good])
+    assert dropped == len(bad) and [(e.pid, e.oom.requested) for e in events] == [(7, 1)]

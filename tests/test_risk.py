@@ -645,7 +645,11 @@ def test_thresholds_from_name_value_settings():
     assert t.margin == Thresholds().margin  # untouched
     for bad, says in (("nope=1", "NAME one of"), ("frag_ratio", "NAME one of"), ("margin=0.2", "NAME one of"),
                       ("raise_after=many", "whole number"), ("frag_min_cache=2TB", "whole number"),
-                      ("frag_ratio=high", "takes a number"), ("leak_critical=-5", "negative")):
+                      ("frag_ratio=high", "takes a number"), ("leak_critical=-5", "negative"),
+                      # Values that once raised OverflowError or were accepted and failed later:
+                      ("raise_after=" + "9" * 400, "at most 15 digits"), ("critical_margin=1e999", "finite"),
+                      ("neighbour_min_share=nan", "finite"), ("leak_horizon=inf", "finite"),
+                      ("frag_ratio=1.5", "from 0 to 1")):
         with pytest.raises(ValueError, match=says):
             with_overrides(Thresholds(), [bad])
 

@@ -132,6 +132,11 @@ class FrameDecoder:
             del self._buffer[: _HEADER.size + length]
             try:
                 message = json.loads(payload.decode())
+            except RecursionError:
+                # Nesting is bounded by the interpreter's recursion limit: a frame nested deeper
+                # is refused like any other bad frame (RecursionError is not a ValueError, and
+                # once ended the thread that read it).
+                raise ProtocolError("frame nests too deep") from None
             except (UnicodeDecodeError, ValueError):
                 raise ProtocolError("frame is not UTF-8 JSON") from None
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):

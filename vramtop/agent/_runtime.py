@@ -137,6 +137,7 @@ class Agent:
         self._rescan_lock = threading.Lock()
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
+        self._answer: tuple[AgentSample, dict[str, Any]] | None = None  # the latest sample, as answered
         self.last_oom: OomReport | None = None
         self.autocast: bool | None = None  # a top-level forward ran under autocast (seen in discovery)
         self.world_size: int | None = None
@@ -618,10 +619,14 @@ class Agent:
             state.census = census
 
     def _respond(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        """Read-only answers to a client's request."""
-        if request.get("type") == "request" and request.get("what") == "sample" and self._latest:
-            return {"type": "sample", "sample": to_dict(self._latest)}
-        return {"type": "error", "message": f"unknown request {request.get('what')!r}"}
+        """Read-only answers to a client's request; the same answer object until the next sample
+        (the server encodes it once for every client that asks)."""
+        latest = self._latest
+        if request.get("type") == "request" and request.get("what") == "sample" and latest:
+            if self._answer is None or self._answer[0] is not latest:
+                self._answer = (latest, {"type": "sample", "sample": to_dict(latest)})
+            return self._answer[1]
+        return {"type": "error", "message": f"unknown request {str(request.get('what'))[:80]!r}"}
 
 
 def _counts(census: TensorCensus | None) -> tuple[object, ...] | None:

@@ -37,6 +37,7 @@ from vramtop.protocol import (
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_CLIENTS = 16
 QUEUE_FRAMES = 64
+MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
 _RECV = 65536
 
 
@@ -56,6 +57,8 @@ class _Client:
         self.decoder = FrameDecoder(max_bytes=64 * 1024)  # clients only send small requests
         self.greeted = False
         self.dropped = 0
+        self.requests = 0  # in the current one-second window
+        self.window_start = 0.0
         # Held while writing to the socket: the server thread and send_now (an OOM, from the
         # failing thread) must not interleave the bytes of two frames.
         self.sending = threading.Lock()
@@ -78,6 +81,9 @@ class AgentServer:
         self._stopped = threading.Event()
         self.dropped = 0
         self.rejected = 0
+        self.error: str | None = None  # the server's last internal error (it keeps serving)
+        self._last_answer: dict[str, Any] | None = None
+        self._last_frame = b""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -197,27 +203,41 @@ class AgentServer:
     # -- the server thread -------------------------------------------------------------------
 
     def _serve(self) -> None:
+        failures = 0
         try:
             while not self._stopped.is_set():
-                for key, events in self._selector.select(timeout=1.0):
-                    if key.data == "accept":
-                        self._accept()
-                    elif key.data == "wake":
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
-                    else:
-                        client = self._clients.get(key.fd)
-                        if client is None:
-                            continue
-                        if events & selectors.EVENT_READ:
-                            self._read(client)
-                        if events & selectors.EVENT_WRITE and key.fd in self._clients:
-                            self._flush(client)
-                self._update_interest()
+                try:
+                    self._serve_once()
+                    failures = 0
+                except Exception as err:  # never let one bad moment end the server for good
+                    failures += 1
+                    self.error = f"{type(err).__name__}: {err}"
+                    if failures >= 100:
+                        raise
         except Exception:
             pass
         finally:
             self._close_all()
+
+    def _serve_once(self) -> None:
+        for key, events in self._selector.select(timeout=1.0):
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "wake":
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+            else:
+                client = self._clients.get(key.fd)
+                if client is None:
+                    continue
+                try:
+                    if events & selectors.EVENT_READ:
+                        self._read(client)
+                    if events & selectors.EVENT_WRITE and key.fd in self._clients:
+                        self._flush(client)
+                except Exception:  # whatever one client did, it costs only its own connection
+                    self._drop(client)
+        self._update_interest()
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -236,7 +256,9 @@ class AgentServer:
             return
         sock.setblocking(False)
         client = _Client(sock)
-        client.queue.append(encode_frame(hello("agent", pid=self.pid)))
+        # The hello goes out first, as the frame in flight: publish's cap on the queue can never
+        # drop it (a client that flooded requests once got samples and no hello).
+        client.partial = encode_frame(hello("agent", pid=self.pid))
         with self._lock:
             self._clients[sock.fileno()] = client
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "client")
@@ -257,10 +279,21 @@ class AgentServer:
                     check_hello(message)
                     client.greeted = True
                     continue
+                now = time.monotonic()
+                if now - client.window_start >= 1.0:
+                    client.window_start, client.requests = now, 0
+                client.requests += 1
+                if client.requests > MAX_REQUESTS_PER_S:
+                    continue  # a flood is not answered: answers would pile up in this process
                 answer = self._respond(message)
                 if answer is not None:
+                    frame = self._encoded(answer)
                     with self._lock:
-                        client.queue.append(encode_frame(answer))
+                        if len(client.queue) >= QUEUE_FRAMES:  # a client that asks and never reads
+                            client.dropped += 1
+                            self.dropped += 1
+                            continue
+                        client.queue.append(frame)
         except ProtocolError as err:
             # Say why before hanging up: what is queued (the hello), then the error. Small
             # enough for the socket buffer, so these non-blocking sends do not stall.
@@ -270,6 +303,13 @@ class AgentServer:
             with contextlib.suppress(OSError):
                 client.sock.send(b"".join(pending))
             self._drop(client)
+
+    def _encoded(self, answer: dict[str, Any]) -> bytes:
+        """Encode an answer once however many clients ask for it: the agent hands out the same
+        object until its next sample (kept here, so its id cannot be reused meanwhile)."""
+        if self._last_answer is not answer:
+            self._last_answer, self._last_frame = answer, encode_frame(answer)
+        return self._last_frame
 
     def _flush(self, client: _Client) -> None:
         if not client.sending.acquire(blocking=False):

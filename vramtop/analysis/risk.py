@@ -14,6 +14,7 @@ fitted in leak.py, and an OOM is summed up in postmortem.py.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,6 +80,9 @@ class Thresholds:
 
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": MiB, "gib": GiB}
+# Thresholds that are shares of something (of the device, of a trend's pairs): from 0 to 1.
+_SHARES = {"critical_margin", "clear_band", "leak_monotone", "leak_monotone_clear", "leak_max_jump", "frag_ratio",
+           "frag_clear_ratio", "frag_min_share", "neighbour_min_share"}
 
 
 def with_overrides(thresholds: Thresholds, settings: Sequence[str]) -> Thresholds:
@@ -93,17 +97,22 @@ def with_overrides(thresholds: Thresholds, settings: Sequence[str]) -> Threshold
         if not sep or name not in types:
             raise ValueError(f"{setting!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
         if types[name] in (int, "int"):
-            match = re.fullmatch(r"([0-9]*\.?[0-9]+)([A-Za-z]*)", text)
+            match = re.fullmatch(r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([A-Za-z]*)", text)
             if match is None or match[2].lower() not in _UNITS:
-                raise ValueError(f"{setting!r}: {name} takes a whole number (bytes may end in KiB, MiB, GiB)")
+                raise ValueError(f"{setting!r}: {name} takes a whole number of at most 15 digits "
+                                 "(bytes may end in KiB, MiB, GiB)")
             changes[name] = int(float(match[1]) * _UNITS[match[2].lower()])
         else:
             try:
                 changes[name] = float(text)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ValueError(f"{setting!r}: {name} takes a number") from None
+            if not math.isfinite(changes[name]):
+                raise ValueError(f"{setting!r}: {name} takes a finite number")
         if changes[name] < 0:
             raise ValueError(f"{setting!r}: must not be negative")
+        if name in _SHARES and changes[name] > 1:
+            raise ValueError(f"{setting!r}: {name} is a share, from 0 to 1")
     return replace(thresholds, **changes)
 
 
