@@ -697,3 +697,36 @@ def test_a_request_flood_is_bounded_and_the_hello_still_comes_first(agent, agent
         messages += decoder.feed(flood.recv(1 << 20))
     flood.close()
     assert messages[0]["type"] == "hello" and messages[1]["type"] == "sample"
+
+
+def test_idle_connections_never_lock_a_monitor_out(agent, agent_dir, fake_torch, monkeypatch):
+    # Sixteen connections that never say hello once took every place, and the monitor was told
+    # "Broken pipe". Now a silent one makes room (and all of them go after the hello deadline).
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    idle = []
+    for _ in range(16):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(socket_path(os.getpid(), agent_dir)))
+        idle.append(s)
+    wait_for(lambda: agent._server.client_count == 16)
+    source = AgentSource(agent_dir)
+    try:
+        (sample,) = wait_for(lambda: source.poll(), timeout=5)
+        assert sample.pid == os.getpid()
+    finally:
+        source.close()
+        for s in idle:
+            s.close()
+    from vramtop.agent import _server
+
+    monkeypatch.setattr(_server, "HELLO_DEADLINE", 0.2)
+    late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    late.connect(str(socket_path(os.getpid(), agent_dir)))
+    late.settimeout(5)
+    received = b""
+    while chunk := late.recv(65536):  # the agent hangs up once the deadline has passed
+        received += chunk
+    late.close()
+    (first, *_) = FrameDecoder().feed(received)  # it was greeted, then let go when it stayed silent
+    assert first["type"] == "hello"

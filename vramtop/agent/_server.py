@@ -38,6 +38,7 @@ _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_CLIENTS = 16
 QUEUE_FRAMES = 64
 MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
+HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
 _RECV = 65536
 
 
@@ -59,6 +60,7 @@ class _Client:
         self.dropped = 0
         self.requests = 0  # in the current one-second window
         self.window_start = 0.0
+        self.since = time.monotonic()  # when it connected
         # Held while writing to the socket: the server thread and send_now (an OOM, from the
         # failing thread) must not interleave the bytes of two frames.
         self.sending = threading.Lock()
@@ -237,6 +239,7 @@ class AgentServer:
                         self._flush(client)
                 except Exception:  # whatever one client did, it costs only its own connection
                     self._drop(client)
+        self._expire_handshakes()
         self._update_interest()
 
     def _accept(self) -> None:
@@ -250,8 +253,16 @@ class AgentServer:
         except OSError:
             uid = -1
         # Only our own user (or root) may read this process's memory statistics.
-        if (uid is not None and uid not in (os.getuid(), 0)) or len(self._clients) >= MAX_CLIENTS:
+        if uid is not None and uid not in (os.getuid(), 0):
             self.rejected += 1
+            sock.close()
+            return
+        if len(self._clients) >= MAX_CLIENTS and not self._evict_one():
+            # Every place is held by a monitor that talks: say so rather than hang up silently.
+            self.rejected += 1
+            with contextlib.suppress(OSError):
+                sock.send(encode_frame(hello("agent", pid=self.pid))
+                          + encode_frame({"type": "error", "message": f"agent busy: {len(self._clients)} clients"}))
             sock.close()
             return
         sock.setblocking(False)
@@ -262,6 +273,29 @@ class AgentServer:
         with self._lock:
             self._clients[sock.fileno()] = client
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "client")
+
+    def _evict_one(self) -> bool:
+        """Make room for a new client: drop one that never said hello, else the one idle longest
+        (a monitor reads what it is sent; a client that fills its queue and never reads does
+        not). False when every client is live."""
+        with self._lock:
+            clients = list(self._clients.values())
+        silent = [c for c in clients if not c.greeted]
+        stalled = [c for c in clients if c.greeted and len(c.queue) >= QUEUE_FRAMES // 2]
+        victim = min(silent or stalled, key=lambda c: c.since, default=None)
+        if victim is None:
+            return False
+        self._drop(victim)
+        return True
+
+    def _expire_handshakes(self) -> None:
+        """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
+        monitor out)."""
+        now = time.monotonic()
+        with self._lock:
+            late = [c for c in self._clients.values() if not c.greeted and now - c.since > HELLO_DEADLINE]
+        for client in late:
+            self._drop(client)
 
     def _read(self, client: _Client) -> None:
         try:

@@ -70,8 +70,14 @@ class AgentConnection:
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             sock.connect(str(self.path))
+        except OSError as err:
+            sock.close()
+            raise AgentUnavailable(_connect_error(err, self.pid)) from None
+        try:
             # Ask for the latest sample at once: a one-shot reader need not wait for the next tick.
             sock.sendall(encode_frame(hello("monitor")) + encode_frame({"type": "request", "what": "sample"}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it hung up on us: the reader reads why ("agent busy: N clients")
         except OSError as err:
             sock.close()
             raise AgentUnavailable(_connect_error(err, self.pid)) from None
