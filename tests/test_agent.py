@@ -730,3 +730,25 @@ def test_idle_connections_never_lock_a_monitor_out(agent, agent_dir, fake_torch,
     late.close()
     (first, *_) = FrameDecoder().feed(received)  # it was greeted, then let go when it stayed silent
     assert first["type"] == "hello"
+
+
+def test_a_stale_socket_whose_pid_was_reused_is_removed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # An agent that died long ago left its files; the PID now belongs to another process.
+        (run / f"{other.pid}.sock").write_text("")
+        (run / f"{other.pid}.json").write_text(json.dumps({"pid": other.pid, "started": 1000.0}))
+        source = AgentSource(run)
+        assert source.poll() == ()
+        assert "stale" in source.problems[other.pid] or "cannot connect" in source.problems[other.pid]
+        assert not (run / f"{other.pid}.sock").exists() and not (run / f"{other.pid}.json").exists()
+        # One whose agent started after the process did is not touched: it may be coming up.
+        (run / f"{other.pid}.sock").write_text("")
+        (run / f"{other.pid}.json").write_text(json.dumps({"pid": other.pid, "started": time.time() + 60}))
+        AgentSource(run).poll()
+        assert (run / f"{other.pid}.sock").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -233,7 +233,7 @@ class AgentSource:
                 conn.connect()
             except AgentUnavailable as err:
                 self.problems[pid] = str(err)
-                if not _alive(pid):
+                if not _alive(pid) or _reused(self.directory, pid):
                     remove_stale(self.directory, pid)
                 continue
             self.problems.pop(pid, None)
@@ -268,6 +268,21 @@ def _oom_key(event: dict[str, Any]) -> tuple[int, float]:
     when = data.get("time") if isinstance(data, dict) else None
     pid = event.get("pid")
     return (pid if isinstance(pid, int) else -1, float(when) if isinstance(when, int | float) else -1.0)
+
+
+def _reused(directory: Path, pid: int) -> bool:
+    """Whether ``pid`` now belongs to a process that started after the agent that left this
+    socket (its beacon's start time): the socket is stale even though the PID is alive."""
+    beacon = read_beacon(directory, pid)
+    started = beacon.get("started") if beacon else None
+    if not isinstance(started, int | float):
+        return False
+    try:
+        import psutil
+
+        return bool(psutil.Process(pid).create_time() > started + 1.0)
+    except Exception:
+        return False
 
 
 def remove_stale(directory: Path, pid: int) -> None:
