@@ -454,3 +454,38 @@ def test_replay_source_reports_damage_and_refreshes_a_live_recording(tmp_path):
     assert source.refresh() == 2
     assert [source.read() for _ in range(3)] == samples and source.problems == ()
     assert source.refresh() == 0
+
+
+# -- damaged numbers ------------------------------------------------------------------------------
+
+DAMAGES = [
+    ('"time":', '"time":1e999,"was":'),  # every record's time at infinity
+    ('"started":', '"started":NaN,"was":'),
+    ('"interval":', '"interval":' + "9" * 401 + ',"was":'),
+    ('"memory_used":', '"memory_used":' + "9" * 401 + ',"was":'),
+    ('"requested":', '"requested":' + "9" * 401 + ',"was":'),
+    ('"device":0', '"device":"cuda:0"'),
+    ('"allocated_peak":', '"allocated_peak":-1e999,"was":'),
+]
+
+
+@pytest.mark.parametrize("old,new", DAMAGES, ids=[d[1][:24] for d in DAMAGES])
+def test_damaged_numbers_are_damage_never_a_traceback(tmp_path, old, new, capsys):
+    """Values a fuzzer put in recordings that ended in tracebacks (report and replay): reading
+    marks them damaged with the line named; the report and the replay's analysis still work."""
+    import gzip
+
+    from vramtop.cli import main
+    from vramtop.ui.replay import ReplayApp
+
+    source = Path(__file__).resolve().parent.parent / "vramtop" / "demo" / "gpt2-h100.jsonl.gz"
+    text = gzip.decompress(source.read_bytes()).decode()
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text(text.replace(old, new))
+    assert text.replace(old, new) != text, "the damage did not apply"
+    for args in ([], ["--json"]):
+        code = main(["report", str(damaged), *args])
+        captured = capsys.readouterr()
+        assert code in (0, 1) and "Traceback" not in captured.err, captured.err
+    recording = read_recording(damaged)
+    ReplayApp(recording.samples, title="t", interval=1.0, events=recording.events)  # warnings computed here

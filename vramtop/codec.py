@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
+_MAX_INT = 1 << 63  # bytes, counts and times all fit; a larger integer is damage
 
 
 class DecodeError(ValueError):
@@ -72,9 +74,16 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
         return tp(**kwargs)
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            # Damage, never a number to compute with: 1e999 (inf), NaN, a 400-digit integer.
+            if isinstance(value, int) and abs(value) > _MAX_INT:
+                raise DecodeError(f"{path}: number out of range")
+            if not math.isfinite(value):
+                raise DecodeError(f"{path}: not a finite number")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _MAX_INT:
+                raise DecodeError(f"{path}: number out of range")
             return value
     elif tp is Any or isinstance(value, tp):
         return value

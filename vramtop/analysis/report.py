@@ -680,8 +680,8 @@ def event_label(event: Event) -> str:
         parts = ["OOM"]
         for key in ("requested", "device_free", "free"):
             value = data.get(key)
-            if isinstance(value, int):
-                parts.append(f"{key.replace('_', ' ')} {value / 2**20:.0f} MiB")
+            if isinstance(value, int) and 0 <= value < 1 << 63:  # anything else is damage: left out
+                parts.append(f"{key.replace('_', ' ')} {value >> 20} MiB")
         return ", ".join(parts)
     message = data.get("message") or data.get("text") or data.get("title")
     if event.kind == "warning":
