@@ -399,7 +399,7 @@ def test_dataloader_workers_with_fork_run_normally(agent, fake_torch):
     assert sum(batch[0].sum().item() for batch in loader) == sum(range(64))
 
 
-def test_insecure_directory_is_refused(tmp_path, fake_torch):
+def test_insecure_directory_is_refused_and_both_sides_say_so(tmp_path, fake_torch, capfd):
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
@@ -410,6 +410,9 @@ def test_insecure_directory_is_refused(tmp_path, fake_torch):
         wait_for(lambda: a.error)
         assert "accessible to other users" in a.error
         assert not list(loose.iterdir())
+        # The program hears it once, on its own stderr: no bill will come from this agent.
+        err = wait_for(lambda: capfd.readouterr().err)
+        assert err.count("vramtop agent: not serving PID") == 1 and "accessible to other users" in err
     finally:
         a.stop()
     link = tmp_path / "link"
@@ -419,6 +422,9 @@ def test_insecure_directory_is_refused(tmp_path, fake_torch):
     source = AgentSource(link)
     assert source.poll() == ()
     assert "symlink" in (source.directory_problem or "")
+    # The monitor's sample carries it, with the fix, for the TUI's banner, --once and record.
+    (problem,) = source.visible_problems()
+    assert "symlink" in problem and "XDG_RUNTIME_DIR" in problem
 
 
 def test_an_agent_that_gave_up_takes_its_module_hooks_off_at_the_next_step(tmp_path, fake_torch):

@@ -235,3 +235,18 @@ def test_commands_that_read_a_recording_offer_no_refresh_interval():
         assert "--interval" not in help_text, command
     assert "--interval" in subprocess.run([sys.executable, "-m", "vramtop", "record", "--help"],
                                           capture_output=True, text=True, timeout=60).stdout
+
+
+def test_once_says_when_agents_cannot_be_read_and_how_to_fix_it(fake_pynvml, capsys, tmp_path, monkeypatch):
+    # Another user pre-created the socket directory (possible whenever XDG_RUNTIME_DIR is unset):
+    # here, a symlink in its place. The agents' figures are missing, and the user is told why.
+    fake_pynvml()
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (xdg / "vramtop").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert main(["--once", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "agents cannot be read" in captured.err and "XDG_RUNTIME_DIR" in captured.err
+    assert any("symlink" in p for p in json.loads(captured.out)["problems"])

@@ -773,3 +773,11 @@ def test_the_warning_list_keeps_to_its_limit_and_points_at_the_full_list():
     # One over the limit: shown, since counting it would take the same line.
     assert len(render_warnings(warnings[:3], 80, narrow=True, limit=2).plain.splitlines()) == 3
     assert "more" not in render_warnings(warnings[:3], 80, narrow=True, limit=2).plain
+
+
+async def test_a_problem_reading_agents_is_shown_in_the_banner():
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, replace(box(), problems=("agents cannot be read: /tmp/vramtop-1000 belongs to uid 1001, "
+                                                   "not to you (uid 1000). Set XDG_RUNTIME_DIR ...",)))
+        assert "agents cannot be read: /tmp/vramtop-1000 belongs to uid 1001" in screen_text(app)

@@ -257,6 +257,7 @@ class Sample:
     stale_since: float | None = None  # time of the last fresh data, when this sample is stale
     agents: tuple[AgentSample, ...] = ()  # processes running the vramtop agent
     events: tuple[AgentEvent, ...] = ()  # what agents reported since the previous sample
+    problems: tuple[str, ...] = ()  # what kept agents from being read (e.g. an unsafe socket directory)
 
     @property
     def stale(self) -> bool:

@@ -208,6 +208,11 @@ class Agent:
                         raise
         except Exception as err:
             self.error = f"{type(err).__name__}: {err}"
+            if self._server is None and os.getpid() == self.pid:
+                # It never served: one line to the program's own output, so nobody waits for a
+                # bill that cannot come.
+                with contextlib.suppress(Exception):
+                    print(f"vramtop agent: not serving PID {self.pid}: {err}", file=sys.stderr)
             # Give up quietly. The hooks stay registered but inert (they check the stop flag):
             # removing them from this thread could mutate torch's hook dictionaries while the
             # training thread iterates them, which would raise in the program. The next
@@ -238,8 +243,9 @@ class Agent:
         self._phases.arm()  # the first steps are measured
         self._register_hooks(torch)
         self._rescan_devices(force=True)
-        self._server = AgentServer(self.directory, self._beacon(), self._respond)
-        self._server.start()
+        server = AgentServer(self.directory, self._beacon(), self._respond)
+        server.start()  # refuses an unsafe directory: the agent then never serves (see _run)
+        self._server = server
         self.tick()
 
     def _beacon(self) -> dict[str, Any]:

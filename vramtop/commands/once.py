@@ -27,6 +27,8 @@ def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Threshold
     # neighbours); the leak trend needs a run, i.e. the live monitor or a recording.
     warnings = assess(sample, thresholds)
     print(render_json(sample, warnings) if as_json else render_text(sample, warnings))
+    for problem in sample.problems:  # the JSON carries them too, under "problems"
+        print(f"vramtop: {problem}", file=sys.stderr)
     failed = [g for g in sample.gpus if g.error]
     for gpu in failed:
         print(f"vramtop: GPU {gpu.index} ({gpu.uuid}): {gpu.error}", file=sys.stderr)

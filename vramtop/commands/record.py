@@ -256,6 +256,7 @@ class _Session:
         self.started = time.time()
         self._pids: set[int] = set()  # processes seen: their post-mortem files belong to this recording
         self._written: set[tuple[str, int, float]] = set()
+        self._told: set[str] = set()
 
     def run(self, first: Sample, command: Sequence[str]) -> int:
         with _Signals() as signals:
@@ -319,6 +320,10 @@ class _Session:
             self._write(self.recorder.write_sample, replace(sample, events=()))
             self._pids.update(a.pid for a in sample.agents)
             self._pids.update(p.pid for g in sample.gpus for p in g.processes)
+            for problem in sample.problems:  # in the file with the sample; said once on stderr
+                if problem not in self._told:
+                    self._told.add(problem)
+                    print(f"vramtop: {problem}", file=sys.stderr)
             events = [e for e in sample.events if self.pid is None or e.pid == self.pid]
             for event in events:  # e.g. an OOM seen by a training process's agent
                 self._write_event(event)

@@ -168,6 +168,17 @@ class AgentSource:
                     self._ended.extend(self.postmortems(pid, since=conn.connected_at))
             return tuple(c.latest for c in self.connections.values() if c.latest is not None)
 
+    def visible_problems(self) -> tuple[str, ...]:
+        """What a user must be told: an unsafe directory (no agent can serve there) and agents of
+        live processes that cannot be read; not the agents of processes that simply ended."""
+        out = []
+        if self.directory_problem:
+            out.append(f"agents cannot be read: {self.directory_problem}. Set XDG_RUNTIME_DIR to a private "
+                       "directory (e.g. /run/user/$UID) for vramtop and the training job, or remove that one")
+        out.extend(f"PID {pid}: {problem}" for pid, problem in sorted(self.problems.items())
+                   if _alive(pid) and "closed the connection" not in problem)
+        return tuple(out)
+
     def settle(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for connections to agents whose processes have exited
         to read their last frames and close (used when a recorded command has ended)."""
@@ -319,7 +330,7 @@ class MonitorSource:
         agents = self.agents.poll(self.agent_wait)
         events, bad = typed_events(self.agents.drain_events())
         self.dropped_events += bad
-        return replace(sample, agents=agents, events=tuple(events))
+        return replace(sample, agents=agents, events=tuple(events), problems=self.agents.visible_problems())
 
     def close(self) -> None:
         self.nvml.close()

@@ -202,6 +202,8 @@ class VramtopApp(App[None]):
         if self.sample is not None and self.sample.error:
             since = self.sample.stale_since or self.sample.time
             return f"{self.sample.error} — showing data from {time.strftime('%H:%M:%S', time.localtime(since))}"
+        if self.sample is not None and self.sample.problems:
+            return " · ".join(self.sample.problems)
         return None
 
     def _status_line(self) -> Text:
