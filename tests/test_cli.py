@@ -250,3 +250,23 @@ def test_once_says_when_agents_cannot_be_read_and_how_to_fix_it(fake_pynvml, cap
     captured = capsys.readouterr()
     assert "agents cannot be read" in captured.err and "XDG_RUNTIME_DIR" in captured.err
     assert any("symlink" in p for p in json.loads(captured.out)["problems"])
+
+
+def test_a_driver_that_hangs_while_starting_ends_once_within_its_deadline(fake_pynvml, capsys, monkeypatch):
+    # nvmlInit blocking made --once take 30 s (its deadline is 10 s) and `record --duration 1` 31 s.
+    import threading
+    import time
+
+    from vramtop.sources import poller
+
+    monkeypatch.setattr(poller, "OPEN_DEADLINE_S", 0.3)
+    fake = fake_pynvml()
+    release = threading.Event()
+    monkeypatch.setattr(type(fake), "nvmlInit", lambda self: release.wait(30))
+    started = time.monotonic()
+    try:
+        assert main(["--once"]) == EXIT_NVML
+        assert time.monotonic() - started < 5
+        assert "NVML did not answer within 0.3 s while starting (driver hung?)" in capsys.readouterr().err
+    finally:
+        release.set()

@@ -37,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from vramtop.protocol import socket_path
     from vramtop.sources.agent import AgentSource, MonitorSource
     from vramtop.sources.nvml import NvmlSource
-    from vramtop.sources.poller import DeadlineReader
+    from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
     pid = args.pid
     if not psutil.pid_exists(pid):
         raise VramtopError(f"no process with PID {pid}", EXIT_USAGE)
     source = MonitorSource(NvmlSource(args.gpu), AgentSource())
-    source.open()
+    open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=10.0).read()
         on_gpu = any(p.pid == pid for g in sample.gpus for p in g.processes)

@@ -10,7 +10,7 @@ from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
 from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
-from vramtop.sources.poller import DeadlineReader
+from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
 ONCE_DEADLINE_S = 10.0
 AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
@@ -18,7 +18,7 @@ AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Thresholds | None = None) -> int:
     source = MonitorSource(NvmlSource(gpus), AgentSource(), agent_wait=AGENT_WAIT_S)
-    source.open()
+    open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()
     finally:

@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     from vramtop.sinks.recorder import Recorder
     from vramtop.sources.agent import AgentSource, MonitorSource
     from vramtop.sources.nvml import NvmlSource
-    from vramtop.sources.poller import DeadlineReader
+    from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
     # NVML for every process, plus the allocator figures of every process running the agent.
     source = MonitorSource(NvmlSource(args.gpu), AgentSource())
-    source.open()  # no driver, no GPU: say so before anything is created or started
+    open_with_deadline(source)  # no driver, no GPU, a hung driver: say so before anything starts
     try:
         deadline = read_deadline(args.interval)
         # The first read may look up every process on every GPU: give it time.

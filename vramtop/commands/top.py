@@ -9,6 +9,7 @@ from vramtop.analysis.risk import Thresholds
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 from vramtop.sources.agent import AgentSource, MonitorSource
 from vramtop.sources.nvml import NvmlSource
+from vramtop.sources.poller import open_with_deadline
 
 
 def run_top(*, gpus: Sequence[str] | None, interval: float, thresholds: Thresholds | None = None) -> int:
@@ -16,7 +17,7 @@ def run_top(*, gpus: Sequence[str] | None, interval: float, thresholds: Threshol
         raise VramtopError("the live monitor needs a terminal; use --once or --once --json", EXIT_USAGE)
     # NVML for every process; the allocator bill for those that run the vramtop agent.
     source = MonitorSource(NvmlSource(gpus), AgentSource())
-    source.open()  # fail here, with a clear message, rather than inside the UI
+    open_with_deadline(source)  # fail here, with a clear message, rather than inside the UI
     from vramtop.ui.app import VramtopApp
 
     try:

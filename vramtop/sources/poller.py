@@ -27,19 +27,34 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class _Call:
-    """One read in flight on a worker thread."""
+OPEN_DEADLINE_S = 10.0  # nvmlInit and the device count: longer than a read, never unbounded
 
-    def __init__(self, fn: Callable[[], Sample]) -> None:
+
+def open_with_deadline(source: Source, deadline: float | None = None) -> None:
+    """``source.open()`` on a worker thread: a driver that hangs in its init ends the command with
+    a clear error after ``deadline`` seconds (``--once`` once took 30 s, past its own deadline)."""
+    deadline = OPEN_DEADLINE_S if deadline is None else deadline
+    call = _Call(source.open)
+    if not call.done.wait(deadline):
+        raise VramtopError(f"NVML did not answer within {deadline:g} s while starting (driver hung?)", EXIT_NVML)
+    if call.error is not None:
+        raise call.error
+
+
+class _Call:
+    """One call in flight on a worker thread."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
         self.done = threading.Event()
         self.result: Sample | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
         threading.Thread(target=self._run, args=(fn,), name="vramtop-read", daemon=True).start()
 
-    def _run(self, fn: Callable[[], Sample]) -> None:
+    def _run(self, fn: Callable[[], object]) -> None:
         try:
-            self.result = fn()
+            result = fn()
+            self.result = result if isinstance(result, Sample) else None
         except BaseException as err:
             self.error = err
         finally:
