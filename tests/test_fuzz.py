@@ -1,0 +1,152 @@
+"""Property-based fuzzing of everything that reads input vramtop does not control: agent frames
+(both directions), the handshake, recordings (through report and replay's analysis), and the
+command line's value parsers. Each may refuse its input with its documented clear error, and
+nothing else: no other exception, no hang.
+
+CI runs a short version; ``VRAMTOP_FUZZ_EXAMPLES=10000 python -m pytest tests/test_fuzz.py``
+runs the published one (bench/RESULTS.md, RELIABILITY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vramtop.commands.options import bounded  # noqa: E402
+from vramtop.commands.record import _duration  # noqa: E402
+from vramtop.errors import VramtopError  # noqa: E402
+from vramtop.protocol import FRAME_MAX_BYTES, FrameDecoder, ProtocolError, SchemaError, check_hello  # noqa: E402
+
+EXAMPLES = int(os.environ.get("VRAMTOP_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_any_bytes_into_the_frame_decoder(data):
+    try:
+        FrameDecoder(max_bytes=65536).feed(data)
+    except ProtocolError:
+        pass
+
+
+@FUZZ
+@given(json_values, st.integers(min_value=0, max_value=2000))
+def test_any_json_and_any_nesting_in_a_frame(value, depth):
+    payload = ("[" * depth + json.dumps(value) + "]" * depth).encode()
+    try:
+        for message in FrameDecoder().feed(frame(payload)):
+            assert isinstance(message, dict) and isinstance(message["type"], str)
+    except ProtocolError:
+        pass
+
+
+@FUZZ
+@given(st.integers(min_value=FRAME_MAX_BYTES + 1, max_value=(1 << 32) - 1))
+def test_an_oversized_length_is_refused_before_any_allocation(length):
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError, match="announced"):
+        decoder.feed(struct.pack(">I", length) + b"{")
+    assert len(decoder._buffer) <= 5  # noqa: SLF001 - nothing of the announced size was allocated
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["type", "protocol", "role", "vramtop"]), json_values, max_size=4))
+def test_any_handshake(message):
+    try:
+        version = check_hello(message)
+        assert isinstance(version, int)
+    except ProtocolError:
+        pass
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_value_parsers_refuse_clearly(text):
+    for parse in (bounded(0.05, 3600, "seconds"), bounded(0.25, 32), _duration):
+        try:
+            value = parse(text)
+            assert value == value and value != float("inf")  # finite, not NaN
+        except argparse.ArgumentTypeError:
+            pass
+    from vramtop.analysis.risk import Thresholds, with_overrides
+
+    for name in ("raise_after", "frag_ratio", "leak_min_growth", "event_hold"):
+        try:
+            with_overrides(Thresholds(), [f"{name}={text}"])
+        except ValueError:
+            pass
+
+
+RECORD_KINDS = st.sampled_from(["header", "sample", "event", "end", "nonsense"])
+
+
+@st.composite
+def recordings(draw):
+    """A header, then records of every type with fields drawn from anything JSON can hold."""
+    lines = [json.dumps({"type": "header", "schema": "vramtop.recording", "version": 1,
+                         "started": draw(json_values), "interval": draw(json_values)})]
+    for _ in range(draw(st.integers(min_value=0, max_value=6))):
+        kind = draw(RECORD_KINDS)
+        record = {"type": kind, "time": draw(json_values)}
+        if kind == "sample":
+            record["sample"] = draw(st.fixed_dictionaries(
+                {"time": json_values, "host": st.fixed_dictionaries(
+                    {"hostname": st.text(max_size=5), "memory_total": json_values, "memory_used": json_values}),
+                 "gpus": st.lists(st.fixed_dictionaries(
+                     {"index": json_values, "uuid": st.text(max_size=5), "name": st.text(max_size=5),
+                      "memory_total": json_values, "memory_used": json_values}), max_size=2),
+                 "agents": st.lists(json_values, max_size=2)}))
+        elif kind == "event":
+            record.update(kind=draw(st.sampled_from(["oom", "warning", "command.exited"])), pid=draw(json_values),
+                          data=draw(json_values))
+        else:
+            record["samples"] = draw(json_values)
+        try:
+            lines.append(json.dumps(record))
+        except (TypeError, ValueError):
+            lines.append("{broken")
+    if draw(st.booleans()):
+        lines.append(draw(st.text(max_size=30)))  # a torn or foreign last line
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recordings())
+def test_any_recording_through_report_and_replay(tmp_path_factory, text):
+    from vramtop.analysis.report import panels, summarize
+    from vramtop.analysis.risk import warnings_over
+    from vramtop.recording import read_recording
+    from vramtop.sinks.report_json import render_json
+    from vramtop.sinks.report_svg import render_svg
+    from vramtop.sinks.report_text import render_text
+
+    path = tmp_path_factory.mktemp("fuzz") / "r.jsonl"
+    path.write_text(text)
+    try:
+        recording = read_recording(path)
+    except (SchemaError, VramtopError):
+        return
+    report = summarize(recording)
+    render_text(report)
+    json.loads(render_json(report))
+    render_svg(panels(recording, report), report)
+    warnings_over(recording.samples_with_events(), recording.events)
