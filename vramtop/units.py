@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -37,3 +39,14 @@ def percent(part: int | None, whole: int | None) -> float | None:
     if part is None or not whole:
         return None
     return 100.0 * part / whole
+
+
+def clock(t: float | None, fmt: str = "%H:%M:%S") -> str:
+    """A local time as ``fmt``; "?" for a time the platform cannot show (a damaged recording's
+    year 30 billion ends in OverflowError or OSError, not in a date)."""
+    if t is None:
+        return "?"
+    try:
+        return time.strftime(fmt, time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return "?"

@@ -35,9 +35,10 @@ from vramtop.protocol import (
 )
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-MAX_CLIENTS = 16
-QUEUE_FRAMES = 64
+MAX_CLIENTS = 128  # monitors, recorders, exporters of one job: room for many, evicting the stalled
+QUEUE_FRAMES = 32  # per client: 8 s of samples at the default rate; a slower reader loses old ones
 MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
+ABUSE_REQUESTS_PER_S = 200  # past this a client is not a monitor: it is dropped
 HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
 _RECV = 65536
 
@@ -317,6 +318,9 @@ class AgentServer:
                 if now - client.window_start >= 1.0:
                     client.window_start, client.requests = now, 0
                 client.requests += 1
+                if client.requests > ABUSE_REQUESTS_PER_S:
+                    self._drop(client)  # reading its flood would cost the training process CPU
+                    return
                 if client.requests > MAX_REQUESTS_PER_S:
                     continue  # a flood is not answered: answers would pile up in this process
                 answer = self._respond(message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -11,7 +10,7 @@ from vramtop import __version__
 from vramtop.analysis.risk import RiskWarning
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
-from vramtop.units import fmt_bytes, fmt_mib, fmt_rate, mib, percent
+from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent
 
 
 def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
@@ -57,7 +56,7 @@ def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
 
 def _header(sample: Sample) -> str:
     host = sample.host
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sample.time))
+    when = clock(sample.time, "%Y-%m-%d %H:%M:%S")
     parts = [f"vramtop {__version__}", host.hostname, when]
     if sample.driver_version:
         parts.append(f"driver {sample.driver_version}")

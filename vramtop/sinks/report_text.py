@@ -6,8 +6,6 @@ recording (``+12.5 s``), the start itself in local time.
 
 from __future__ import annotations
 
-import time
-
 from vramtop.analysis.report import (
     AgentSummary,
     GpuSummary,
@@ -17,7 +15,7 @@ from vramtop.analysis.report import (
     event_label,
     logged_events,
 )
-from vramtop.units import fmt_mib, mib, percent
+from vramtop.units import clock, fmt_mib, mib, percent
 
 MAX_PROBLEMS = 20  # a file of garbage has one problem per line: show the first ones
 
@@ -90,7 +88,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_time(t: float | None) -> str:
-    return "?" if t is None else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    return clock(t, "%Y-%m-%d %H:%M:%S %Z")
 
 
 def _run(report: Report) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 from rich.text import Text
@@ -27,7 +26,7 @@ from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
 from vramtop.ui.widgets.warnings import WarningList, render_warning_details
-from vramtop.units import fmt_bytes
+from vramtop.units import clock, fmt_bytes
 
 # Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
 NARROW_WIDTH = 110
@@ -201,7 +200,7 @@ class VramtopApp(App[None]):
             return self.failure
         if self.sample is not None and self.sample.error:
             since = self.sample.stale_since or self.sample.time
-            return f"{self.sample.error} — showing data from {time.strftime('%H:%M:%S', time.localtime(since))}"
+            return f"{self.sample.error} — showing data from {clock(since)}"
         if self.sample is not None and self.sample.problems:
             return " · ".join(self.sample.problems)
         return None
@@ -231,7 +230,7 @@ class VramtopApp(App[None]):
             t.append(f"{fmt_bytes(host.memory_used)}/{fmt_bytes(host.memory_total)}")
             if host.swap_used:
                 t.append(f"  swap {fmt_bytes(host.swap_used)}", style="yellow")
-            t.append(f"  {time.strftime('%H:%M:%S', time.localtime(sample.time))}", style="dim")
+            t.append(f"  {clock(sample.time)}", style="dim")
         t.append(f"  every {self.interval:g}s", style="dim")
         return t
 

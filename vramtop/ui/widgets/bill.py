@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 
 from vramtop.analysis.bill import (
@@ -17,7 +15,7 @@ from vramtop.analysis.bill import (
 )
 from vramtop.analysis.postmortem import postmortem_of
 from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
-from vramtop.units import fmt_bytes
+from vramtop.units import clock, fmt_bytes
 
 # One colour per bill category, in the bill's order; the stacked bar uses the same ones.
 CATEGORY_STYLES = {
@@ -138,7 +136,7 @@ def oom_headline(report: OomReport) -> Text:
     """The one line that says an OOM happened: when, where in the step, what it asked for."""
     t = Text()
     t.append(" OUT OF MEMORY ", style="bold white on red")
-    when = time.strftime("%H:%M:%S", time.localtime(report.time))
+    when = clock(report.time)
     t.append(f" {when} · step {report.step} · {report.phase}: asked for {fmt_bytes(report.requested)} "
              f"with {fmt_bytes(report.device_free)} free of {fmt_bytes(report.device_limit)}\n", style="bold red")
     return t

@@ -1,0 +1,288 @@
+"""A live agent in a real training process, attacked the ways a socket can be: does training
+notice, does the process grow, is a real monitor still served?
+
+The training process is a CPU loop (a small MLP, real torch) with the agent on and FakeCudaTorch
+standing in for the CUDA allocator (what the agent reads; everything else, the socket server
+included, is the real one). It logs every step's duration with a CLOCK_MONOTONIC stamp, so each
+attack's window can be cut out of the log afterwards. Attacks, one after another, each a few
+seconds: connect/disconnect cycles, many concurrent clients, slowloris clients (connect, say
+half a frame, hold), a request flood, garbage and oversized frames, and a subscriber that never
+reads. During each, a real monitor (AgentSource) connects and times its first sample.
+
+    python bench/agent_torture.py                     # the published run (bench/RESULTS.md)
+    python bench/agent_torture.py --scale 0.1         # a short one
+
+Prints a markdown table and, with --json-out, the figures. tests/test_agent_torture.py runs a
+short version and asserts only behaviour (the monitor served, the process alive and back to its
+fds and threads), never timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vramtop.protocol import encode_frame, hello, socket_path  # noqa: E402
+from vramtop.sources.agent import AgentSource  # noqa: E402
+
+TRAINER = textwrap.dedent("""
+    import os, struct, sys, time, torch
+    sys.path.insert(0, os.environ["VRAMTOP_ROOT"])
+    from tests.fakes.fake_cuda import FakeCudaTorch
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # before the swap: it imports torch._dynamo
+    x = torch.randn(64, 256)
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(512 << 20, 1 << 30)
+    sys.modules["torch"] = fake  # the agent finds this "torch" and its fake CUDA allocator
+    import vramtop.agent as agent
+    agent.start(interval=0.05, directory=os.environ["VRAMTOP_DIR"])
+    fake.initialized = True
+    log = open(os.environ["VRAMTOP_STEPS"], "wb", buffering=0)
+    deadline = time.monotonic() + float(os.environ["VRAMTOP_SECONDS"])
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.write(struct.pack("dd", started, time.monotonic() - started))
+""")
+
+
+class Trainer:
+    def __init__(self, directory: Path, seconds: float) -> None:
+        self.directory = directory
+        self.steps = directory.parent / "steps.bin"
+        env = {**os.environ, "VRAMTOP_ROOT": str(ROOT), "VRAMTOP_DIR": str(directory),
+               "VRAMTOP_STEPS": str(self.steps), "VRAMTOP_SECONDS": str(seconds), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-c", TRAINER], env=env)
+        self.path = socket_path(self.proc.pid, directory)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.path.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the agent never came up")
+            time.sleep(0.05)
+        time.sleep(1.0)
+
+    def resources(self) -> dict[str, float]:
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        return {"rss_mib": p.memory_info().rss / 2**20, "fds": p.num_fds(), "threads": p.num_threads()}
+
+    def step_times(self, start: float, end: float) -> list[float]:
+        data = self.steps.read_bytes()
+        pairs = struct.iter_unpack("dd", data[: len(data) // 16 * 16])
+        return [d for t, d in pairs if start <= t < end]
+
+
+def connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    return s
+
+
+def monitor_latency(directory: Path, pid: int) -> float:
+    """Seconds until a real monitor has its first sample (inf if it never does within 10 s)."""
+    started = time.monotonic()
+    source = AgentSource(directory, pids={pid})
+    try:
+        while time.monotonic() - started < 10:
+            if source.poll():
+                return time.monotonic() - started
+            time.sleep(0.01)
+        return float("inf")
+    finally:
+        source.close()
+
+
+def cycles(path: Path, n: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(n):
+            s = connect(path)
+            s.sendall(encode_frame(hello("monitor")))
+            s.recv(65536)  # its hello: a whole exchange, not just a connect
+            s.close()
+    return run
+
+
+def concurrent(path: Path, n: int, hold: float) -> Callable[[], None]:
+    def run() -> None:
+        clients = []
+        for _ in range(n):
+            try:
+                s = connect(path)
+                s.sendall(encode_frame(hello("monitor")))
+                s.setblocking(False)
+                clients.append(s)
+            except OSError:
+                pass
+        end = time.monotonic() + hold
+        while time.monotonic() < end:  # they read, as monitors do
+            for s in clients:
+                with contextlib.suppress(OSError):
+                    s.recv(65536)
+            time.sleep(0.05)
+        for s in clients:
+            s.close()
+    return run
+
+
+def slowloris(path: Path, n: int, hold: float) -> Callable[[], None]:
+    def run() -> None:
+        clients = []
+        for _ in range(n):
+            try:
+                s = connect(path)
+                s.sendall(b"\x00\x00")  # half a length prefix, then nothing
+                clients.append(s)
+            except OSError:
+                pass
+        time.sleep(hold)
+        for s in clients:
+            s.close()
+    return run
+
+
+def flood(path: Path, n: int) -> Callable[[], None]:
+    def run() -> None:
+        s = connect(path)
+        request = encode_frame({"type": "request", "what": "sample"})
+        s.setblocking(False)
+        payload = encode_frame(hello("monitor")) + request * n
+        sent = 0
+        end = time.monotonic() + 10
+        while sent < len(payload) and time.monotonic() < end:
+            try:
+                sent += s.send(payload[sent:])
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError:
+                break
+        time.sleep(1.0)  # never reads
+        s.close()
+    return run
+
+
+def garbage(path: Path, n: int) -> Callable[[], None]:
+    def run() -> None:
+        frames = [b"\xff" * 64, struct.pack(">I", 1 << 31) + b"{",
+                  encode_frame(hello("monitor")) + b"\x00\x00\x00\x05{{{{{",
+                  struct.pack(">I", 3000) + b"[" * 1500 + b"]" * 1500]
+        for i in range(n):
+            try:
+                s = connect(path)
+                s.sendall(frames[i % len(frames)])
+                s.close()
+            except OSError:
+                pass
+    return run
+
+
+def never_reads(path: Path, hold: float) -> Callable[[], None]:
+    def run() -> None:
+        s = connect(path)
+        s.sendall(encode_frame(hello("monitor")))
+        time.sleep(hold)  # the agent keeps publishing; this client reads nothing
+        s.close()
+    return run
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink every attack (0.1: a short run)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    k = args.scale
+    work = Path(tempfile.mkdtemp(prefix="vramtop-torture-"))
+    directory = work / "run"
+    attacks = [
+        ("baseline (no client)", lambda: time.sleep(max(2.0, 8 * k))),
+        (f"{int(1000 * k)} connect/disconnect cycles", cycles(Path(), 0)),
+        (f"{int(100 * k) or 1} concurrent monitors", None),
+        ("16 slowloris clients", None),
+        (f"a flood of {int(200_000 * k)} requests, never read", None),
+        (f"{int(400 * k)} garbage and oversized frames", None),
+        ("a subscriber that never reads", None),
+        ("baseline again", lambda: time.sleep(max(2.0, 8 * k))),
+    ]
+    trainer = Trainer(directory, seconds=600)
+    try:
+        trainer.wait_ready()
+        path, pid = trainer.path, trainer.proc.pid
+        attacks[1] = (attacks[1][0], cycles(path, int(1000 * k)))
+        attacks[2] = (attacks[2][0], concurrent(path, int(100 * k) or 1, max(2.0, 5 * k)))
+        attacks[3] = (attacks[3][0], slowloris(path, 16, max(2.0, 8 * k)))
+        attacks[4] = (attacks[4][0], flood(path, int(200_000 * k)))
+        attacks[5] = (attacks[5][0], garbage(path, int(400 * k)))
+        attacks[6] = (attacks[6][0], never_reads(path, max(2.0, 8 * k)))
+        before = trainer.resources()
+        rows = []
+        for name, attack in attacks:
+            started = time.monotonic()
+            failures: list[str] = []
+
+            def guarded(attack: Callable[[], None] = attack, failures: list[str] = failures) -> None:
+                try:
+                    attack()
+                except Exception as err:  # an attack cut short is reported, not hidden
+                    failures.append(f"{type(err).__name__}: {err}")
+
+            thread = threading.Thread(target=guarded, daemon=True)
+            thread.start()
+            time.sleep(0.3)  # the attack under way
+            latency = monitor_latency(directory, pid)
+            thread.join(timeout=120)
+            ended = time.monotonic()
+            steps = trainer.step_times(started, ended)
+            rows.append({"attack": name, "seconds": ended - started, "steps": len(steps),
+                         "p50_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
+                         "p99_ms": 1e3 * percentile(steps, 0.99), "monitor_s": latency,
+                         "alive": trainer.proc.poll() is None, "attack_error": failures[0] if failures else None})
+        time.sleep(2.0)  # let the server drop what it holds
+        after = trainer.resources()
+    finally:
+        trainer.proc.kill()
+        trainer.proc.wait()
+    base = rows[0]["p99_ms"]
+    print("| attack | seconds | steps | step p50 | step p99 | p99 vs baseline | a real monitor's first sample |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['attack']} | {r['seconds']:.1f} | {r['steps']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+              f"{(r['p99_ms'] / base - 1) * 100:+.1f}% | {r['monitor_s'] * 1e3:.0f} ms |"
+              + (f" (the attack stopped: {r['attack_error']})" if r["attack_error"] else ""))
+    print(f"\ntraining process before → after: RSS {before['rss_mib']:.1f} → {after['rss_mib']:.1f} MiB, "
+          f"fds {before['fds']} → {after['fds']}, threads {before['threads']} → {after['threads']}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"rows": rows, "before": before, "after": after}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
