@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import agent_torture  # noqa: E402
+import agent_torture
 
 
 def test_a_live_agent_under_attack_keeps_serving_and_gives_back_what_it_took(tmp_path, capsys):
