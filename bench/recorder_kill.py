@@ -2,8 +2,8 @@
 beyond the sample being written?
 
 Each round records with FakeNvml (no GPU needed) every 50 ms for a short duration with
-`--compress`, and is killed at a random moment between its start and well after the end of its
-recording (so some kills land while the file is being packed). Then what is on disk is checked:
+`--compress` and is killed with SIGKILL: every other round at a random moment while it records,
+the others within 150 ms of its end record, while the file is being packed. Then what is on disk is checked:
 
 - a compressed file under the final name is complete (its end record is there), or absent: never
   half-written (it is written under a temporary name and renamed);
@@ -34,19 +34,27 @@ sys.path.insert(0, str(ROOT))
 from vramtop.recording import read_recording  # noqa: E402
 
 
-def one_round(work: Path, rng: random.Random, duration: float) -> dict[str, object]:
+def one_round(work: Path, rng: random.Random, duration: float, packing: bool) -> dict[str, object]:
+    """One recording killed at a random moment: while it records, or (``packing``) within 150 ms
+    of its end record, while the file is being compressed."""
     path = work / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.run_with_fake_nvml", "record", "-o", str(path),
                              "-i", "0.05", "--duration", str(duration), "--compress"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    delay = rng.uniform(0.3, duration + 1.5)
-    time.sleep(delay)
+    started = time.monotonic()
+    if packing:
+        while proc.poll() is None and not (path.exists() and b'"type":"end"' in path.read_bytes()[-300:]):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.15))
+    else:
+        time.sleep(rng.uniform(0.3, duration + 0.3))
+    delay = time.monotonic() - started
     finished = proc.poll() is not None
     if not finished:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     packed = work / "r.jsonl.xz"
-    result: dict[str, object] = {"delay": round(delay, 2), "finished_before_kill": finished}
+    result: dict[str, object] = {"delay": round(delay, 3), "finished_before_kill": finished, "packing": packing}
     if packed.exists():
         rec = read_recording(packed)
         result.update(where="compressed", samples=len(rec.samples),
@@ -73,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="vramtop-kill-"))
-    rounds = [one_round(work, rng, args.duration) for _ in range(args.rounds)]
+    rounds = [one_round(work, rng, args.duration, packing=i % 2 == 1) for i in range(args.rounds)]
     bad = [r for r in rounds if not r["ok"]]
-    places = {w: sum(1 for r in rounds if r["where"] == w) for w in ("plain", "compressed", "nothing")}
-    print(f"{len(rounds)} kills: {places['plain']} left the plain file, {places['compressed']} a complete "
-          f"compressed one, {places['nothing']} nothing yet; {len(bad)} lost data beyond the line being written")
+    killed = [r for r in rounds if not r["finished_before_kill"]]
+    places = {w: sum(1 for r in killed if r["where"] == w) for w in ("plain", "compressed", "nothing")}
+    in_packing = [r for r in killed if r["packing"]]
+    print(f"{len(rounds)} rounds, {len(killed)} killed ({len(killed) - len(in_packing)} while recording, "
+          f"{len(in_packing)} after the end record, while packing; the rest had finished): "
+          f"{places['plain']} left the plain file, {places['compressed']} a complete compressed one, "
+          f"{places['nothing']} nothing yet; {len(bad)} of all rounds lost data beyond the line being written")
     for r in bad:
         print("  LOST:", r)
     if args.json_out:
