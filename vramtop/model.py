@@ -30,6 +30,8 @@ class ProcessSample:
     user: str | None = None
     host_rss: int | None = None  # bytes of host RAM (resident set)
     create_time: float | None = None  # process start, seconds since the epoch (guards PID reuse)
+    pid_namespace: int | None = None  # inode of /proc/<pid>/ns/pid, where it could be read
+    ns_pid: int | None = None  # the PID in its own (innermost) namespace (/proc/<pid>/status NSpid)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class HostSample:
     memory_used: int  # total - available: what new programs cannot have
     swap_total: int = 0
     swap_used: int = 0
+    pid_namespace: int | None = None  # the monitor's own PID namespace (inode), for the agent join
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ class AgentSample:
     pid: int  # the process's PID in its own namespace
     time: float
     torch_version: str
+    pid_namespace: int | None = None  # inode of its /proc/self/ns/pid: joins with ProcessSample
     devices: tuple[AgentDevice, ...] = ()
     step: int = 0  # optimizer steps observed
     phase: str = "unknown"  # forward | backward | optimizer | unknown

@@ -135,6 +135,7 @@ class Agent:
         self._last_snapshot = self._snapshot_cost = 0.0
         self._last_rescan = 0.0
         self._rescan_lock = threading.Lock()
+        self._pid_namespace = _pid_namespace()
         self._snapshot: ts.SnapshotSummary | None = None
         self._latest: AgentSample | None = None
         self._answer: tuple[AgentSample, dict[str, Any]] | None = None  # the latest sample, as answered
@@ -522,6 +523,7 @@ class Agent:
             pid=self.pid,
             time=time.time(),
             torch_version=str(torch.__version__),
+            pid_namespace=self._pid_namespace,
             devices=tuple(devices),
             step=self.step,
             phase=phase,
@@ -641,6 +643,15 @@ def _counts(census: TensorCensus | None) -> tuple[object, ...] | None:
         return None
     return (census.parameters_trainable, census.parameters_frozen, census.gradients, census.optimizer_state,
             census.parameters_16bit, census.seen)
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace: a monitor outside a container matches it with
+    the host PID NVML reports (the agent knows only its own)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _env_int(name: str) -> int | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, non_pytorch_of
 from vramtop.analysis.diagnosis import with_history
+from vramtop.analysis.join import join
 from vramtop.analysis.postmortem import postmortem_of
 from vramtop.analysis.risk import Thresholds, warnings_over
 from vramtop.codec import DecodeError, from_dict
@@ -281,15 +282,16 @@ def _postmortems(fresh: list[Sample], events: Sequence[Event], selectors: Sequen
                     kept.append(device.last_step)
                 if device.uuid is None:
                     continue
-                used = _process_used(s, agent.host_pid or agent.pid, device.uuid)
+                match = next((m for m in join(s).matches if m.agent is agent and m.device is device), None)
+                row = match.row if match is not None else None
+                used = row.used_memory if row is not None else None
                 gpu_used = _gpu_used(s, device.uuid)
                 non_pytorch = non_pytorch_of(device.stats, used, gpu_used)
                 if non_pytorch is not None:
                     outside.setdefault((agent.pid, device.index), []).append(non_pytorch)
                 gpu = s.gpu(device.uuid)
-                if gpu is not None and used is not None:  # the rows of one poll: comparable
-                    others[(agent.pid, device.index)] = sum(
-                        p.used_memory or 0 for p in gpu.processes if p.pid != (agent.host_pid or agent.pid))
+                if gpu is not None and row is not None:  # the rows of one poll: comparable
+                    others[(agent.pid, device.index)] = sum(p.used_memory or 0 for p in gpu.processes if p is not row)
     for _, pid, oom in ooms[i:]:  # after the last sample: the process died of it
         add(pid, oom, agents.get(pid))
     out.sort(key=lambda pm: pm.time)
@@ -340,20 +342,10 @@ def _gpu_summaries(recording: Recording, fresh: list[Sample], selectors: Sequenc
     return sorted(out, key=lambda g: g.index)
 
 
-def find_agent(agents: Sequence[AgentSample], proc: ProcessSample,
-               gpu_count: int = 0) -> tuple[AgentSample, AgentDevice] | None:
-    """The agent of an NVML process row and its device on the row's GPU."""
-    for agent in agents:
-        if proc.pid not in (agent.pid, agent.host_pid):
-            continue
-        for device in agent.devices:
-            if device.uuid == proc.gpu_uuid:
-                return agent, device
-        # A device without a UUID can only be this row's GPU when the sample has one GPU.
-        unnamed = [d for d in agent.devices if d.uuid is None]
-        if gpu_count == 1 and len(unnamed) == 1:
-            return agent, unnamed[0]
-    return None
+def find_agent(sample: Sample, proc: ProcessSample) -> tuple[AgentSample, AgentDevice] | None:
+    """The agent of an NVML process row and its device on the row's GPU (analysis/join.py)."""
+    match = join(sample).of_row(proc)
+    return (match.agent, match.device) if match is not None else None
 
 
 @dataclass
@@ -401,7 +393,7 @@ def _process_summaries(fresh: list[Sample], selectors: Sequence[str] | None) -> 
                     track.proc = proc
                 if proc.used_memory is not None and (track.peak_used is None or proc.used_memory > track.peak_used):
                     track.peak_used, track.peak_time = proc.used_memory, s.time
-                found = find_agent(s.agents, proc, len(s.gpus))
+                found = find_agent(s, proc)
                 if found is not None:
                     agent, device = found
                     matched.add((id(agent), device.index))
@@ -417,7 +409,8 @@ def _process_summaries(fresh: list[Sample], selectors: Sequence[str] | None) -> 
                     continue
                 if index is None and selectors:
                     continue
-                pid = agent.host_pid if agent.host_pid is not None else agent.pid
+                match = next((m for m in join(s).matches if m.agent is agent and m.device is device), None)
+                pid = match.pid if match is not None else agent.pid
                 key = (pid, device.uuid)
                 track = tracks.get(key)
                 if track is None:
@@ -598,16 +591,10 @@ def _process_used(sample: Sample, pid: int, uuid: str) -> int | None:
 
 
 def agent_device(sample: Sample, pid: int, uuid: str) -> tuple[AgentSample, AgentDevice] | None:
-    """The agent of the process NVML lists as ``pid`` and its figures for GPU ``uuid``."""
-    row = _process_row(sample, pid, uuid)
-    if row is not None:
-        return find_agent(sample.agents, row, len(sample.gpus))
-    for agent in sample.agents:
-        if pid in (agent.pid, agent.host_pid):
-            for device in agent.devices:
-                if device.uuid == uuid:
-                    return agent, device
-    return None
+    """The agent of the process NVML lists as ``pid`` (or, without a row, whose agent says so)
+    and its figures for GPU ``uuid`` (analysis/join.py)."""
+    match = join(sample).of_pid(pid, uuid)
+    return (match.agent, match.device) if match is not None else None
 
 
 def _bill_layers(fresh: list[Sample], proc: ProcessSummary) -> tuple[tuple[Layer, ...], tuple[int | None, ...],

@@ -24,6 +24,7 @@ from typing import Any
 from vramtop.analysis.advice import Advice, Assumptions, advise, batch_fit, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, fragmentation, fragmentation_proxy, non_pytorch_of
 from vramtop.analysis.diagnosis import diagnose
+from vramtop.analysis.join import join
 from vramtop.analysis.leak import LeakFit, LeakPoint, fit_leak
 from vramtop.codec import DecodeError, from_dict, to_dict
 from vramtop.model import (
@@ -181,23 +182,24 @@ class _Subject:
     limit: int | None = None  # what the process can have: the device's total, or its cap
     load: int = 0  # what counts against ``limit``: ``projected``, or reserved at the peak under a cap
     capped: bool = False  # the cap (set_per_process_memory_fraction) is the tighter limit
+    foreign: bool = False  # its PID is another namespace's, and NVML's row for it was not found
+
+    @property
+    def who(self) -> str:
+        """How the process is named: a PID from another namespace is never shown as a local one."""
+        return f"PID {self.pid}" + (" (in another PID namespace)" if self.foreign else "")
 
 
 def _subjects(sample: Sample, places: Mapping[str, _Place],
               non_pytorch: Mapping[tuple[int, str], int]) -> list[_Subject]:
+    """Each agent device on the place the join (analysis/join.py) puts it, with its NVML row."""
     out = []
-    for agent in sample.agents:
-        pids = {agent.pid} if agent.host_pid is None else {agent.pid, agent.host_pid}
-        for device in agent.devices:
-            uuid = device.uuid
-            if uuid is None and len(places) == 1:
-                uuid = next(iter(places))  # a single GPU: it can only be this one
-            place = places.get(uuid) if uuid is not None else None
-            if place is None:
-                continue
-            row = next((p for p in place.processes if p.pid in pids), None)
-            pid = agent.host_pid if agent.host_pid is not None else (row.pid if row else agent.pid)
-            out.append(_project(agent, device, place, row, pid, non_pytorch.get((pid, place.uuid))))
+    for m in join(sample).matches:
+        place = places.get(m.gpu_uuid) if m.gpu_uuid is not None else None
+        if place is None:
+            continue
+        subject = _project(m.agent, m.device, place, m.row, m.pid, non_pytorch.get((m.pid, place.uuid)))
+        out.append(replace(subject, foreign=m.foreign) if m.foreign else subject)
     return out
 
 
@@ -501,7 +503,7 @@ class RiskTracker:
         }
         non_pt = "unknown non-PyTorch" if s.non_pytorch is None else f"{fmt_bytes(s.non_pytorch)} non-PyTorch"
         sentence = (
-            f"PID {s.pid}'s step peak ({fmt_bytes(s.device.stats.reserved_peak)} reserved at the allocator's peak "
+            f"{s.who}'s step peak ({fmt_bytes(s.device.stats.reserved_peak)} reserved at the allocator's peak "
             f"+ {non_pt}) plus {fmt_bytes(s.others)} used by others and {fmt_bytes(s.place.driver_reserved)} "
             f"reserved by the driver comes to {fmt_bytes(p)}, {p / total:.0%} of {fmt_bytes(total)}; "
             + (f"that is {fmt_bytes(short)} past the {self.thresholds.margin:.0%} safety margin."
@@ -517,12 +519,12 @@ class RiskTracker:
         evidence: dict[str, float] = {"projected": reserved, "total": cap, "limit": warn, "share": reserved / cap,
                                       "reserved_peak": reserved, "cap": cap, "shortfall": max(0, short)}
         sentence = (
-            f"PID {s.pid} may reserve at most {fmt_bytes(cap)} (its cap, set_per_process_memory_fraction, whatever "
+            f"{s.who} may reserve at most {fmt_bytes(cap)} (its cap, set_per_process_memory_fraction, whatever "
             f"the GPU has free); at the allocator's peak it reserved {fmt_bytes(reserved)}, {reserved / cap:.0%} "
             "of it; "
             + (f"that is {fmt_bytes(short)} past the {self.thresholds.margin:.0%} safety margin."
                if short > 0 else f"only {fmt_bytes(-short)} inside the {self.thresholds.margin:.0%} safety margin."))
-        title = f"GPU {s.place.index}: step peak {fmt_bytes(reserved)} of PID {s.pid}'s {fmt_bytes(cap)} cap " \
+        title = f"GPU {s.place.index}: step peak {fmt_bytes(reserved)} of {s.who}'s {fmt_bytes(cap)} cap " \
                 f"({reserved / cap:.0%})"
         action = self._action(s, "Lower the step peak (a smaller micro-batch) or raise the process's memory fraction.")
         return _Finding(want, keep, self._warning(s, keep or WARNING, HEADROOM, title, evidence, sentence, action))
@@ -537,10 +539,10 @@ class RiskTracker:
         level = INFO if first else WARNING
         evidence: dict[str, float] = {"retries": count, "delta": delta, "reserved": s.device.stats.reserved}
         if first:
-            sentence = (f"PID {s.pid}'s allocator had already flushed its cache and retried cudaMalloc {count} "
+            sentence = (f"{s.who}'s allocator had already flushed its cache and retried cudaMalloc {count} "
                         f"time{'s' if count != 1 else ''} before vramtop started watching it.")
         else:
-            sentence = (f"PID {s.pid}'s allocator flushed its cache and retried cudaMalloc {delta} more "
+            sentence = (f"{s.who}'s allocator flushed its cache and retried cudaMalloc {delta} more "
                         f"time{'s' if delta != 1 else ''} ({count} in all): each retry synchronises the device "
                         "and the next failure is an OOM.")
         frag = fragmentation(s.device.stats) or 0.0
@@ -549,7 +551,7 @@ class RiskTracker:
                       "of flushed.")
         else:
             action = self._action(s, "Lower the step peak, e.g. a smaller micro-batch with gradient accumulation.")
-        title = f"GPU {s.place.index}: allocation retries in PID {s.pid} ({count})"
+        title = f"GPU {s.place.index}: allocation retries in {s.who} ({count})"
         return _Finding(level, level, self._warning(s, level, RETRIES, title, evidence, sentence, action),
                         immediate=True, hold=self.thresholds.event_hold)
 
@@ -583,12 +585,12 @@ class RiskTracker:
             except (DecodeError, TypeError, ValueError):
                 diagnosis = None
         if first:
-            sentence = (f"PID {s.pid} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
+            sentence = (f"{s.who} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
                         "before vramtop started watching it (the program caught the error).")
         else:
             # An event may arrive before (or, if the process died, without) the counter's rise.
             so_far = f" ({count} OOM{'s' if count != 1 else ''} so far)" if count else ""
-            sentence = f"PID {s.pid} ran out of GPU memory{so_far}{detail}."
+            sentence = f"{s.who} ran out of GPU memory{so_far}{detail}."
         if diagnosis is not None:
             sentence += " " + diagnosis.headline
             evidence["short"] = diagnosis.short
@@ -599,7 +601,7 @@ class RiskTracker:
         else:
             action = self._action(s, "Lower the step peak: a smaller micro-batch with gradient accumulation.", need)
         kind = f" ({diagnosis.kind})" if diagnosis is not None else ""
-        title = f"GPU {s.place.index}: out of memory in PID {s.pid}{kind}"
+        title = f"GPU {s.place.index}: out of memory in {s.who}{kind}"
         return _Finding(level, level, self._warning(s, level, OOM, title, evidence, sentence, action),
                         immediate=True, hold=self.thresholds.event_hold)
 
@@ -648,12 +650,12 @@ class RiskTracker:
                 f"in ~{_duration(eta)}"
                 + (f" (~{steps_eta:,.0f} steps)" if steps_eta is not None else "")
                 + f" and the {t.margin:.0%} margin in ~{_duration(margin_eta or 0.0)}")
-        sentence = (f"Memory still allocated after each optimizer step in PID {s.pid} grew "
+        sentence = (f"Memory still allocated after each optimizer step in {s.who} grew "
                     f"{fmt_bytes(int(fit.growth))} over the last {fit.steps} steps ({_duration(fit.seconds)}): "
                     f"{fmt_bytes(int(fit.per_step))}/step, {fmt_bytes(int(fit.per_second * 60))}/min{when}.")
         action = ("Look for tensors kept across steps: losses or outputs appended to a list without .item() or "
                   ".detach(), growing caches, or hooks that store activations.")
-        title = (f"GPU {s.place.index}: persistent memory of PID {s.pid} grows {fmt_bytes(int(fit.per_step))}/step"
+        title = (f"GPU {s.place.index}: persistent memory of {s.who} grows {fmt_bytes(int(fit.per_step))}/step"
                  + (f", OOM in ~{_duration(eta)}" if eta is not None and eta <= t.leak_horizon else ""))
         want = level if raise_ok else None
         return _Finding(want, level, self._warning(s, level, LEAK, title, evidence, sentence, action))
@@ -691,12 +693,12 @@ class RiskTracker:
             evidence["largest_free_block"] = stats.largest_free_block
         block = ("" if stats.largest_free_block is None
                  else f", its largest free block only {fmt_bytes(stats.largest_free_block)}")
-        sentence = (f"PID {s.pid}'s allocator caches {fmt_bytes(cache)} unused by any tensor{block}: fragmentation "
+        sentence = (f"{s.who}'s allocator caches {fmt_bytes(cache)} unused by any tensor{block}: fragmentation "
                     f"{frag:.2f}{' (estimated between snapshots)' if proxy else ''}"
                     + (f", with {stats.num_alloc_retries} allocation retries." if stats.num_alloc_retries else "."))
         action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts so the cache "
                   "stays usable for large tensors.")
-        title = f"GPU {s.place.index}: fragmented allocator cache in PID {s.pid} ({frag:.2f} of {fmt_bytes(cache)})"
+        title = f"GPU {s.place.index}: fragmented allocator cache in {s.who} ({frag:.2f} of {fmt_bytes(cache)})"
         return _Finding(level if high else None, level,
                         self._warning(s, level, FRAGMENTATION, title, evidence, sentence, action))
 
@@ -759,7 +761,7 @@ class RiskTracker:
                       if p.uuid != place.uuid and not p.processes and p.index is not None)
         level = WARNING if idle else INFO
         numbers = ", ".join(str(s.agent.rank) for s in ranks)
-        who = ", ".join(f"rank {s.agent.rank} (PID {s.pid}, {fmt_bytes(s.row.used_memory or 0) if s.row else '?'})"
+        who = ", ".join(f"rank {s.agent.rank} ({s.who}, {fmt_bytes(s.row.used_memory or 0) if s.row else '?'})"
                         for s in ranks)
         sentence = (f"{who} of a distributed job all train on GPU {place.index}"
                     + (f", while GPU {', '.join(idle)} {'has' if len(idle) == 1 else 'have'} no process." if idle

@@ -154,7 +154,10 @@ def _check_uses_gpu(only: Sample, pid: int) -> None:
 def only_process(sample: Sample, pid: int) -> Sample:
     """``sample`` with the GPUs' own figures, and only this process's rows and agent."""
     gpus = tuple(replace(g, processes=tuple(p for p in g.processes if p.pid == pid)) for g in sample.gpus)
-    agents = tuple(a for a in sample.agents if (a.host_pid or a.pid) == pid)
+    from vramtop.analysis.join import join
+
+    matched = {id(m.agent) for m in join(sample).of_process(pid)}
+    agents = tuple(a for a in sample.agents if id(a) in matched)
     return replace(sample, gpus=gpus, agents=agents)
 
 

@@ -40,7 +40,7 @@ def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
 
     lines = []
     for proc in gpu.processes:
-        found = find_agent(sample.agents, proc, len(sample.gpus))
+        found = find_agent(sample, proc)
         if found is None:
             continue
         agent, device = found

@@ -19,12 +19,15 @@ class _Identity:
     command: str | None
     user: str | None
     visibility: str
+    pid_namespace: int | None = None
+    ns_pid: int | None = None
 
 
 class HostInfo:
     """Caches each process's identity (it never changes) and re-reads only its RSS."""
 
     def __init__(self, holds_gpu: Callable[[int], bool | None] | None = None) -> None:
+        self._namespace = pid_namespace_of(os.getpid())[0]  # the monitor\'s own
         # Injected in CPU-only tests, where no process can hold /dev/nvidia*.
         self._holds_gpu = holds_gpu or holds_nvidia_device
         self._hostname = socket.gethostname()
@@ -40,6 +43,7 @@ class HostInfo:
             memory_used=int(vm.total - vm.available),
             swap_total=int(sw.total),
             swap_used=int(sw.used),
+            pid_namespace=self._namespace,
         )
 
     def process_sample(self, *, pid: int, gpu_uuid: str, used_memory: int | None, kind: str,
@@ -70,6 +74,8 @@ class HostInfo:
             user=ident.user,
             host_rss=rss,
             create_time=ident.create_time,
+            pid_namespace=ident.pid_namespace,
+            ns_pid=ident.ns_pid,
         )
 
     def _process(self, pid: int) -> psutil.Process | None:
@@ -106,9 +112,29 @@ class HostInfo:
         except (psutil.Error, OSError):
             create_time, name, command, user = 0.0, None, None, None
         visibility = MISMATCH if self._holds_gpu(proc.pid) is False else VISIBLE
-        ident = _Identity(create_time, name, command, user, visibility)
+        ident = _Identity(create_time, name, command, user, visibility, *pid_namespace_of(proc.pid))
         self._identities[proc.pid] = ident
         return ident
+
+
+def pid_namespace_of(pid: int) -> tuple[int | None, int | None]:
+    """(the inode of the process's PID namespace, its PID inside that namespace): what joins an
+    NVML row (host PIDs) to the agent of a process in a container, which knows only its own PID.
+    (None, None) where /proc does not say (another user's process, no procfs)."""
+    try:
+        namespace: int | None = os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    inner = None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    inner = int(line.split()[-1])  # the innermost namespace's PID comes last
+                    break
+    except (OSError, ValueError):
+        pass
+    return namespace, inner
 
 
 def holds_nvidia_device(pid: int) -> bool | None:

@@ -7,6 +7,7 @@ from rich.text import Text
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.bill import non_pytorch_of
 from vramtop.analysis.diagnosis import CAPACITY, diagnose
+from vramtop.analysis.join import join
 from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
 from vramtop.sinks.once import process_label
@@ -26,7 +27,7 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if not on_gpus:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
     first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
-    found = find_agent(sample.agents, first, len(sample.gpus))
+    found = find_agent(sample, first)
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
@@ -88,7 +89,7 @@ class ProcessDetail(Panel):
     def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = (),
              live: bool = True) -> None:
         width = max(self.size.width - 2, 40)  # minus the padding
-        found = key is not None and any(a.pid == int(key.rpartition(":")[2]) for a in sample.agents)
+        found = key is not None and bool(join(sample).of_process(int(key.rpartition(":")[2])))
         self.set_class(bool(found), "agent")
         self.app.set_class(bool(found), "agent-view")  # the layout makes room for the bill
         self.redraw(render_detail(sample, key, width, narrow, advice, live))

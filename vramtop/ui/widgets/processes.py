@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
+from vramtop.analysis.join import join
 from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, ProcessSample, Sample
 from vramtop.sinks.once import process_label
 from vramtop.units import fmt_bytes, mib, percent
@@ -53,7 +54,7 @@ class ProcessTable(DataTable[Any]):
         self._layout_width = 0  # the table width the columns were laid out for
         self._last: tuple[Sample, str | None, str, bool] | None = None
         self._totals: dict[str, int | None] = {}
-        self._agents: dict[tuple[int, str], AgentDevice] = {}
+        self._agents: dict[tuple[str, int], AgentDevice] = {}  # (GPU UUID, host PID), from the join
         self._shown: list[tuple[str, tuple[Any, ...]]] | None = None
         self.focus_pid: int | None = None  # `vramtop attach PID`: start on this process
 
@@ -61,7 +62,7 @@ class ProcessTable(DataTable[Any]):
         self._last = (sample, gpu, sort, narrow)
         selected = self.selected_key()
         self._totals = {g.uuid: g.memory_total for g in sample.gpus}
-        self._agents = {(a.pid, d.uuid or ""): d for a in sample.agents for d in a.devices}
+        self._agents = {m.key: m.device for m in join(sample).matches if m.key is not None}
         rows = visible_processes(sample, gpu, sort)
         content = [(row_key(p), tuple(self._cells(i, p, narrow))) for i, p in rows]
         width = self.size.width
@@ -102,7 +103,7 @@ class ProcessTable(DataTable[Any]):
             return None
 
     def _cells(self, gpu_index: int, p: ProcessSample, narrow: bool) -> Iterable[Any]:
-        agent = self._agents.get((p.pid, p.gpu_uuid))
+        agent = self._agents.get((p.gpu_uuid, p.pid))
         pid = Text(f"{AGENT_MARK}{p.pid}", style="bold green") if agent else Text(f" {p.pid}")
         gpu_mem = Text("N/A" if p.used_memory is None else f"{mib(p.used_memory)} MiB", justify="right")
         label = process_label(p)
