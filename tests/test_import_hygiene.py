@@ -1,0 +1,43 @@
+"""Layer boundaries, checked the way harlequin does: import a module in a fresh interpreter and
+look at what came with it. Needs no torch, no GPU, no driver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ANALYSIS = ["vramtop.analysis." + m for m in ("advice", "bill", "diagnosis", "history", "join", "leak",
+                                              "postmortem", "report", "risk")]
+
+
+def imported(module: str) -> set[str]:
+    code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return set(json.loads(out.stdout))
+
+
+def top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_the_agent_imports_only_the_standard_library_and_vramtops_data_modules():
+    modules = imported("vramtop.agent")
+    assert not top(modules) & {"torch", "textual", "rich", "pynvml", "psutil"}
+    ours = {m for m in modules if m.startswith("vramtop")}
+    allowed = {"vramtop", "vramtop.codec", "vramtop.model", "vramtop.protocol"}
+    assert {m for m in ours if not m.startswith("vramtop.agent")} <= allowed, ours
+
+
+@pytest.mark.parametrize("module", ["vramtop.model", "vramtop.protocol", *ANALYSIS])
+def test_data_and_analysis_import_no_ui_no_driver_no_host_library(module):
+    assert not top(imported(module)) & {"textual", "rich", "pynvml", "psutil", "torch"}
+
+
+@pytest.mark.parametrize("module", ["vramtop.ui.app", "vramtop.ui.replay"])
+def test_the_ui_imports_no_driver_and_no_agent_socket_code(module):
+    modules = imported(module)
+    assert "pynvml" not in top(modules)
+    assert not modules & {"vramtop.sources.agent", "vramtop.sources.nvml", "vramtop.agent"}
