@@ -631,3 +631,17 @@ def test_a_recording_with_the_measured_bill_reports_its_phase_and_its_spike(caps
     peaks = [d.peak for s in rec.samples for a in s.agents for d in a.devices if d.peak is not None]
     assert peaks and all(p.measured or p.basis_step for p in peaks)
     assert {p.phase for p in peaks} == {"backward"} and peaks[-1].gradients == 0
+
+
+def test_the_picture_and_the_text_list_the_same_warnings_whatever_the_thresholds(tmp_path, capsys):
+    # One warnings policy: report raises the warnings again from the samples with its own
+    # --threshold and both the text and the picture show those (the picture once drew the
+    # recorder's live warnings, so a changed threshold made them disagree).
+    for extra, leak in (([], True), (["--threshold", "leak_min_growth=64GiB"], False)):
+        svg_path = tmp_path / f"{leak}.svg"
+        assert main(["report", str(GPT2), "--svg", str(svg_path), *extra]) == 0
+        text = capsys.readouterr().out.split("\nWARNINGS")[1].split("\nPOST-MORTEM")[0]
+        svg = svg_path.read_text()
+        assert ("persistent memory of PID" in text) is leak
+        assert ("persistent memory of PID" in svg or "persistent m" in svg) is leak
+        assert "out of memory in PID" in text and "out of memory in PID" in svg

@@ -555,7 +555,7 @@ def panels(recording: Recording, report: Report) -> list[Panel]:
     out: list[Panel] = []
     for gpu in report.gpus:
         gpu_used = tuple(_gpu_used(s, gpu.uuid) for s in fresh)
-        events = tuple(_event_marks(recording.events, gpu.uuid))
+        events = tuple(_event_marks(logged_events(report), gpu.uuid)) + tuple(_warning_marks(report, gpu.index))
         agents = [p for p in report.processes if p.gpu_uuid == gpu.uuid and p.agent is not None]
         for proc in agents:
             layers, process_used, steps = _bill_layers(fresh, proc)
@@ -644,6 +644,13 @@ def _event_marks(events: Sequence[Event], uuid: str) -> list[Mark]:
             continue  # an event about another GPU
         out.append(Mark(e.time, e.kind, event_label(e)))
     return out
+
+
+def _warning_marks(report: Report, gpu_index: int) -> list[Mark]:
+    """The warnings the report lists (raised from the samples with the report's thresholds),
+    as marks: the picture and the text say the same, whatever the recorder raised live."""
+    return [Mark(w.time, "warning", f"warning ({w.level}): {w.title}")
+            for w in report.warnings if w.gpu_index in (None, gpu_index)]
 
 
 def logged_events(report: Report) -> list[Event]:
