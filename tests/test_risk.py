@@ -3,6 +3,7 @@ histories built from the real sample classes."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -687,3 +688,15 @@ def test_headroom_and_a_leaks_time_to_oom_count_against_the_processs_cap():
     assert "its cap" in leak.sentence
     assert leak.evidence["seconds_to_oom"] == pytest.approx((21 * GiB - leak.evidence["projected"]) / (64 * MiB),
                                                             rel=0.05)
+
+
+def test_one_encoding_of_a_warning_for_every_writer_and_it_reads_back():
+    tracker = RiskTracker()
+    for i in range(3):
+        warnings = tracker.update(snap(float(i), reserved_peak=at_share(0.95)))
+    from vramtop.analysis.risk import warning_from_dict, warning_to_dict
+
+    (w,) = warnings
+    data = json.loads(json.dumps(warning_to_dict(w)))  # through JSON, as files and --once carry it
+    assert warning_from_dict(data) == w
+    assert warning_from_dict({"kind": "headroom"}) is None  # not a warning: no traceback either

@@ -137,6 +137,22 @@ class RiskWarning:
         return (self.kind, self.gpu_uuid, self.pid)
 
 
+def warning_to_dict(w: RiskWarning) -> dict[str, Any]:
+    """A warning as every writer writes it (``--once --json``, recordings): one encoding."""
+    return {"level": w.level, "kind": w.kind, "gpu_uuid": w.gpu_uuid, "gpu_index": w.gpu_index, "pid": w.pid,
+            "title": w.title, "evidence": dict(w.evidence), "sentence": w.sentence, "action": w.action,
+            "since": w.since}
+
+
+def warning_from_dict(data: Mapping[str, Any], pid: int | None = None) -> RiskWarning | None:
+    """The warning ``warning_to_dict`` wrote (``pid`` from the record when the data has none);
+    None for data that is not one (a damaged or foreign record)."""
+    try:
+        return from_dict(RiskWarning, {"pid": pid, "evidence": {}, **data})
+    except (DecodeError, TypeError, ValueError):
+        return None
+
+
 # -- joining a sample's parts ----------------------------------------------------------------
 
 

@@ -365,15 +365,14 @@ class _Session:
         it goes: the same warnings the TUI shows, kept in the file."""
         if self.risk is None:
             return
+        from vramtop.analysis.risk import warning_to_dict
+
         now: dict[tuple[str, str, int | None], RiskWarning] = {}
         for w in self.risk.update(sample, events):
             now[w.key] = w
             before = self._raised.get(w.key)
             if before is None or before.level != w.level:
-                self._write(self.recorder.write_event, "warning",
-                            {"level": w.level, "kind": w.kind, "gpu_uuid": w.gpu_uuid, "gpu_index": w.gpu_index,
-                             "title": w.title, "sentence": w.sentence, "action": w.action,
-                             "evidence": dict(w.evidence)}, pid=w.pid, time=sample.time)
+                self._write(self.recorder.write_event, "warning", warning_to_dict(w), pid=w.pid, time=sample.time)
         for key in self._raised.keys() - now.keys():
             gone = self._raised[key]
             self._write(self.recorder.write_event, "warning.cleared",

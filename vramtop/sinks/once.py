@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from vramtop import __version__
-from vramtop.analysis.risk import RiskWarning
+from vramtop.analysis.risk import RiskWarning, warning_to_dict
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
 from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent
@@ -17,7 +16,7 @@ def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     """The sample document plus ``warnings`` (each: level, kind, gpu_uuid, gpu_index, pid,
     title, evidence, sentence, action, since)."""
     doc = sample_document(sample)
-    doc["warnings"] = [asdict(w) for w in warnings]
+    doc["warnings"] = [warning_to_dict(w) for w in warnings]
     return json.dumps(doc, indent=2)
 
 
