@@ -41,3 +41,7 @@ def test_the_ui_imports_no_driver_and_no_agent_socket_code(module):
     modules = imported(module)
     assert "pynvml" not in top(modules)
     assert not modules & {"vramtop.sources.agent", "vramtop.sources.nvml", "vramtop.agent"}
+    # Nor the sinks, the report and the reading of recordings:
+    # presentation helpers live in vramtop.units, the join in vramtop.analysis.join.
+    assert not {m for m in modules if m.startswith("vramtop.sinks")}
+    assert not modules & {"vramtop.analysis.report", "vramtop.recording"}

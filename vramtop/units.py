@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from vramtop.model import MISMATCH, NOT_VISIBLE, ProcessSample
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -50,3 +52,12 @@ def clock(t: float | None, fmt: str = "%H:%M:%S") -> str:
         return time.strftime(fmt, time.localtime(t))
     except (OverflowError, OSError, ValueError):
         return "?"
+
+
+def process_label(p: ProcessSample) -> str:
+    """A process row's command, or why there is none."""
+    if p.visibility == NOT_VISIBLE:
+        return "(PID not visible on this host: another container or namespace)"
+    if p.visibility == MISMATCH:
+        return "(PID belongs to another process here: GPU process is in another PID namespace)"
+    return p.command or p.name or "?"

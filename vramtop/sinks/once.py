@@ -9,7 +9,7 @@ from vramtop import __version__
 from vramtop.analysis.risk import RiskWarning, warning_to_dict
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
-from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent
+from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent, process_label
 
 
 def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
@@ -100,15 +100,6 @@ def _process_line(p: ProcessSample) -> str:
         f"  {p.pid:>8}  {p.kind:<4} {(p.user or '?')[:10]:<10} {gpu_mem:>10}  "
         f"{fmt_bytes(p.host_rss):>9}  {process_label(p)}"
     )
-
-
-def process_label(p: ProcessSample) -> str:
-    """The command, or why there is none."""
-    if p.visibility == "not-visible":
-        return "(PID not visible on this host: another container or namespace)"
-    if p.visibility == "mismatch":
-        return "(PID belongs to another process here: GPU process is in another PID namespace)"
-    return p.command or p.name or "?"
 
 
 def _by_memory(p: ProcessSample) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.diagnosis import with_histories
 from vramtop.analysis.history import History
-from vramtop.analysis.report import agent_device
+from vramtop.analysis.join import join
 from vramtop.analysis.risk import Thresholds, advice_for, warnings_over
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp
@@ -120,8 +120,8 @@ class ReplayApp(VramtopApp):
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """From the sample under the playhead alone (the live tracker is not fed in a replay)."""
-        found = agent_device(sample, pid, uuid)
-        return advice_for(sample, *found, self.risk.thresholds) if found else ()
+        match = join(sample).of_pid(pid, uuid)
+        return advice_for(sample, match.agent, match.device, self.risk.thresholds) if match else ()
 
     def status_extra(self) -> Text:
         t = Text(f" REPLAY {self.position + 1}/{len(self.samples)} ×{self.speed:g}", style="bold magenta")

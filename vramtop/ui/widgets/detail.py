@@ -8,13 +8,11 @@ from vramtop.analysis.advice import Advice
 from vramtop.analysis.bill import non_pytorch_of
 from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.join import join
-from vramtop.analysis.report import find_agent
 from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
-from vramtop.sinks.once import process_label
 from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
-from vramtop.units import fmt_bytes, mib
+from vramtop.units import fmt_bytes, mib, process_label
 
 
 def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True,
@@ -27,7 +25,8 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if not on_gpus:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
     first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
-    found = find_agent(sample, first)
+    match = join(sample).of_row(first)
+    found = (match.agent, match.device) if match is not None else None
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")

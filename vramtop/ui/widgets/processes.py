@@ -10,8 +10,7 @@ from textual.widgets import DataTable
 
 from vramtop.analysis.join import join
 from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, ProcessSample, Sample
-from vramtop.sinks.once import process_label
-from vramtop.units import fmt_bytes, mib, percent
+from vramtop.units import fmt_bytes, mib, percent, process_label
 
 SORTS: dict[str, Callable[[ProcessSample], Any]] = {
     "gpu memory": lambda p: (-(p.used_memory or 0), p.pid),
