@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 async def first_frame() -> float:
-    from vramtop.sources.agent import AgentSource, MonitorSource
+    from vramtop.sources.agent import AgentSource
+    from vramtop.sources.monitor import MonitorSource
     from vramtop.sources.nvml import NvmlSource
     from vramtop.ui.app import VramtopApp
 

@@ -12,10 +12,9 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from vramtop import __version__
-from vramtop.commands.options import bounded
+from vramtop.commands.options import bounded, thresholds_from
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 
 EXIT_PIPE = 128 + 13  # what a shell reports for a command SIGPIPE ended
@@ -76,18 +75,6 @@ def _percent(text: str) -> float:
     if not 0 <= value < 50:
         raise argparse.ArgumentTypeError("must be from 0 to 50 (percent of the GPU)")
     return value
-
-
-def thresholds_from(args: argparse.Namespace) -> Any:
-    """The risk thresholds the command line asks for (imported lazily: --help stays fast)."""
-    from vramtop.analysis.risk import Thresholds, with_overrides
-
-    margin = args.margin / 100
-    base = Thresholds(margin=margin, critical_margin=margin / 3)
-    try:
-        return with_overrides(base, getattr(args, "threshold", None) or [])
-    except ValueError as err:
-        raise VramtopError(f"--threshold: {err}", EXIT_USAGE) from None
 
 
 # Subcommands: (name, module). Each module defines ``add_arguments(parser)`` and

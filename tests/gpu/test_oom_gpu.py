@@ -19,7 +19,8 @@ import pytest
 
 from tests.test_tui_tmux import SESSION, Tmux
 from vramtop.analysis.risk import RiskTracker
-from vramtop.sources.agent import AgentSource, MonitorSource
+from vramtop.sources.agent import AgentSource
+from vramtop.sources.monitor import MonitorSource
 from vramtop.sources.nvml import NvmlSource
 
 REPO = Path(__file__).resolve().parents[2]

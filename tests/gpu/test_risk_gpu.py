@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from vramtop.analysis.risk import RiskTracker, batch_fit_for
-from vramtop.sources.agent import AgentSource, MonitorSource
+from vramtop.sources.agent import AgentSource
+from vramtop.sources.monitor import MonitorSource
 from vramtop.sources.nvml import NvmlSource
 
 REPO = Path(__file__).resolve().parents[2]

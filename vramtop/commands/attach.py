@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from vramtop.commands.options import need_terminal, thresholds_from
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 
 
@@ -35,14 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     from vramtop.processes import uses_no_gpu
     from vramtop.protocol import socket_path
-    from vramtop.sources.agent import AgentSource, MonitorSource
-    from vramtop.sources.nvml import NvmlSource
+    from vramtop.sources.monitor import monitor_source
     from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
     pid = args.pid
     if not psutil.pid_exists(pid):
         raise VramtopError(f"no process with PID {pid}", EXIT_USAGE)
-    source = MonitorSource(NvmlSource(args.gpu), AgentSource())
+    source = monitor_source(args.gpu)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=10.0).read()
@@ -50,12 +49,10 @@ def run(args: argparse.Namespace) -> int:
         has_agent = socket_path(pid).exists()
         if not on_gpu and not has_agent:
             raise uses_no_gpu(pid)
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            raise VramtopError("the live monitor needs a terminal; use vramtop --once --json", EXIT_USAGE)
+        need_terminal("the live monitor", "`vramtop --once` (or `--once --json`) prints one summary")
         from vramtop.ui.app import VramtopApp
 
         hint = None if has_agent else enable_hint(pid)
-        from vramtop.cli import thresholds_from
 
         VramtopApp(source, interval=args.interval, focus_pid=pid, notice=hint,
                    thresholds=thresholds_from(args)).run()

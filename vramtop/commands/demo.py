@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
+from vramtop.commands.options import need_terminal, thresholds_from
+from vramtop.errors import EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +24,16 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_gpu(args, "the demo")
     if args.report:
-        from vramtop.cli import main
+        from vramtop.analysis.report import summarize
+        from vramtop.recording import read_recording
+        from vramtop.sinks.report_text import render_text
 
         print(f"vramtop demo: the recording is {RECORDING}", file=sys.stderr)
-        return main(["report", str(RECORDING)])
+        print(render_text(summarize(read_recording(RECORDING), None, thresholds_from(args))))
+        return EXIT_OK
     recording, _ = load(str(RECORDING))
     samples = recording.samples
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise VramtopError("the demo needs a terminal", EXIT_USAGE)
-    from vramtop.cli import thresholds_from
+    need_terminal("the demo", "`vramtop demo --report` prints what the recording says")
     from vramtop.ui.replay import ReplayApp, first_busy_index, replay_interval
 
     notice = ("Demo: a recording of GPT-2 small training on an NVIDIA H100 with the vramtop agent. "

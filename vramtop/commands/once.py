@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from vramtop.analysis.risk import Thresholds, assess
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
-from vramtop.sources.agent import AgentSource, MonitorSource
-from vramtop.sources.nvml import NvmlSource
+from vramtop.sources.monitor import monitor_source
 from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
 ONCE_DEADLINE_S = 10.0
@@ -17,7 +16,7 @@ AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
 def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Thresholds | None = None) -> int:
-    source = MonitorSource(NvmlSource(gpus), AgentSource(), agent_wait=AGENT_WAIT_S)
+    source = monitor_source(gpus, agent_wait=AGENT_WAIT_S)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()

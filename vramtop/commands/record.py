@@ -23,6 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from vramtop.codec import to_dict
+from vramtop.commands.options import thresholds_from
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 from vramtop.model import AgentEvent
 from vramtop.recording import COMPRESSED_SUFFIXES, XZ_SUFFIX
@@ -92,12 +93,11 @@ def run(args: argparse.Namespace) -> int:
 
     from vramtop.recording import compressed_path, header_record
     from vramtop.sinks.recorder import Recorder
-    from vramtop.sources.agent import AgentSource, MonitorSource
-    from vramtop.sources.nvml import NvmlSource
+    from vramtop.sources.monitor import monitor_source
     from vramtop.sources.poller import DeadlineReader, open_with_deadline
 
     # NVML for every process, plus the allocator figures of every process running the agent.
-    source = MonitorSource(NvmlSource(args.gpu), AgentSource())
+    source = monitor_source(args.gpu)
     open_with_deadline(source)  # no driver, no GPU, a hung driver: say so before anything starts
     try:
         deadline = read_deadline(args.interval)
@@ -114,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
               + (f" (compressed into {compressed_path(path, compress)} at the end)" if compress else ""),
               file=sys.stderr)
         from vramtop.analysis.risk import RiskTracker
-        from vramtop.cli import thresholds_from
 
         session = _Session(reader, recorder, interval=args.interval, duration=args.duration,
                            compress=compress, risk=RiskTracker(thresholds_from(args)), pid=args.pid)

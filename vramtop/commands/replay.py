@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import TYPE_CHECKING
 
-from vramtop.commands.options import bounded
+from vramtop.commands.options import bounded, need_terminal, thresholds_from
 from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
 
 if TYPE_CHECKING:
@@ -60,10 +59,7 @@ def refuse_gpu(args: argparse.Namespace, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     refuse_gpu(args, "replay")
     recording, notice = load(args.file)
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise VramtopError("replay needs a terminal; `vramtop report FILE` summarises a recording as text",
-                           EXIT_USAGE)
-    from vramtop.cli import thresholds_from
+    need_terminal("replay", "`vramtop report FILE` summarises a recording as text")
     from vramtop.ui.replay import ReplayApp, replay_interval
 
     samples = recording.samples

@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 
+from vramtop.commands.options import thresholds_from
 from vramtop.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VramtopError
 
 EPILOG = """\
@@ -39,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vramtop.analysis.report import panels, summarize
-    from vramtop.cli import thresholds_from
     from vramtop.protocol import SchemaError
     from vramtop.recording import read_recording
 

@@ -14,12 +14,11 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vramtop.codec import DecodeError, from_dict, to_dict
-from vramtop.model import AgentEvent, AgentSample, OomReport, Sample
+from vramtop.model import AgentEvent, AgentSample, OomReport
 from vramtop.protocol import (
     FrameDecoder,
     InsecureDirectory,
@@ -32,7 +31,6 @@ from vramtop.protocol import (
     read_postmortem,
     runtime_dir,
 )
-from vramtop.sources.nvml import NvmlSource
 
 RESCAN_S = 2.0
 CONNECT_TIMEOUT_S = 2.0
@@ -309,30 +307,3 @@ def read_beacon(directory: Path, pid: int) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-class MonitorSource:
-    """NVML plus the agents: the source the monitor and the recorder read."""
-
-    def __init__(self, nvml: NvmlSource, agents: AgentSource | None, agent_wait: float = 0.0) -> None:
-        self.nvml = nvml
-        self.agents = agents
-        self.agent_wait = agent_wait
-        self.dropped_events = 0  # agent events that did not validate
-
-    def open(self) -> None:
-        self.nvml.open()
-
-    def read(self) -> Sample:
-        sample = self.nvml.read()
-        if self.agents is None:
-            return sample
-        agents = self.agents.poll(self.agent_wait)
-        events, bad = typed_events(self.agents.drain_events())
-        self.dropped_events += bad
-        return replace(sample, agents=agents, events=tuple(events), problems=self.agents.visible_problems())
-
-    def close(self) -> None:
-        self.nvml.close()
-        if self.agents is not None:
-            self.agents.close()
