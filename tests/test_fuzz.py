@@ -86,7 +86,8 @@ def test_value_parsers_refuse_clearly(text):
             assert value == value and value != float("inf")  # finite, not NaN
         except argparse.ArgumentTypeError:
             pass
-    from vramtop.analysis.risk import Thresholds, with_overrides
+    from vramtop.analysis.thresholds import Thresholds
+    from vramtop.commands.options import with_overrides
 
     for name in ("raise_after", "frag_ratio", "leak_min_growth", "event_hold"):
         with contextlib.suppress(ValueError):

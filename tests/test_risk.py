@@ -23,12 +23,12 @@ from vramtop.analysis.risk import (
     RETRIES,
     WARNING,
     RiskTracker,
-    Thresholds,
     advice_for,
     assess,
     batch_fit_for,
-    with_overrides,
 )
+from vramtop.analysis.thresholds import Thresholds
+from vramtop.commands.options import with_overrides
 from vramtop.model import (
     AgentDevice,
     AgentSample,

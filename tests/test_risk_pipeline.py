@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
 from tests.fakes.fake_nvml import two_gpu_box  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
-from vramtop.analysis.risk import RiskTracker, Thresholds  # noqa: E402
+from vramtop.analysis.risk import RiskTracker  # noqa: E402
+from vramtop.analysis.thresholds import Thresholds  # noqa: E402
 from vramtop.sources.agent import AgentSource  # noqa: E402
 from vramtop.sources.hostinfo import HostInfo  # noqa: E402
 from vramtop.sources.monitor import MonitorSource  # noqa: E402

@@ -10,7 +10,8 @@ from typing import Any
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation
 from vramtop.analysis.diagnosis import CAPACITY, Diagnosis, diagnose
-from vramtop.analysis.risk import Thresholds, mixed_precision
+from vramtop.analysis.risk import mixed_precision
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import AgentDevice, AgentSample, AllocatorStats, OomReport
 from vramtop.units import fmt_bytes
 

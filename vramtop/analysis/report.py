@@ -17,7 +17,8 @@ from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, non_pytorch_of
 from vramtop.analysis.diagnosis import with_history
 from vramtop.analysis.join import join
 from vramtop.analysis.postmortem import postmortem_of
-from vramtop.analysis.risk import Thresholds, warnings_over
+from vramtop.analysis.risk import warnings_over
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.codec import DecodeError, from_dict
 from vramtop.model import AgentDevice, AgentSample, OomReport, ProcessSample, Sample, StepPeak
 from vramtop.recording import Event, Recording

@@ -14,18 +14,18 @@ fitted in leak.py, and an OOM is summed up in postmortem.py.
 
 from __future__ import annotations
 
-import math
-import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vramtop.analysis.advice import Advice, Assumptions, advise, batch_fit, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, fragmentation, fragmentation_proxy, non_pytorch_of
 from vramtop.analysis.diagnosis import diagnose
 from vramtop.analysis.join import join
+from vramtop.analysis.latch import CRITICAL, INFO, NOTHING, RANK, WARNING, Finding, Latch
 from vramtop.analysis.leak import LeakFit, LeakPoint, fit_leak
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.codec import DecodeError, from_dict, to_dict
 from vramtop.model import (
     NOT_VISIBLE,
@@ -37,84 +37,11 @@ from vramtop.model import (
     Sample,
     TensorCensus,
 )
-from vramtop.units import GiB, MiB, fmt_bytes
-
-INFO, WARNING, CRITICAL = "info", "warning", "critical"
-LEVELS = (INFO, WARNING, CRITICAL)
-_RANK: dict[str | None, int] = {None: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
-_LEVEL: dict[int, str | None] = {v: k for k, v in _RANK.items()}
+from vramtop.units import fmt_bytes
 
 OOM, RETRIES, HEADROOM, LEAK, FRAGMENTATION, NEIGHBOUR = (
     "oom", "retries", "headroom", "leak", "fragmentation", "neighbour")
 KINDS = (OOM, RETRIES, HEADROOM, LEAK, FRAGMENTATION, NEIGHBOUR)  # display order within a level
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When each rule fires; docs/risk.md says why each default is what it is."""
-
-    margin: float = 0.10  # share of the device kept free for evaluation, a profiler, debugging
-    critical_margin: float = 0.10 / 3  # within a third of the margin: one more transient away
-    clear_band: float = 0.02  # share of the device the projection must fall below a line to clear
-    raise_after: int = 3  # consecutive samples a condition must hold before it is shown
-    clear_after: int = 5  # consecutive samples its clear condition must fail before it goes
-    event_hold: float = 300.0  # seconds a retry or OOM warning stays after the last one
-    leak_warmup_steps: int = 20  # optimizer state, AMP scaler, compiled graphs appear in these
-    leak_window: int = 96  # step-boundary points kept per process and GPU
-    leak_point_gap: float = 2.0  # seconds between kept points, so the window spans minutes
-    leak_min_points: int = 8
-    leak_min_span: float = 10.0  # seconds
-    leak_monotone: float = 0.8  # share of rising pairs among rising + falling ones
-    leak_monotone_clear: float = 0.65
-    leak_max_jump: float = 1 / 3  # one increment may make at most this share of the growth
-    leak_min_growth: int = 64 * MiB  # fitted growth over the window, above allocator granularity
-    leak_min_rate: float = GiB / 3600  # bytes per second (1 GiB/h)
-    leak_horizon: float = 24 * 3600.0  # a time-to-OOM beyond this is info, not a warning
-    leak_critical: float = 600.0  # a time-to-OOM under this is critical
-    frag_ratio: float = 0.5
-    frag_clear_ratio: float = 0.4
-    frag_min_cache: int = 1 * GiB
-    frag_min_share: float = 0.05  # the cache must also be this share of the device
-    neighbour_min_bytes: int = 1 * GiB  # a neighbour counts from the smaller of these two
-    neighbour_min_share: float = 0.05
-    forget_after: float = 60.0  # seconds after which state of a vanished process is dropped
-
-
-_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": MiB, "gib": GiB}
-# Thresholds that are shares of something (of the device, of a trend's pairs): from 0 to 1.
-_SHARES = {"critical_margin", "clear_band", "leak_monotone", "leak_monotone_clear", "leak_max_jump", "frag_ratio",
-           "frag_clear_ratio", "frag_min_share", "neighbour_min_share"}
-
-
-def with_overrides(thresholds: Thresholds, settings: Sequence[str]) -> Thresholds:
-    """``thresholds`` with ``NAME=VALUE`` settings applied (``--threshold``): whole numbers for
-    counts, bytes with an optional KiB/MiB/GiB suffix, plain numbers otherwise; ValueError with
-    the valid names for anything else."""
-    types = {f.name: f.type for f in fields(Thresholds) if f.name != "margin"}  # --margin sets it
-    changes: dict[str, Any] = {}
-    for setting in settings:
-        name, sep, text = setting.partition("=")
-        name, text = name.strip(), text.strip().replace(" ", "")
-        if not sep or name not in types:
-            raise ValueError(f"{setting!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
-        if types[name] in (int, "int"):
-            match = re.fullmatch(r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([A-Za-z]*)", text)
-            if match is None or match[2].lower() not in _UNITS:
-                raise ValueError(f"{setting!r}: {name} takes a whole number of at most 15 digits "
-                                 "(bytes may end in KiB, MiB, GiB)")
-            changes[name] = int(float(match[1]) * _UNITS[match[2].lower()])
-        else:
-            try:
-                changes[name] = float(text)
-            except (ValueError, OverflowError):
-                raise ValueError(f"{setting!r}: {name} takes a number") from None
-            if not math.isfinite(changes[name]):
-                raise ValueError(f"{setting!r}: {name} takes a finite number")
-        if changes[name] < 0:
-            raise ValueError(f"{setting!r}: must not be negative")
-        if name in _SHARES and changes[name] > 1:
-            raise ValueError(f"{setting!r}: {name} is a share, from 0 to 1")
-    return replace(thresholds, **changes)
 
 
 @dataclass(frozen=True)
@@ -309,62 +236,6 @@ def batch_fit_for(sample: Sample, agent: AgentSample, device: AgentDevice, margi
     return batch_fit(s.bill, s.limit, s.load - s.own_peak, margin)
 
 
-# -- hysteresis -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Finding:
-    """What a rule says about one subject in one sample."""
-
-    want: str | None  # the level whose raise condition holds now
-    keep: str | None  # the highest level whose clear condition has not failed
-    warning: RiskWarning | None  # the content, whenever keep (or want) is not None
-    immediate: bool = False  # events: raise at once
-    hold: float = 0.0  # events: seconds to keep the level afterwards
-
-
-_NOTHING = _Finding(None, None, None)
-
-
-@dataclass
-class _Latch:
-    level: str | None = None
-    up: int = 0
-    down: int = 0
-    since: float | None = None
-    hold_until: float = float("-inf")
-    hold_level: str | None = None
-    content: RiskWarning | None = None
-
-    def step(self, f: _Finding, now: float, t: Thresholds) -> None:
-        if f.warning is not None:
-            self.content = f.warning
-        if f.hold and f.want is not None:
-            held = _RANK[self.hold_level] if now < self.hold_until else 0
-            self.hold_until = now + f.hold
-            self.hold_level = _LEVEL[max(_RANK[f.want], held)]
-        want = _RANK[f.want]
-        keep = max(want, _RANK[f.keep], _RANK[self.hold_level] if now < self.hold_until else 0)
-        current = _RANK[self.level]
-        if want > current:
-            self.up += 1
-            if f.immediate or self.up >= t.raise_after:
-                self.level, self.up, self.down = f.want, 0, 0
-                if current == 0:
-                    self.since = now
-                return
-        else:
-            self.up = 0
-        if keep < current:
-            self.down += 1
-            if self.down >= t.clear_after:
-                self.level, self.down = _LEVEL[keep], 0
-                if keep == 0:
-                    self.since = None
-        else:
-            self.down = 0
-
-
 # -- the tracker ----------------------------------------------------------------------------
 
 
@@ -390,7 +261,7 @@ class RiskTracker:
         self.thresholds = thresholds or Thresholds()
         self.assumptions = assumptions
         self._states: dict[tuple[int, str], _State] = {}
-        self._latches: dict[tuple[str, str, int | None], _Latch] = {}
+        self._latches: dict[tuple[str, str, int | None], Latch] = {}
         self._last_time: float | None = None
         self._warnings: tuple[RiskWarning, ...] = ()
         self._pending: list[Any] = []  # events that came with a stale sample
@@ -428,7 +299,7 @@ class RiskTracker:
         known = {k: s.non_pytorch for k, s in self._states.items() if s.non_pytorch is not None}
         subjects = _subjects(sample, places, known)
         ooms = _oom_events(events)
-        findings: dict[tuple[str, str, int | None], _Finding] = {}
+        findings: dict[tuple[str, str, int | None], Finding] = {}
         for s in subjects:
             state = self._states.setdefault((s.pid, s.place.uuid), _State())
             state.last_seen, state.subject = now, s
@@ -442,7 +313,7 @@ class RiskTracker:
                 (LEAK, self._leak(s, state)),
                 (FRAGMENTATION, self._fragmentation(s)),
             ):
-                if finding is not _NOTHING:
+                if finding is not NOTHING:
                     findings[(kind, s.place.uuid, s.pid)] = finding
         # An OOM event whose process is gone (it died of it) still belongs to its last figures.
         for (agent_pid, index), event in ooms.items():
@@ -455,14 +326,14 @@ class RiskTracker:
         findings.update(self._neighbours(subjects, places))
         for key, f in findings.items():
             if key not in self._latches and (f.want is not None or f.keep is not None):
-                self._latches[key] = _Latch()
+                self._latches[key] = Latch()
         for key, latch in self._latches.items():
-            latch.step(findings.get(key, _NOTHING), now, t)
+            latch.step(findings.get(key, NOTHING), now, t)
         self._forget(now)
         active = [replace(latch.content, level=latch.level, since=latch.since)
                   for latch in self._latches.values() if latch.level is not None and latch.content is not None]
         order = {k: i for i, k in enumerate(KINDS)}
-        active.sort(key=lambda w: (-_RANK[w.level], order[w.kind],
+        active.sort(key=lambda w: (-RANK[w.level], order[w.kind],
                                    w.gpu_index if w.gpu_index is not None else 1 << 30, w.pid or 0))
         self._warnings = tuple(active)
         return self._warnings
@@ -498,16 +369,16 @@ class RiskTracker:
         top = top_advice(_advice(s, self.thresholds.margin, self.assumptions, need))
         return top.text if top else fallback
 
-    def _headroom(self, s: _Subject) -> _Finding:
+    def _headroom(self, s: _Subject) -> Finding:
         lines = self._lines(s)
         if lines is None:
-            return _NOTHING
+            return NOTHING
         warn, crit, warn_clear, crit_clear = lines
         p = s.load
         want = CRITICAL if p > crit else WARNING if p > warn else None
         keep = CRITICAL if p > crit_clear else WARNING if p > warn_clear else None
         if keep is None:
-            return _NOTHING
+            return NOTHING
         total = s.limit or 0
         if s.capped:
             return self._headroom_capped(s, want, keep, p, total, warn)
@@ -527,10 +398,10 @@ class RiskTracker:
         )
         title = f"GPU {s.place.index}: projected step peak {fmt_bytes(p)} of {fmt_bytes(total)} ({p / total:.0%})"
         action = self._action(s, "Lower the step peak (a smaller micro-batch) or free memory on this GPU.")
-        return _Finding(want, keep, self._warning(s, keep, HEADROOM, title, evidence, sentence, action))
+        return Finding(want, keep, self._warning(s, keep, HEADROOM, title, evidence, sentence, action))
 
     def _headroom_capped(self, s: _Subject, want: str | None, keep: str | None, reserved: int, cap: int,
-                         warn: int) -> _Finding:
+                         warn: int) -> Finding:
         short = reserved - warn
         evidence: dict[str, float] = {"projected": reserved, "total": cap, "limit": warn, "share": reserved / cap,
                                       "reserved_peak": reserved, "cap": cap, "shortfall": max(0, short)}
@@ -543,13 +414,13 @@ class RiskTracker:
         title = f"GPU {s.place.index}: step peak {fmt_bytes(reserved)} of {s.who}'s {fmt_bytes(cap)} cap " \
                 f"({reserved / cap:.0%})"
         action = self._action(s, "Lower the step peak (a smaller micro-batch) or raise the process's memory fraction.")
-        return _Finding(want, keep, self._warning(s, keep or WARNING, HEADROOM, title, evidence, sentence, action))
+        return Finding(want, keep, self._warning(s, keep or WARNING, HEADROOM, title, evidence, sentence, action))
 
-    def _retries(self, s: _Subject, state: _State) -> _Finding:
+    def _retries(self, s: _Subject, state: _State) -> Finding:
         count = s.device.stats.num_alloc_retries
         before, state.retries = state.retries, count
         if count <= (before if before is not None else 0):
-            return _NOTHING
+            return NOTHING
         first = before is None
         delta = count - (before or 0)
         level = INFO if first else WARNING
@@ -568,17 +439,17 @@ class RiskTracker:
         else:
             action = self._action(s, "Lower the step peak, e.g. a smaller micro-batch with gradient accumulation.")
         title = f"GPU {s.place.index}: allocation retries in {s.who} ({count})"
-        return _Finding(level, level, self._warning(s, level, RETRIES, title, evidence, sentence, action),
+        return Finding(level, level, self._warning(s, level, RETRIES, title, evidence, sentence, action),
                         immediate=True, hold=self.thresholds.event_hold)
 
-    def _oom(self, s: _Subject, state: _State, event: Mapping[str, Any] | None) -> _Finding:
+    def _oom(self, s: _Subject, state: _State, event: Mapping[str, Any] | None) -> Finding:
         count = s.device.stats.num_ooms
         before, state.ooms = state.ooms, count
         rose = count > (before if before is not None else 0)
         if event is not None:
             state.oom_event = event
         if not rose and event is None:
-            return _NOTHING
+            return NOTHING
         first = before is None and event is None
         delta = count - (before or 0)
         level = WARNING if first else CRITICAL
@@ -618,10 +489,10 @@ class RiskTracker:
             action = self._action(s, "Lower the step peak: a smaller micro-batch with gradient accumulation.", need)
         kind = f" ({diagnosis.kind})" if diagnosis is not None else ""
         title = f"GPU {s.place.index}: out of memory in {s.who}{kind}"
-        return _Finding(level, level, self._warning(s, level, OOM, title, evidence, sentence, action),
+        return Finding(level, level, self._warning(s, level, OOM, title, evidence, sentence, action),
                         immediate=True, hold=self.thresholds.event_hold)
 
-    def _leak(self, s: _Subject, state: _State) -> _Finding:
+    def _leak(self, s: _Subject, state: _State) -> Finding:
         t = self.thresholds
         last = s.device.last_step
         if last is not None and last.step > t.leak_warmup_steps and last.step != state.last_step:
@@ -636,14 +507,14 @@ class RiskTracker:
                 state.fit = fit_leak(state.points)
         fit = state.fit
         if fit is None or fit.points < t.leak_min_points or fit.per_second <= 0:
-            return _NOTHING
+            return NOTHING
         raise_ok = (fit.seconds >= t.leak_min_span and fit.monotone >= t.leak_monotone
                     and fit.largest_jump <= t.leak_max_jump and fit.growth >= t.leak_min_growth
                     and fit.growth >= 3 * fit.noise and fit.per_second >= t.leak_min_rate)
         keep_ok = (fit.monotone >= t.leak_monotone_clear and fit.growth >= t.leak_min_growth / 2
                    and fit.per_second >= t.leak_min_rate / 2)
         if not keep_ok:
-            return _NOTHING
+            return NOTHING
         total = s.limit
         eta = margin_eta = steps_eta = None
         if total:  # against the process's cap, when that is the tighter limit
@@ -674,27 +545,27 @@ class RiskTracker:
         title = (f"GPU {s.place.index}: persistent memory of {s.who} grows {fmt_bytes(int(fit.per_step))}/step"
                  + (f", OOM in ~{_duration(eta)}" if eta is not None and eta <= t.leak_horizon else ""))
         want = level if raise_ok else None
-        return _Finding(want, level, self._warning(s, level, LEAK, title, evidence, sentence, action))
+        return Finding(want, level, self._warning(s, level, LEAK, title, evidence, sentence, action))
 
-    def _fragmentation(self, s: _Subject) -> _Finding:
+    def _fragmentation(self, s: _Subject) -> Finding:
         t = self.thresholds
         stats = s.device.stats
         if s.agent.expandable_segments is True:
             # Under memory pressure the allocator unmaps the free pages of expandable segments and
             # maps them where they are needed: free blocks in pieces cannot fail a large request.
-            return _NOTHING
+            return NOTHING
         frag = fragmentation(stats)
         proxy = frag is None
         if frag is None:
             frag = fragmentation_proxy(stats)
         if frag is None:
-            return _NOTHING
+            return NOTHING
         cache = stats.reserved - stats.allocated
         floor = max(t.frag_min_cache, int(t.frag_min_share * s.place.total)) if s.place.total else t.frag_min_cache
         high = frag > t.frag_ratio and cache >= floor
         keep = frag > t.frag_clear_ratio and cache >= floor * 3 // 4
         if not keep:
-            return _NOTHING
+            return NOTHING
         lines = self._lines(s)
         # A healthy transformer's cache between steps is in pieces and harms nothing: the figure
         # stays in the bill line. It becomes a warning only with evidence of harm: the allocator
@@ -702,7 +573,7 @@ class RiskTracker:
         pressed = (stats.num_alloc_retries > 0 or stats.num_ooms > 0
                    or (lines is not None and s.load > lines[0]))
         if not pressed:
-            return _NOTHING
+            return NOTHING
         level = WARNING
         evidence: dict[str, float] = {"fragmentation": frag, "cache": cache, "retries": stats.num_alloc_retries}
         if stats.largest_free_block is not None:
@@ -715,13 +586,13 @@ class RiskTracker:
         action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts so the cache "
                   "stays usable for large tensors.")
         title = f"GPU {s.place.index}: fragmented allocator cache in {s.who} ({frag:.2f} of {fmt_bytes(cache)})"
-        return _Finding(level if high else None, level,
+        return Finding(level if high else None, level,
                         self._warning(s, level, FRAGMENTATION, title, evidence, sentence, action))
 
     def _neighbours(self, subjects: Sequence[_Subject],
-                    places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], _Finding]:
+                    places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], Finding]:
         t = self.thresholds
-        out: dict[tuple[str, str, int | None], _Finding] = {}
+        out: dict[tuple[str, str, int | None], Finding] = {}
         by_place: dict[str, list[_Subject]] = {}
         for s in subjects:
             by_place.setdefault(s.place.uuid, []).append(s)
@@ -762,13 +633,13 @@ class RiskTracker:
                 title = f"GPU {place.index}: PID {proc.pid} holds {fmt_bytes(used)} next to training"
                 warning = RiskWarning(level, NEIGHBOUR, uuid, place.index, proc.pid, title,
                                       {"used": used, "share": share, "threshold": floor}, sentence, action)
-                out[(NEIGHBOUR, uuid, proc.pid)] = _Finding(level if used >= floor else None, level, warning)
+                out[(NEIGHBOUR, uuid, proc.pid)] = Finding(level if used >= floor else None, level, warning)
         return out
 
 
     @staticmethod
     def _ranks_sharing(place: _Place, ranks: list[_Subject],
-                       places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], _Finding]:
+                       places: Mapping[str, _Place]) -> dict[tuple[str, str, int | None], Finding]:
         """Ranks of a distributed job training on one GPU: usually a missing
         ``torch.cuda.set_device(LOCAL_RANK)``, which puts every rank on GPU 0. A warning when another
         GPU on the machine has no process at all, else information (more ranks than GPUs)."""
@@ -788,7 +659,7 @@ class RiskTracker:
         evidence = {"ranks": float(len(ranks)), "idle_gpus": float(len(idle))}
         warning = RiskWarning(level, NEIGHBOUR, place.uuid, place.index, ranks[0].pid, title, evidence, sentence,
                               action)
-        return {(NEIGHBOUR, place.uuid, ranks[0].pid): _Finding(level, level, warning)}
+        return {(NEIGHBOUR, place.uuid, ranks[0].pid): Finding(level, level, warning)}
 
 
 def assess(sample: Sample, thresholds: Thresholds | None = None) -> tuple[RiskWarning, ...]:

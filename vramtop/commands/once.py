@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from vramtop.analysis.risk import Thresholds, assess
+from vramtop.analysis.risk import assess
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
 from vramtop.sources.monitor import monitor_source

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vramtop.analysis.risk import Thresholds
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.commands.options import need_terminal
 from vramtop.errors import EXIT_OK
 from vramtop.sources.monitor import monitor_source

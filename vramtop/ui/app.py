@@ -16,7 +16,8 @@ from textual.widgets import Footer
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
-from vramtop.analysis.risk import RiskTracker, RiskWarning, Thresholds
+from vramtop.analysis.risk import RiskTracker, RiskWarning
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
 from vramtop.processes import send_signal, signal_refusal
 from vramtop.sources.poller import DeadlineReader, Poller, Source

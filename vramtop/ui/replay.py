@@ -14,7 +14,8 @@ from vramtop.analysis.advice import Advice
 from vramtop.analysis.diagnosis import with_histories
 from vramtop.analysis.history import History
 from vramtop.analysis.join import join
-from vramtop.analysis.risk import Thresholds, advice_for, warnings_over
+from vramtop.analysis.risk import advice_for, warnings_over
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp
 
