@@ -13,6 +13,7 @@ from vramtop.analysis.advice import (
     SMALLER_MODEL,
     Advice,
     Assumptions,
+    ProcessFacts,
     advise,
     batch_fit,
     projected_peak,
@@ -73,14 +74,14 @@ def test_batch_advice_when_no_batch_fits():
 
 def test_levers_come_in_the_order_to_try_them():
     b = bill(act=50 * GiB, cache=4 * GiB)
-    items = advise(b, device_total=TOTAL, fragmentation=0.8, world_size=8)
+    items = advise(b, device_total=TOTAL, facts=ProcessFacts(fragmentation=0.8, world_size=8))
     assert [a.lever for a in items] == list(LEVERS)
     assert all(isinstance(a, Advice) and a.text.endswith(".") for a in items)
 
 
 def test_estimates_follow_the_stated_assumptions():
     b = bill(params=4 * GiB, grads=4 * GiB, optim=8 * GiB, act=40 * GiB, cache=4 * GiB)
-    items = by_lever(advise(b, device_total=TOTAL, fragmentation=0.5, step_seconds=0.4))
+    items = by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(fragmentation=0.5, step_seconds=0.4)))
     assert items[MIXED_PRECISION].saves == 20 * GiB
     assert items[CHECKPOINTING].saves == int(40 * GiB * 0.6)
     assert items[OPTIMIZER].saves == 6 * GiB and "AdamW8bit" in items[OPTIMIZER].text
@@ -95,16 +96,18 @@ def test_estimates_follow_the_stated_assumptions():
 
 def test_sharding_beats_8bit_on_many_ranks_and_8bit_is_not_suggested_twice():
     b = bill(optim=16 * GiB)
-    item = by_lever(advise(b, device_total=TOTAL, world_size=8))[OPTIMIZER]
+    item = by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(world_size=8)))[OPTIMIZER]
     assert item.saves == 14 * GiB and "8 ranks" in item.text
-    items = by_lever(advise(b, device_total=TOTAL, optimizer="1 optimizer (AdamW8bit); 1 model (Llama)"))
+    eight_bit = ProcessFacts(optimizer="1 optimizer (AdamW8bit); 1 model (Llama)")
+    items = by_lever(advise(b, device_total=TOTAL, facts=eight_bit))
     assert OPTIMIZER not in items and OFFLOAD in items
 
 
 def test_expandable_segments_advice_is_suppressed_when_they_are_on():
     b = bill(cache=10 * GiB)
-    assert EXPANDABLE in by_lever(advise(b, device_total=TOTAL, fragmentation=0.9))
-    assert EXPANDABLE not in by_lever(advise(b, device_total=TOTAL, fragmentation=0.9, expandable_segments=True))
+    assert EXPANDABLE in by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(fragmentation=0.9)))
+    expandable = ProcessFacts(fragmentation=0.9, expandable_segments=True)
+    assert EXPANDABLE not in by_lever(advise(b, device_total=TOTAL, facts=expandable))
     # Unknown fragmentation: the whole cache, said to be an upper bound.
     item = by_lever(advise(b, device_total=TOTAL))[EXPANDABLE]
     assert item.saves == 10 * GiB and "upper bound" in item.assumption
@@ -124,10 +127,10 @@ def test_mixed_precision_is_conditional_until_the_agent_can_tell():
     b = bill(act=40 * GiB)
     item = by_lever(advise(b, device_total=TOTAL))[MIXED_PRECISION]
     assert item.conditional and item.text.startswith("If the model trains in fp32")
-    item = by_lever(advise(b, device_total=TOTAL, mixed_precision=False))[MIXED_PRECISION]
+    item = by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(mixed_precision=False)))[MIXED_PRECISION]
     assert not item.conditional and item.text.startswith("Run the forward pass")
-    assert MIXED_PRECISION not in by_lever(advise(b, device_total=TOTAL, mixed_precision=True))
-    assert CHECKPOINTING not in by_lever(advise(b, device_total=TOTAL, checkpointing=True))
+    assert MIXED_PRECISION not in by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(mixed_precision=True)))
+    assert CHECKPOINTING not in by_lever(advise(b, device_total=TOTAL, facts=ProcessFacts(checkpointing=True)))
 
 
 def test_top_advice_is_the_first_sure_lever_that_frees_enough():
@@ -144,7 +147,7 @@ def test_top_advice_is_the_first_sure_lever_that_frees_enough():
 
 
 def test_without_a_census_only_the_cache_can_be_advised():
-    items = advise(bill(census=False, cache=6 * GiB), device_total=TOTAL, fragmentation=0.7)
+    items = advise(bill(census=False, cache=6 * GiB), device_total=TOTAL, facts=ProcessFacts(fragmentation=0.7))
     assert [a.lever for a in items] == [EXPANDABLE]
 
 

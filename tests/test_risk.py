@@ -202,8 +202,10 @@ def test_a_process_that_goes_away_takes_its_warnings_and_state_with_it():
     for i in range(3, 8):
         tracker.update(snap(float(i), agent=False))
     assert tracker.warnings == ()
+    assert tracker.watched == 1 and tracker.advice(PID, UUID)  # remembered for a while...
     tracker.update(snap(100.0, agent=False))
-    assert tracker._states == {} and tracker._latches == {}
+    assert tracker.watched == 0  # ...then forgotten: memory stays bounded as processes come and go
+    assert tracker.advice(PID, UUID) == () and tracker.leak(PID, UUID) is None
 
 
 def test_one_shot_assessment_needs_no_history():
@@ -700,3 +702,36 @@ def test_one_encoding_of_a_warning_for_every_writer_and_it_reads_back():
     data = json.loads(json.dumps(warning_to_dict(w)))  # through JSON, as files and --once carry it
     assert warning_from_dict(data) == w
     assert warning_from_dict({"kind": "headroom"}) is None  # not a warning: no traceback either
+
+
+# -- the rules alone: pure functions of a subject and what was remembered of it -------------
+
+
+def _subject(sample):
+    from vramtop.analysis.subjects import places, subjects
+
+    (s,) = subjects(sample, places(sample), {})
+    return s
+
+
+def test_the_retry_rule_depends_only_on_the_count_it_is_given():
+    from vramtop.analysis import rules
+    from vramtop.analysis.latch import NOTHING
+
+    t = Thresholds()
+    s = _subject(snap(0.0, retries=4))
+    first = rules.retries(s, None, t)  # first sight: they happened before vramtop watched
+    assert (first.want, first.immediate) == (INFO, True) and "before vramtop started" in first.warning.sentence
+    more = rules.retries(s, 1, t)
+    assert more.want == WARNING and more.warning.evidence["delta"] == 3
+    assert rules.retries(s, 4, t) is NOTHING
+    assert rules.retries(s, 1, t) == more  # same facts, same finding: nothing kept between calls
+
+
+def test_the_headroom_rule_reads_the_subjects_limit_and_the_margin():
+    from vramtop.analysis import rules
+
+    s = _subject(snap(0.0, reserved_peak=at_share(0.93)))
+    assert s.past_margin(Thresholds()) and not s.past_margin(Thresholds(margin=0.05))
+    assert rules.headroom(s, Thresholds()).want == WARNING
+    assert rules.headroom(s, Thresholds(margin=0.05)).want is None

@@ -9,7 +9,7 @@ stated assumption, and only levers that free a meaningful amount are returned.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vramtop.analysis.bill import Bill
 from vramtop.units import MiB, fmt_bytes
@@ -87,99 +87,136 @@ def batch_fit(bill: Bill, device_total: int, others: int = 0, margin: float = 0.
     return (limit(device_total, margin) - rest) / bill.activations
 
 
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What vramtop knows about a process beyond its bill: which levers already apply to it.
+    None means unknown (the agent has not seen enough), which words a lever as a condition."""
+
+    expandable_segments: bool | None = None
+    fragmentation: float | None = None  # of the allocator's cache; None: unknown
+    optimizer: str | None = None  # the census's description (class names): 8-bit is not suggested again
+    world_size: int | None = None
+    step_seconds: float | None = None
+    mixed_precision: bool | None = None
+    checkpointing: bool | None = None
+
+
 def advise(bill: Bill, *, device_total: int | None, others: int = 0, margin: float = 0.10,
-           expandable_segments: bool | None = None, fragmentation: float | None = None,
-           optimizer: str | None = None, world_size: int | None = None, step_seconds: float | None = None,
-           mixed_precision: bool | None = None, checkpointing: bool | None = None, need: int | None = None,
-           cache: int | None = None, assumptions: Assumptions | None = None) -> tuple[Advice, ...]:
+           facts: ProcessFacts | None = None, need: int | None = None, cache: int | None = None,
+           assumptions: Assumptions | None = None) -> tuple[Advice, ...]:
     """Levers that free a meaningful amount at the step peak, in the order to try them.
 
     ``bill`` is the bill at the allocator's peak; ``others`` the bytes on the device outside it;
-    ``optimizer`` the census's description (class names: an 8-bit optimizer is not suggested
-    again); ``mixed_precision``/``checkpointing`` say whether they are on (None: unknown, the
-    agent does not report it yet, so mixed precision is worded as a condition). ``need``
+    ``facts`` what is known of the process (levers already on are not suggested). ``need``
     overrides the bytes that must be freed (after an OOM: what was missing plus the margin), and
     ``cache`` the allocator cache that expandable segments would make usable (default: the
     cache at the peak).
     """
     a = assumptions or Assumptions()
+    f = facts or ProcessFacts()
     # Signed: how far the projected peak is above the margin line (negative: room left).
     excess = need
     if excess is None and device_total:
         excess = projected_peak(bill, others) - limit(device_total, margin)
-    shortfall = None if excess is None else max(0, excess)
-    items: list[Advice] = []
-
-    def add(lever: str, saves: float, text: str, assumption: str, conditional: bool = False,
-            sufficient: bool | None = None) -> None:
-        if sufficient is None and shortfall is not None:
-            sufficient = saves >= shortfall
-        items.append(Advice(lever, int(saves), text, assumption, sufficient, conditional))
-
     activations = bill.activations if bill.activations and bill.activations > 0 else 0
-    if activations and mixed_precision is not True:
-        saves = activations * a.mixed_precision_saving
-        head = "If the model trains in fp32, run" if mixed_precision is None else "Run"
-        add(MIXED_PRECISION, saves,
-            f"{head} the forward pass and loss under torch.autocast('cuda', dtype=torch.bfloat16): "
-            f"activations roughly halve, freeing ~{fmt_bytes(int(saves))}.",
-            f"activations are fp32 now and bf16 ones take {a.mixed_precision_saving:.0%} less",
-            conditional=mixed_precision is None)
-    if activations:
-        items.append(_batch(bill, activations, excess, margin))
-    if activations and checkpointing is not True:
-        saves = activations * a.checkpointing_saving
-        add(CHECKPOINTING, saves,
-            "Enable gradient checkpointing (model.gradient_checkpointing_enable() in Transformers, "
-            "torch.utils.checkpoint around each block otherwise): it frees "
-            f"~{fmt_bytes(int(saves))} of activations for ~30% more compute per step.",
-            f"checkpointing each block keeps ~{1 - a.checkpointing_saving:.0%} of activations "
-            "(transformer models)")
-    state = bill.optimizer_state or 0
-    if state > 0:
-        eight_bit = 0.0 if optimizer and "8bit" in optimizer.lower() else state * a.optimizer_8bit_saving
-        sharded = state * (1 - 1 / world_size) if world_size and world_size > 1 else 0.0
-        if sharded > eight_bit:
-            add(OPTIMIZER, sharded,
-                f"Shard the optimizer state over the {world_size} ranks (ZeRO-1 in DeepSpeed, FSDP's "
-                f"sharded state): each GPU keeps 1/{world_size} of it, freeing ~{fmt_bytes(int(sharded))}.",
-                "optimizer state divides evenly over the ranks")
-        elif eight_bit:
-            add(OPTIMIZER, eight_bit,
-                "Switch to 8-bit AdamW (bitsandbytes.optim.AdamW8bit): both moments take a quarter of the "
-                f"bytes, freeing ~{fmt_bytes(int(eight_bit))} (plain SGD would free all "
-                f"{fmt_bytes(state)}).",
-                f"Adam keeps two fp32 moments; 8 bits each saves {a.optimizer_8bit_saving:.0%}")
-        moved = (bill.gradients or 0) + (bill.parameters_trainable or 0)
-        cost = moved / a.pcie_bandwidth
-        when = f"; a step takes {step_seconds * 1e3:.0f} ms now" if step_seconds else ""
-        add(OFFLOAD, state,
-            "Offload the optimizer state to CPU memory (DeepSpeed ZeRO-Offload, FSDP CPUOffload): "
-            f"frees {fmt_bytes(state)} but moves ~{fmt_bytes(moved)} over PCIe each step "
-            f"(gradients down, parameters up), ~{cost * 1e3:.0f} ms at {a.pcie_bandwidth / 1e9:.0f} GB/s{when}.",
-            f"PCIe Gen4 x16 reaches ~{a.pcie_bandwidth / 1e9:.0f} GB/s (Gen5 about twice); "
-            "the optimizer step then runs on the CPU")
-    cached = bill.cache if cache is None else cache
-    if expandable_segments is not True and cached > 0:
-        frag = fragmentation if fragmentation is not None else 1.0
-        saves = cached * frag
-        add(EXPANDABLE, saves,
-            "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts, so the "
-            f"allocator grows segments instead of stranding free blocks: up to {fmt_bytes(int(saves))} "
-            "of cache becomes usable.",
-            "the fragmented share of the cache is what becomes usable"
-            + ("" if fragmentation is not None else " (fragmentation unknown: all of it, an upper bound)"))
-    model = (bill.parameters_trainable or 0) + (bill.parameters_frozen or 0) + (bill.gradients or 0) + state
-    if model > 0:
-        saves = model * (1 - a.smaller_model_factor)
-        add(SMALLER_MODEL, saves,
-            f"Train a model with {a.smaller_model_factor:.0%} of the parameters: parameters, gradients and "
-            f"optimizer state shrink alike, freeing ~{fmt_bytes(int(saves))}.",
-            "parameters, gradients and optimizer state scale with the parameter count; activations "
-            "(not counted) shrink too")
+    found = [
+        _mixed_precision(activations, f, a),
+        _batch(bill, activations, excess, margin) if activations else None,
+        _checkpointing(activations, f, a),
+        *_optimizer_levers(bill, f, a),
+        _expandable(bill.cache if cache is None else cache, f),
+        _smaller_model(bill, a),
+    ]
+    shortfall = None if excess is None else max(0, excess)
+    items = [i if i.sufficient is not None or shortfall is None else replace(i, sufficient=i.saves >= shortfall)
+             for i in found if i is not None]
     floor = max(a.min_saving_bytes, int(a.min_saving_share * device_total) if device_total else 0)
     order = {lever: i for i, lever in enumerate(LEVERS)}
     return tuple(sorted((i for i in items if i.saves >= floor), key=lambda i: order[i.lever]))
+
+
+def _mixed_precision(activations: int, f: ProcessFacts, a: Assumptions) -> Advice | None:
+    if not activations or f.mixed_precision is True:
+        return None
+    saves = int(activations * a.mixed_precision_saving)
+    head = "If the model trains in fp32, run" if f.mixed_precision is None else "Run"
+    return Advice(MIXED_PRECISION, saves,
+                  f"{head} the forward pass and loss under torch.autocast('cuda', dtype=torch.bfloat16): "
+                  f"activations roughly halve, freeing ~{fmt_bytes(saves)}.",
+                  f"activations are fp32 now and bf16 ones take {a.mixed_precision_saving:.0%} less",
+                  None, conditional=f.mixed_precision is None)
+
+
+def _checkpointing(activations: int, f: ProcessFacts, a: Assumptions) -> Advice | None:
+    if not activations or f.checkpointing is True:
+        return None
+    saves = int(activations * a.checkpointing_saving)
+    return Advice(CHECKPOINTING, saves,
+                  "Enable gradient checkpointing (model.gradient_checkpointing_enable() in Transformers, "
+                  "torch.utils.checkpoint around each block otherwise): it frees "
+                  f"~{fmt_bytes(saves)} of activations for ~30% more compute per step.",
+                  f"checkpointing each block keeps ~{1 - a.checkpointing_saving:.0%} of activations "
+                  "(transformer models)", None)
+
+
+def _optimizer_levers(bill: Bill, f: ProcessFacts, a: Assumptions) -> list[Advice]:
+    """Sharding or 8-bit state (whichever frees more), and offloading the state to the CPU."""
+    state = bill.optimizer_state or 0
+    if state <= 0:
+        return []
+    out = []
+    eight_bit = 0 if f.optimizer and "8bit" in f.optimizer.lower() else int(state * a.optimizer_8bit_saving)
+    world = f.world_size
+    sharded = int(state * (1 - 1 / world)) if world and world > 1 else 0
+    if sharded > eight_bit:
+        out.append(Advice(OPTIMIZER, sharded,
+                          f"Shard the optimizer state over the {world} ranks (ZeRO-1 in DeepSpeed, FSDP's "
+                          f"sharded state): each GPU keeps 1/{world} of it, freeing ~{fmt_bytes(sharded)}.",
+                          "optimizer state divides evenly over the ranks", None))
+    elif eight_bit:
+        out.append(Advice(OPTIMIZER, eight_bit,
+                          "Switch to 8-bit AdamW (bitsandbytes.optim.AdamW8bit): both moments take a quarter of "
+                          f"the bytes, freeing ~{fmt_bytes(eight_bit)} (plain SGD would free all "
+                          f"{fmt_bytes(state)}).",
+                          f"Adam keeps two fp32 moments; 8 bits each saves {a.optimizer_8bit_saving:.0%}", None))
+    moved = (bill.gradients or 0) + (bill.parameters_trainable or 0)
+    cost = moved / a.pcie_bandwidth
+    when = f"; a step takes {f.step_seconds * 1e3:.0f} ms now" if f.step_seconds else ""
+    out.append(Advice(OFFLOAD, state,
+                      "Offload the optimizer state to CPU memory (DeepSpeed ZeRO-Offload, FSDP CPUOffload): "
+                      f"frees {fmt_bytes(state)} but moves ~{fmt_bytes(moved)} over PCIe each step "
+                      f"(gradients down, parameters up), ~{cost * 1e3:.0f} ms at {a.pcie_bandwidth / 1e9:.0f} "
+                      f"GB/s{when}.",
+                      f"PCIe Gen4 x16 reaches ~{a.pcie_bandwidth / 1e9:.0f} GB/s (Gen5 about twice); "
+                      "the optimizer step then runs on the CPU", None))
+    return out
+
+
+def _expandable(cached: int, f: ProcessFacts) -> Advice | None:
+    if f.expandable_segments is True or cached <= 0:
+        return None
+    frag = f.fragmentation if f.fragmentation is not None else 1.0
+    saves = int(cached * frag)
+    return Advice(EXPANDABLE, saves,
+                  "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before the program starts, so the "
+                  f"allocator grows segments instead of stranding free blocks: up to {fmt_bytes(saves)} "
+                  "of cache becomes usable.",
+                  "the fragmented share of the cache is what becomes usable"
+                  + ("" if f.fragmentation is not None else " (fragmentation unknown: all of it, an upper bound)"),
+                  None)
+
+
+def _smaller_model(bill: Bill, a: Assumptions) -> Advice | None:
+    model = ((bill.parameters_trainable or 0) + (bill.parameters_frozen or 0) + (bill.gradients or 0)
+             + (bill.optimizer_state or 0))
+    if model <= 0:
+        return None
+    saves = int(model * (1 - a.smaller_model_factor))
+    return Advice(SMALLER_MODEL, saves,
+                  f"Train a model with {a.smaller_model_factor:.0%} of the parameters: parameters, gradients and "
+                  f"optimizer state shrink alike, freeing ~{fmt_bytes(saves)}.",
+                  "parameters, gradients and optimizer state scale with the parameter count; activations "
+                  "(not counted) shrink too", None)
 
 
 def _batch(bill: Bill, activations: int, excess: int | None, margin: float) -> Advice:

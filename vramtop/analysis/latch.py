@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from vramtop.analysis.thresholds import Thresholds
 
 if TYPE_CHECKING:
-    from vramtop.analysis.risk import RiskWarning
+    from vramtop.analysis.warning import RiskWarning
 
 INFO, WARNING, CRITICAL = "info", "warning", "critical"
 LEVELS = (INFO, WARNING, CRITICAL)

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, advise, top_advice
+from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, ProcessFacts, advise, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation
 from vramtop.analysis.diagnosis import CAPACITY, Diagnosis, diagnose
-from vramtop.analysis.risk import mixed_precision
+from vramtop.analysis.subjects import mixed_precision
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import AgentDevice, AgentSample, AllocatorStats, OomReport
 from vramtop.units import fmt_bytes
@@ -126,11 +126,11 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
         if parts:
             where = "at the failure" if at_failure else "at the allocator's peak"
             lines.append(f"Bill {where}: " + " · ".join(parts) + ".")
-        advice = advise(bill, device_total=total or None, margin=t.margin,
-                        expandable_segments=expandable_segments,
-                        fragmentation=fragmentation(stats), optimizer=device.census.seen if device.census else None,
-                        need=need, cache=cache, assumptions=assumptions, mixed_precision=mixed_precision,
-                        world_size=world_size, checkpointing=checkpointing)
+        facts = ProcessFacts(expandable_segments=expandable_segments, fragmentation=fragmentation(stats),
+                             optimizer=device.census.seen if device.census else None, world_size=world_size,
+                             mixed_precision=mixed_precision, checkpointing=checkpointing)
+        advice = advise(bill, device_total=total or None, margin=t.margin, facts=facts, need=need, cache=cache,
+                        assumptions=assumptions)
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
     top = top or top_advice(advice)
