@@ -76,3 +76,17 @@ async def test_the_table_marker_and_the_detail_pane_agree_on_a_device_without_a_
         await feed(pilot, sample)
         screen = screen_text(app)
         assert f"●{PID}" in screen and "allocated" in screen and "No vramtop agent" not in screen
+
+
+def test_once_json_names_the_nvml_pid_the_join_found_for_an_agent_in_a_container():
+    import json
+
+    from vramtop.sinks.once import render_json
+
+    doc = json.loads(render_json(in_container(snap(0.0))))
+    (agent,) = doc["agents"]
+    assert agent["pid"] == 1 and agent["host_pid"] == PID  # its own PID, and the one nvidia-smi shows
+    # Unmatched (the same number in two namespaces): no host PID is invented.
+    lone = in_container(snap(0.0), row_namespace=HOST, row_ns_pid=PID)
+    assert "host_pid" not in json.loads(render_json(lone))["agents"][0] or \
+        json.loads(render_json(lone))["agents"][0]["host_pid"] is None

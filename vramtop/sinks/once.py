@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from vramtop import __version__
+from vramtop.analysis.join import join
 from vramtop.analysis.risk import RiskWarning, warning_to_dict
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
@@ -16,6 +17,13 @@ def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     """The sample document plus ``warnings`` (each: level, kind, gpu_uuid, gpu_index, pid,
     title, evidence, sentence, action, since)."""
     doc = sample_document(sample)
+    # Where the join found each agent's NVML row: a process in a container reports its own PID,
+    # and readers of the document want the one nvidia-smi shows.
+    matches = join(sample).matches
+    for agent_doc, agent in zip(doc.get("agents", ()), sample.agents, strict=False):
+        rows = {m.row.pid for m in matches if m.agent is agent and m.row is not None}
+        if len(rows) == 1:
+            agent_doc["host_pid"] = rows.pop()
     doc["warnings"] = [warning_to_dict(w) for w in warnings]
     return json.dumps(doc, indent=2)
 

@@ -16,6 +16,7 @@ from textual.widgets import Footer
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
+from vramtop.analysis.join import join
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
@@ -98,6 +99,10 @@ class VramtopApp(App[None]):
         self.gpu_filter: str | None = None  # a GPU UUID, or None for all
         self.narrow = False
         self.failure: str | None = None
+        # What the details show: the sample (by identity: comparing samples costs more than
+        # drawing), the selected row, the layout.
+        self._detail_of: tuple[int, str | None, bool, int] | None = None
+        self._detail_sample: Sample | None = None
 
     def compose(self) -> ComposeResult:
         yield Panel(id="status")
@@ -182,10 +187,17 @@ class VramtopApp(App[None]):
 
     def _show_detail(self, sample: Sample) -> None:
         key = self.query_one(ProcessTable).selected_key()
+        shown = (id(sample), key, self.narrow, self.size.width)
+        if self._detail_of == shown and self._detail_sample is sample:
+            return  # already shown (a rebuilt table announces its cursor row again)
+        self._detail_of, self._detail_sample = shown, sample
         advice: tuple[Advice, ...] = ()
+        found = False
         if key is not None:
             uuid, _, pid = key.rpartition(":")
             advice = self.advice(sample, int(pid), uuid)
+            found = bool(join(sample).of_process(int(pid)))
+        self.set_class(found, "agent-view")  # the layout makes room for the bill
         self.query_one(ProcessDetail).show(sample, key, self.narrow, advice, live=self.live)
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:

@@ -90,5 +90,4 @@ class ProcessDetail(Panel):
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and bool(join(sample).of_process(int(key.rpartition(":")[2])))
         self.set_class(bool(found), "agent")
-        self.app.set_class(bool(found), "agent-view")  # the layout makes room for the bill
         self.redraw(render_detail(sample, key, width, narrow, advice, live))

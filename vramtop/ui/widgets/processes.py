@@ -65,8 +65,12 @@ class ProcessTable(DataTable[Any]):
         rows = visible_processes(sample, gpu, sort)
         content = [(row_key(p), tuple(self._cells(i, p, narrow))) for i, p in rows]
         width = self.size.width
-        if narrow == self._narrow and width == self._layout_width and content == self._shown:
+        same_layout = narrow == self._narrow and width == self._layout_width
+        if same_layout and content == self._shown:
             return  # nothing on screen would change: skip the redraw
+        if same_layout and self._shown is not None and [k for k, _ in content] == [k for k, _ in self._shown]:
+            self._update_cells(content)  # the same rows: rewrite the changed cells only
+            return
         if narrow != self._narrow or width != self._layout_width:
             self.clear(columns=True)
             columns = NARROW_COLUMNS if narrow else WIDE_COLUMNS
@@ -88,6 +92,16 @@ class ProcessTable(DataTable[Any]):
         if selected not in keys and self.focus_pid is not None:
             selected = next((k for k in keys if k.endswith(f":{self.focus_pid}")), selected)
         self.move_cursor(row=keys.index(selected) if selected in keys else 0, animate=False)
+
+    def _update_cells(self, content: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Rewrite in place the cells that changed: no rebuild, so the cursor and the scroll
+        stay, and no "row highlighted" event redraws the details."""
+        columns = [c.key for c in self.ordered_columns]
+        for (key, cells), (_, before) in zip(content, self._shown or [], strict=True):
+            for column, new, old in zip(columns, cells, before, strict=False):
+                if new != old:
+                    self.update_cell(key, column, new)
+        self._shown = content
 
     def on_resize(self) -> None:
         if self._last is not None and self.size.width != self._layout_width:
