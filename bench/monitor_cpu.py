@@ -501,6 +501,30 @@ def measure_cpu(tools: list[Tool], intervals: list[float], args: argparse.Namesp
     return [r.result for r in done]
 
 
+def start_job(args: argparse.Namespace, settings: Settings) -> subprocess.Popen[bytes]:
+    """The workload vramtop exists for: a training process with the agent (``--job``), started
+    before the monitors and left running while they are measured. Waits for its first steps."""
+    argv = shlex.split(args.job)
+    log(f"job: {args.job}")
+    job = subprocess.Popen(argv, cwd=settings.cwd, env=settings.env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + args.job_warmup
+    while time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.5)
+    if job.poll() is not None:
+        err = job.stderr.read().decode(errors="replace")[-2000:] if job.stderr else ""
+        raise SystemExit(f"the job ended before the measurement (rc {job.returncode}):\n{err}")
+    return job
+
+
+def stop_job(job: subprocess.Popen[bytes] | None) -> None:
+    if job is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+
+
 def nvitop_fallback(run: CpuRun, args: argparse.Namespace) -> CpuRun | None:
     """nvitop refuses short intervals: measure it again at the shortest one it accepts."""
     refused = run.result["status"].startswith("exited") and run.result["exit_code"] != 0
@@ -729,17 +753,18 @@ def markdown(report: dict[str, Any]) -> str:
             "% = of one core, averaged over the window; steady = from the warm-up mark "
             f"({s['warmup']:g} s, or the first frame if later) to the end.",
             "",
-            "| monitor | refresh | CPU s | CPU % | steady % | user s | sys s | first frame s "
+            "| on the GPU | monitor | refresh | CPU s | CPU % | steady % | user s | sys s | first frame s "
             "| tty KiB/s | status | command |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in cpu:
             kib = r["tty_bytes_per_s"] / 1024 if r["tty_bytes_per_s"] is not None else None
             status = r["status"]
             if r["interval_s"] != r["interval_requested_s"]:
                 status += f" (asked for {fmt_num(r['interval_requested_s'])} s)"
+            on_gpu = "a training job with the agent" if r.get("scenario") == "job" else "nothing (idle)"
             lines.append(
-                f"| {r['tool']} | {fmt_num(r['interval_s'])} s | {_cell(r['cpu_s'])} "
+                f"| {on_gpu} | {r['tool']} | {fmt_num(r['interval_s'])} s | {_cell(r['cpu_s'])} "
                 f"| {_cell(r['cpu_pct_of_one_core'], 1)} "
                 f"| {_cell(r['steady_cpu_pct_of_one_core'], 1)} | {_cell(r['cpu_user_s'])} "
                 f"| {_cell(r['cpu_sys_s'])} | {_cell(r['first_frame_s'])} | {_cell(kib, 1)} "
@@ -837,6 +862,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cwd", type=Path, default=REPO_ROOT,
                    help="working directory of the children (default: the repository root)")
     p.add_argument("--json-out", type=Path, help="write the results as JSON here")
+    p.add_argument("--scenarios", default="job,idle",
+                   help="comma-separated: job (a training process with the agent on screen, --job), idle "
+                        "(nothing on the GPU); default: job,idle")
+    p.add_argument("--job", default=shlex.join([sys.executable, "-m", "vramtop", "run", "--", sys.executable,
+                                                "bench/train_demo.py", "--steps", "1000000", "--batch", "8"]),
+                   help="the training job of the job scenario, run from --cwd (default: GPT-2 small under "
+                        "`vramtop run`)")
+    p.add_argument("--job-warmup", type=float, default=40.0,
+                   help="seconds the job trains before the monitors start (default: 40)")
     p.add_argument("--keep-output", type=Path, metavar="DIR",
                    help="save each child's raw terminal output (first MiB) here, for checking")
     args = p.parse_args(argv)
@@ -844,6 +878,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.interval_list = [float(x) for x in args.intervals.split(",") if x.strip()]
     except ValueError:
         p.error(f"--intervals: not numbers: {args.intervals!r}")
+    args.scenario_list = [x for x in args.scenarios.split(",") if x]
+    if not set(args.scenario_list) <= {"job", "idle"} or not args.scenario_list:
+        p.error("--scenarios: job, idle or both")
     if not args.interval_list or min(args.interval_list) <= 0:
         p.error("--intervals: give positive numbers of seconds")
     if args.seconds <= 0 or args.repeats < 1:
@@ -928,10 +965,18 @@ def _main(args: argparse.Namespace, settings: Settings) -> int:
     if "frame" in phases:
         report["first_frame"] = measure_first_frame(tools, args, settings)
     if "cpu" in phases:
-        report["cpu"] = measure_cpu(tools, args.interval_list, args, settings)
-        for r in report["cpu"]:
-            if r["note"]:
-                notes.append(r["note"])
+        report["cpu"] = []
+        for scenario in args.scenario_list:
+            job = start_job(args, settings) if scenario == "job" else None
+            try:
+                results = measure_cpu(tools, args.interval_list, args, settings)
+            finally:
+                stop_job(job)
+            for r in results:
+                r["scenario"] = scenario
+                if r["note"]:
+                    notes.append(r["note"])
+            report["cpu"].extend(results)
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     report["bench_self_cpu_s"] = round(
         (self_after.ru_utime - self_before.ru_utime) + (self_after.ru_stime - self_before.ru_stime),

@@ -42,8 +42,10 @@ def test_fake_mode_writes_complete_json(tmp_path: Path) -> None:
     env = dict(os.environ, FAKE_NVML_GROW="1", BENCH_TEST_TOKEN=token)
     fake = shlex.join([sys.executable, "-m", "tests.fakes.run_with_fake_nvml"])
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--vramtop", fake, "--skip-nvitop", "--seconds", "2",
-         "--repeats", "1", "--json-out", str(out)],
+        [sys.executable, str(SCRIPT), "--vramtop", fake, "--skip-nvitop", "--seconds", "5",
+         "--repeats", "1", "--json-out", str(out),
+         # The job scenario with a stand-in job (no GPU here): started first, killed after.
+         "--job", shlex.join([sys.executable, "-c", "import time; time.sleep(120)"]), "--job-warmup", "0.5"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,7 +64,8 @@ def test_fake_mode_writes_complete_json(tmp_path: Path) -> None:
     assert set(report["commands"]) == {"vramtop"}
 
     cpu = report["cpu"]
-    assert [(r["tool"], r["interval_s"]) for r in cpu] == [("vramtop", 1.0), ("vramtop", 0.2)]
+    assert [(r["scenario"], r["tool"], r["interval_s"]) for r in cpu] == [
+        ("job", "vramtop", 1.0), ("job", "vramtop", 0.2), ("idle", "vramtop", 1.0), ("idle", "vramtop", 0.2)]
     for row in cpu:
         assert row["status"] == "ok", row
         assert row["argv"][-2:] == ["-i", "1" if row["interval_s"] == 1.0 else "0.2"]
