@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vramtop.analysis.postmortem import postmortem_of
-from vramtop.analysis.report import Layer, Mark, Panel, panels, summarize
+from vramtop.analysis.report import summarize
 from vramtop.cli import main
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 from vramtop.model import (
@@ -34,6 +34,7 @@ from vramtop.recording import header_record, read_recording
 from vramtop.sinks import report_png
 from vramtop.sinks.recorder import Recorder
 from vramtop.sinks.report_svg import CATEGORY_COLOURS, render_svg
+from vramtop.sinks.report_timeline import Layer, Mark, Panel, panels
 from vramtop.units import mib
 
 ROOT = Path(__file__).resolve().parent.parent

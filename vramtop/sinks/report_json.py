@@ -12,8 +12,10 @@ import json
 from typing import Any
 
 from vramtop import __version__
-from vramtop.analysis.report import AgentSummary, GpuSummary, PeakBill, ProcessSummary, Report, event_label
+from vramtop.analysis.report import GpuSummary, Report
+from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
 from vramtop.codec import to_dict
+from vramtop.sinks.report_words import event_label
 from vramtop.units import mib
 
 REPORT_SCHEMA = "vramtop.report"

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from html import escape
 
-from vramtop.analysis.report import UNATTRIBUTED, Layer, Mark, Panel, Report
+from vramtop.analysis.report import Report
 from vramtop.sinks.report_text import fmt_offset
+from vramtop.sinks.report_timeline import UNATTRIBUTED, Layer, Mark, Panel
 from vramtop.units import GiB, fmt_mib
 
 # The terminal UI's colours (vramtop/ui/widgets/bill.py CATEGORY_STYLES) as SVG colours.

@@ -6,15 +6,9 @@ recording (``+12.5 s``), the start itself in local time.
 
 from __future__ import annotations
 
-from vramtop.analysis.report import (
-    AgentSummary,
-    GpuSummary,
-    PeakBill,
-    ProcessSummary,
-    Report,
-    event_label,
-    logged_events,
-)
+from vramtop.analysis.report import GpuSummary, Report
+from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
+from vramtop.sinks.report_words import event_label, logged_events
 from vramtop.units import clock, fmt_mib, mib, percent
 
 MAX_PROBLEMS = 20  # a file of garbage has one problem per line: show the first ones
