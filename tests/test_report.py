@@ -33,7 +33,8 @@ from vramtop.model import (
 from vramtop.recording import header_record, read_recording
 from vramtop.sinks import report_png
 from vramtop.sinks.recorder import Recorder
-from vramtop.sinks.report_svg import CATEGORY_COLOURS, render_svg
+from vramtop.sinks.report_svg import render_svg
+from vramtop.sinks.report_svg_style import CATEGORY_COLOURS
 from vramtop.sinks.report_timeline import Layer, Mark, Panel, panels
 from vramtop.units import mib
 

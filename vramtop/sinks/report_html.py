@@ -11,7 +11,7 @@ from html import escape
 from vramtop import __version__
 from vramtop.analysis.report import Report
 from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
-from vramtop.sinks.report_svg import CATEGORY_COLOURS
+from vramtop.sinks.report_svg_style import CATEGORY_COLOURS
 from vramtop.sinks.report_text import MAX_PROBLEMS, fmt_duration, fmt_offset, fmt_time
 from vramtop.sinks.report_words import event_label, logged_events
 from vramtop.units import fmt_mib, percent
