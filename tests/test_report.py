@@ -444,6 +444,36 @@ def test_a_lagging_process_list_does_not_draw_fake_non_pytorch_memory(tmp_path):
     assert non_pytorch[-1] == non_pytorch[-2] == 512 * MiB  # the last consistent figure
 
 
+@pytest.mark.parametrize(("rows", "why"), [
+    ("none", "NVML gave no per-process figure for this process"),
+    ("lagging", "NVML's per-process figure was older than the allocator's at the peak"),
+])
+def test_a_bill_at_the_peak_without_a_consistent_nvml_figure_says_why(tmp_path, capsys, rows, why):
+    samples = []
+    for s in training():
+        # No row for the agent's process, or one smaller than what its allocator reserved.
+        procs = () if rows == "none" else tuple(replace(p, used_memory=GiB) for p in s.gpus[0].processes)
+        samples.append(replace(s, gpus=(replace(s.gpus[0], processes=procs), s.gpus[1])))
+    path = write(tmp_path / f"{rows}.jsonl", samples)
+    doc = report_json(capsys, str(path))
+    (agent,) = [p["agent"] for p in doc["processes"] if p["agent"]]
+    bill = agent["bill_at_peak"]
+    assert bill["note"].startswith(why) and bill["total"] is None and bill["categories"]["non-PyTorch"] is None
+    assert main(["report", str(path)]) == 0
+    assert f"note: {why}" in capsys.readouterr().out
+
+
+def test_sample_errors_and_unknown_records_are_named_as_problems(tmp_path, capsys):
+    samples = training(4)
+    samples[2] = replace(samples[2], error="NVML: GPU is lost")
+    path = write(tmp_path / "e.jsonl", samples)
+    with path.open("a") as f:
+        f.write('{"type":"marker","time":1800000100.0}\n')
+    doc = report_json(capsys, str(path))
+    assert doc["problems"] == ["1 samples carry an error, e.g. NVML: GPU is lost",
+                               "1 record of an unknown type ignored (from a newer vramtop, or not vramtop's)"]
+
+
 def test_gpu_selection(tmp_path, capsys):
     path = write(tmp_path / "t.jsonl", training())
     doc = report_json(capsys, str(path), "--gpu", "1")

@@ -69,7 +69,9 @@ class Report:
     events: tuple[Event, ...] = ()  # as recorded, including the recorder's own warning events
     warnings: tuple[WarningSeen, ...] = ()
     postmortems: tuple[PostMortemSeen, ...] = ()
-    problems: tuple[str, ...] = ()
+    damage: tuple[str, ...] = ()  # what the reader found wrong with the file, in its words
+    sample_errors: tuple[str, ...] = ()  # the errors of samples that are not stale, in order
+    ignored_records: int = 0  # records of a type this version does not know
 
     @property
     def writer_died(self) -> bool:
@@ -99,17 +101,7 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
     times = [s.time for s in samples] + [e.time for e in recording.events]
     if recording.end is not None:
         times.append(recording.end.time)
-    problems = [str(p) for p in recording.problems]
     stale = sum(1 for s in samples if s.stale)
-    if stale:
-        problems.append(f"{stale} of {len(samples)} samples are stale: NVML did not answer in time "
-                        "and the last good figures were recorded again (left out of peaks and averages)")
-    errors = [s.error for s in samples if s.error and not s.stale]
-    if errors:
-        problems.append(f"{len(errors)} samples carry an error, e.g. {errors[0]}")
-    if recording.ignored:
-        problems.append(f"{recording.ignored} record{'s' if recording.ignored != 1 else ''} of an unknown type "
-                        "ignored (from a newer vramtop, or not vramtop's)")
     return Report(
         path=recording.path,
         compressed=recording.compressed,
@@ -129,7 +121,9 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
         events=recording.events,
         warnings=tuple(_warnings(fresh, recording.events, gpus, thresholds)),
         postmortems=tuple(postmortems(fresh, recording.events, gpus, thresholds)),
-        problems=tuple(problems),
+        damage=tuple(str(p) for p in recording.problems),
+        sample_errors=tuple(s.error for s in samples if s.error and not s.stale),
+        ignored_records=recording.ignored,
     )
 
 

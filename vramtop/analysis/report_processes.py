@@ -15,6 +15,11 @@ from vramtop.model import AgentDevice, AgentSample, ProcessSample, Sample
 # A process is keyed by (PID as NVML reports it, GPU UUID).
 Key = tuple[int, str]
 
+# Why the bill at the peak has no non-PyTorch figure: NVML listed no figure for the process, or
+# its figure was older than the allocator's (NVML's process list lags memory).
+NO_PROCESS_FIGURE = "no process figure"
+LAGGING_PROCESS_FIGURE = "lagging process figure"
+
 
 @dataclass(frozen=True)
 class PeakBill:
@@ -23,7 +28,9 @@ class PeakBill:
     time: float  # of that sample
     bill: Bill
     nvml_used: int | None  # NVML's per-process figure in the same sample, when consistent
-    note: str | None = None  # why non-PyTorch (and the total) is missing, when it is
+    # Why non-PyTorch memory (and the total) is missing, when it is: NO_PROCESS_FIGURE or
+    # LAGGING_PROCESS_FIGURE.
+    missing_non_pytorch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,18 +187,14 @@ def _peak_bill(at: _AgentTrack) -> PeakBill | None:
     with_census = [c for c in at.peak_candidates if c[1].census is not None] or at.peak_candidates
     good = [c for c in with_census if non_pytorch_of(c[1].stats, c[2], c[3]) is not None]
     t, device, nvml_used, _ = good[0] if good else with_census[0]
-    note = None
+    missing = None
     if not good:
-        if nvml_used is None:
-            note = "NVML gave no per-process figure for this process: non-PyTorch memory unknown"
-        else:
-            note = ("NVML's per-process figure was older than the allocator's at the peak: "
-                    "non-PyTorch memory unknown")
+        missing = NO_PROCESS_FIGURE if nvml_used is None else LAGGING_PROCESS_FIGURE
         nvml_used = None
     bill = bill_at_peak(device, nvml_used)
     if bill is None:
         return None
-    return PeakBill(time=t, bill=bill, nvml_used=nvml_used, note=note)
+    return PeakBill(time=t, bill=bill, nvml_used=nvml_used, missing_non_pytorch=missing)
 
 
 def _agent_summary(at: _AgentTrack) -> AgentSummary:

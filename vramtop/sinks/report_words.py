@@ -1,10 +1,41 @@
-"""Words for the report's sinks: which recorded events a reader wants listed, and a short
-label for each (text, JSON, HTML and the picture's marks say the same)."""
+"""Words for the report's sinks, so that text, JSON, HTML and the picture say the same: the
+problems of a recording, which recorded events a reader wants listed and a label for each, why
+the bill at the peak lacks a figure."""
 
 from __future__ import annotations
 
 from vramtop.analysis.report import Report
+from vramtop.analysis.report_processes import LAGGING_PROCESS_FIGURE, NO_PROCESS_FIGURE, PeakBill
 from vramtop.recording import Event
+
+
+def problems(report: Report) -> list[str]:
+    """What is wrong with the recording or limits the report: the reader's damage first."""
+    out = list(report.damage)
+    stale = report.stale_samples
+    if stale:
+        out.append(f"{stale} of {report.samples} samples are stale: NVML did not answer in time "
+                   "and the last good figures were recorded again (left out of peaks and averages)")
+    errors = report.sample_errors
+    if errors:
+        out.append(f"{len(errors)} samples carry an error, e.g. {errors[0]}")
+    ignored = report.ignored_records
+    if ignored:
+        out.append(f"{ignored} record{'s' if ignored != 1 else ''} of an unknown type "
+                   "ignored (from a newer vramtop, or not vramtop's)")
+    return out
+
+
+PEAK_NOTES = {
+    NO_PROCESS_FIGURE: "NVML gave no per-process figure for this process: non-PyTorch memory unknown",
+    LAGGING_PROCESS_FIGURE: ("NVML's per-process figure was older than the allocator's at the peak: "
+                             "non-PyTorch memory unknown"),
+}
+
+
+def peak_note(peak: PeakBill) -> str | None:
+    """Why the bill at the peak has no non-PyTorch figure (and no total), when it has none."""
+    return None if peak.missing_non_pytorch is None else PEAK_NOTES[peak.missing_non_pytorch]
 
 
 def logged_events(report: Report) -> list[Event]:
