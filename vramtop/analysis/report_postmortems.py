@@ -19,7 +19,7 @@ from vramtop.recording import Event
 
 @dataclass(frozen=True)
 class PostMortemSeen:
-    """An OOM a training process's agent captured, with its summary (analysis/risk.py)."""
+    """An OOM a training process's agent captured, with its summary (analysis/postmortem.py)."""
 
     time: float
     pid: int

@@ -109,49 +109,63 @@ class _ProcTrack:
 
 
 def process_summaries(fresh: list[Sample], selectors: Sequence[str] | None) -> list[ProcessSummary]:
+    """Every process on the selected GPUs over the fresh samples, by GPU, then the most memory first."""
     tracks: dict[Key, _ProcTrack] = {}
     for s in fresh:
-        matched: set[tuple[int, int]] = set()  # (id(agent), device index) joined to a row
-        for gpu in s.gpus:
-            if not selected(gpu.index, gpu.uuid, selectors):
-                continue
-            for proc in gpu.processes:
-                key = (proc.pid, proc.gpu_uuid)
-                track = tracks.get(key)
-                if track is None:
-                    track = tracks[key] = _ProcTrack(proc, gpu.index, s.time, s.time)
-                track.last = s.time
-                if proc.command and not track.proc.command:
-                    track.proc = proc
-                if proc.used_memory is not None and (track.peak_used is None or proc.used_memory > track.peak_used):
-                    track.peak_used, track.peak_time = proc.used_memory, s.time
-                found = find_agent(s, proc)
-                if found is not None:
-                    agent, device = found
-                    matched.add((id(agent), device.index))
-                    _add_agent(track, agent, device, s.time, proc.used_memory, gpu.memory_used)
-        # Agents NVML did not list (PID namespaces): keyed by their own PID.
-        for agent in s.agents:
-            for device in agent.devices:
-                if (id(agent), device.index) in matched or device.uuid is None:
-                    continue
-                gpu_sample = s.gpu(device.uuid)
-                index = gpu_sample.index if gpu_sample else None
-                if index is not None and not selected(index, device.uuid, selectors):
-                    continue
-                if index is None and selectors:
-                    continue
-                match = next((m for m in join(s).matches if m.agent is agent and m.device is device), None)
-                pid = match.pid if match is not None else agent.pid
-                key = (pid, device.uuid)
-                track = tracks.get(key)
-                if track is None:
-                    placeholder = ProcessSample(pid=pid, gpu_uuid=device.uuid, used_memory=None, kind="C")
-                    track = tracks[key] = _ProcTrack(placeholder, index, s.time, s.time)
-                track.last = s.time
-                _add_agent(track, agent, device, s.time, None, None)
+        matched = _track_rows(tracks, s, selectors)
+        _track_unlisted_agents(tracks, s, selectors, matched)
     out = [_process_summary(t) for t in tracks.values()]
     return sorted(out, key=lambda p: (p.gpu_index if p.gpu_index is not None else 1 << 30, -(p.peak_used or 0), p.pid))
+
+
+def _track_rows(tracks: dict[Key, _ProcTrack], s: Sample, selectors: Sequence[str] | None) -> set[tuple[int, int]]:
+    """Add the NVML rows of one sample (and the agents joined to them); the (id(agent), device
+    index) pairs that were joined to a row."""
+    matched: set[tuple[int, int]] = set()
+    for gpu in s.gpus:
+        if not selected(gpu.index, gpu.uuid, selectors):
+            continue
+        for proc in gpu.processes:
+            key = (proc.pid, proc.gpu_uuid)
+            track = tracks.get(key)
+            if track is None:
+                track = tracks[key] = _ProcTrack(proc, gpu.index, s.time, s.time)
+            track.last = s.time
+            if proc.command and not track.proc.command:
+                track.proc = proc
+            if proc.used_memory is not None and (track.peak_used is None or proc.used_memory > track.peak_used):
+                track.peak_used, track.peak_time = proc.used_memory, s.time
+            found = find_agent(s, proc)
+            if found is not None:
+                agent, device = found
+                matched.add((id(agent), device.index))
+                _add_agent(track, agent, device, s.time, proc.used_memory, gpu.memory_used)
+    return matched
+
+
+def _track_unlisted_agents(tracks: dict[Key, _ProcTrack], s: Sample, selectors: Sequence[str] | None,
+                           matched: set[tuple[int, int]]) -> None:
+    """Add the agents NVML did not list (PID namespaces), keyed by the PID the join found or
+    their own."""
+    for agent in s.agents:
+        for device in agent.devices:
+            if (id(agent), device.index) in matched or device.uuid is None:
+                continue
+            gpu_sample = s.gpu(device.uuid)
+            index = gpu_sample.index if gpu_sample else None
+            if index is not None and not selected(index, device.uuid, selectors):
+                continue
+            if index is None and selectors:
+                continue
+            match = next((m for m in join(s).matches if m.agent is agent and m.device is device), None)
+            pid = match.pid if match is not None else agent.pid
+            key = (pid, device.uuid)
+            track = tracks.get(key)
+            if track is None:
+                placeholder = ProcessSample(pid=pid, gpu_uuid=device.uuid, used_memory=None, kind="C")
+                track = tracks[key] = _ProcTrack(placeholder, index, s.time, s.time)
+            track.last = s.time
+            _add_agent(track, agent, device, s.time, None, None)
 
 
 def _add_agent(track: _ProcTrack, agent: AgentSample, device: AgentDevice, t: float,
