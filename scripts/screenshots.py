@@ -116,9 +116,10 @@ def recording_moments(path: Path) -> list[tuple[str, list[Sample]]]:
 
 def report_svg(path: Path) -> str:
     """The memory timeline `vramtop report FILE --svg` draws for a recording."""
-    from vramtop.analysis.report import panels, summarize
+    from vramtop.analysis.report import summarize
     from vramtop.recording import read_recording
     from vramtop.sinks.report_svg import render_svg
+    from vramtop.sinks.report_timeline import panels
 
     recording = read_recording(path)
     report = summarize(recording, None)

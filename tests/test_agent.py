@@ -288,9 +288,9 @@ def test_step_boundary_reads_are_spaced_by_their_cost(agent, fake_torch):
     fake_torch.allocator.reads_by_thread.clear()
     started = time.monotonic()
     train(model, opt, 40, between=lambda: time.sleep(0.01))
-    assert time.monotonic() - started < 1.5
+    elapsed = time.monotonic() - started  # ~0.5 s; longer on a loaded machine, which allows more reads
     reads = fake_torch.allocator.reads_by_thread.get(threading.get_ident(), 0)
-    assert agent.step == 46 and reads <= 3, reads
+    assert agent.step == 46 and reads <= 2 + int(elapsed), (reads, elapsed)
 
 
 def test_the_census_backs_off_while_nothing_changes(agent, fake_torch):

@@ -130,12 +130,13 @@ def recordings(draw):
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(recordings())
 def test_any_recording_through_report_and_replay(tmp_path_factory, text):
-    from vramtop.analysis.report import panels, summarize
+    from vramtop.analysis.report import summarize
     from vramtop.analysis.risk import warnings_over
     from vramtop.recording import read_recording
     from vramtop.sinks.report_json import render_json
     from vramtop.sinks.report_svg import render_svg
     from vramtop.sinks.report_text import render_text
+    from vramtop.sinks.report_timeline import panels
 
     path = tmp_path_factory.mktemp("fuzz") / "r.jsonl"
     path.write_text(text)

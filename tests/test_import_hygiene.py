@@ -10,7 +10,8 @@ import sys
 import pytest
 
 ANALYSIS = ["vramtop.analysis." + m for m in ("advice", "bill", "diagnosis", "history", "join", "leak",
-                                              "postmortem", "report", "risk")]
+                                              "postmortem", "report", "report_postmortems",
+                                              "report_processes", "risk", "samples")]
 
 
 def imported(module: str) -> set[str]:

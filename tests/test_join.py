@@ -7,10 +7,10 @@ from dataclasses import replace
 
 from tests.test_risk import PID, UUID, snap
 from vramtop.analysis.join import join
-from vramtop.analysis.report import find_agent
+from vramtop.analysis.report_processes import find_agent
 from vramtop.analysis.risk import HEADROOM, RiskTracker
-from vramtop.commands.record import only_process
 from vramtop.model import ProcessSample
+from vramtop.sinks.record_session import only_process
 
 GiB = 1 << 30
 CONTAINER, HOST = 4026532001, 4026531836  # PID namespace inodes

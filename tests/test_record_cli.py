@@ -17,10 +17,10 @@ import pytest
 from vramtop.cli import main
 from vramtop.codec import from_dict
 from vramtop.commands import record as record_command
-from vramtop.commands.record import default_name, program_name
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE
 from vramtop.model import Sample
 from vramtop.recording import RecordingReader, read_recording
+from vramtop.sinks.recording_names import default_name, program_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = "import os,sys; print(os.environ['VRAMTOP_AGENT']); sys.exit(3)"
@@ -293,10 +293,11 @@ def test_pid_errors_are_one_line(fake_pynvml, tmp_path, capsys):
 
 
 def test_warnings_are_written_when_raised_when_their_level_changes_and_when_they_clear(tmp_path):
-    """The recorder's bookkeeping, with a scripted stand-in for the risk rules (named a fake)."""
+    """The warnings turned into events, with a scripted stand-in for the risk rules (named a fake)."""
     from tests.test_recording import small_sample
     from vramtop.analysis.risk import RiskWarning
     from vramtop.recording import header_record
+    from vramtop.sinks.record_session import WarningEvents
     from vramtop.sinks.recorder import Recorder
 
     def warning(level: str) -> RiskWarning:
@@ -309,10 +310,10 @@ def test_warnings_are_written_when_raised_when_their_level_changes_and_when_they
             return self.script.pop(0)
 
     recorder = Recorder(tmp_path / "w.jsonl", header_record(small_sample(0), interval=1.0, command=None))
-    session = record_command._Session(None, recorder, interval=1.0, duration=None, compress="",
-                                      risk=FakeRisk())
+    warnings = WarningEvents(FakeRisk())
     for i in range(4):
-        session._warnings(small_sample(i), [])
+        for w in warnings.update(small_sample(i), []):
+            recorder.write_event(w.kind, w.data, pid=w.pid, time=w.time)
     recorder.close("done")
     events = [(e.kind, e.data.get("level"), e.pid) for e in read_recording(tmp_path / "w.jsonl").events]
     assert events == [("warning", "warning", 42), ("warning", "critical", 42), ("warning.cleared", None, 42)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vramtop.analysis.postmortem import postmortem_of
-from vramtop.analysis.report import Layer, Mark, Panel, panels, summarize
+from vramtop.analysis.report import summarize
 from vramtop.cli import main
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 from vramtop.model import (
@@ -33,7 +33,9 @@ from vramtop.model import (
 from vramtop.recording import header_record, read_recording
 from vramtop.sinks import report_png
 from vramtop.sinks.recorder import Recorder
-from vramtop.sinks.report_svg import CATEGORY_COLOURS, render_svg
+from vramtop.sinks.report_svg import render_svg
+from vramtop.sinks.report_svg_style import CATEGORY_COLOURS
+from vramtop.sinks.report_timeline import Layer, Mark, Panel, panels
 from vramtop.units import mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,6 +442,36 @@ def test_a_lagging_process_list_does_not_draw_fake_non_pytorch_memory(tmp_path):
     gpu0 = next(p for p in panels(rec, summarize(rec)) if p.gpu_uuid == "GPU-0")
     non_pytorch = next(layer for layer in gpu0.layers if layer.name == "non-PyTorch").values
     assert non_pytorch[-1] == non_pytorch[-2] == 512 * MiB  # the last consistent figure
+
+
+@pytest.mark.parametrize(("rows", "why"), [
+    ("none", "NVML gave no per-process figure for this process"),
+    ("lagging", "NVML's per-process figure was older than the allocator's at the peak"),
+])
+def test_a_bill_at_the_peak_without_a_consistent_nvml_figure_says_why(tmp_path, capsys, rows, why):
+    samples = []
+    for s in training():
+        # No row for the agent's process, or one smaller than what its allocator reserved.
+        procs = () if rows == "none" else tuple(replace(p, used_memory=GiB) for p in s.gpus[0].processes)
+        samples.append(replace(s, gpus=(replace(s.gpus[0], processes=procs), s.gpus[1])))
+    path = write(tmp_path / f"{rows}.jsonl", samples)
+    doc = report_json(capsys, str(path))
+    (agent,) = [p["agent"] for p in doc["processes"] if p["agent"]]
+    bill = agent["bill_at_peak"]
+    assert bill["note"].startswith(why) and bill["total"] is None and bill["categories"]["non-PyTorch"] is None
+    assert main(["report", str(path)]) == 0
+    assert f"note: {why}" in capsys.readouterr().out
+
+
+def test_sample_errors_and_unknown_records_are_named_as_problems(tmp_path, capsys):
+    samples = training(4)
+    samples[2] = replace(samples[2], error="NVML: GPU is lost")
+    path = write(tmp_path / "e.jsonl", samples)
+    with path.open("a") as f:
+        f.write('{"type":"marker","time":1800000100.0}\n')
+    doc = report_json(capsys, str(path))
+    assert doc["problems"] == ["1 samples carry an error, e.g. NVML: GPU is lost",
+                               "1 record of an unknown type ignored (from a newer vramtop, or not vramtop's)"]
 
 
 def test_gpu_selection(tmp_path, capsys):

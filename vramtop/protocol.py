@@ -24,7 +24,7 @@ from vramtop.model import OomReport, Sample
 
 SAMPLE_SCHEMA = "vramtop.sample"
 SAMPLE_VERSION = 1
-RECORDING_SCHEMA = "vramtop.recording"  # JSON Lines recordings: see vramtop/recording.py
+RECORDING_SCHEMA = "vramtop.recording"  # JSON Lines recordings: see vramtop/recording/
 RECORDING_VERSION = 1
 
 

@@ -95,14 +95,7 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
     index = event.get("device")
     missing = max(0, requested - free)
     need = missing + int(total * t.margin)
-    where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
-    of = fmt_bytes(total)
-    if diagnosis is not None and diagnosis.capped and oom is not None and oom.device_total:
-        of = (f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a "
-              f"{fmt_bytes(oom.device_total)} GPU")
-    phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
-    lines = [f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
-             f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short."]
+    lines = [_what_failed(step, index, device, requested, free, total, missing, diagnosis, oom)]
     if diagnosis is not None:
         lines.append(diagnosis.headline)
         lines.extend(f"Also: {also}" for also in diagnosis.also)
@@ -110,42 +103,75 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
     fragmented: bool | None = None
     advice: tuple[Advice, ...] = ()
     if device is not None:
-        stats = device.stats
-        cache = stats.reserved - stats.allocated
-        if stats.largest_free_block is not None:
-            fragmented = cache >= requested > stats.largest_free_block
-            lines.append(f"The allocator held {fmt_bytes(cache)} of cache "
-                         f"{'then' if at_failure else 'at the last sample'}, its largest free "
-                         f"block {fmt_bytes(stats.largest_free_block)}"
-                         + (": enough in total but in pieces too small (fragmentation)." if fragmented else "."))
-        if at_failure:
-            bill = bill_now(device, nvml_process_used)
-        else:
-            bill = bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used)
+        fragmented = _fragmented(device.stats, requested)
+        lines.extend(_allocator_lines(device.stats, fragmented, at_failure))
+        bill = bill_now(device, nvml_process_used) if at_failure else (
+            bill_at_peak(device, nvml_process_used) or bill_now(device, nvml_process_used))
         parts = [f"{name} {fmt_bytes(v)}" for name, v in bill.categories() if v]
         if parts:
             where = "at the failure" if at_failure else "at the allocator's peak"
             lines.append(f"Bill {where}: " + " · ".join(parts) + ".")
+        stats = device.stats
         facts = ProcessFacts(expandable_segments=expandable_segments, fragmentation=fragmentation(stats),
                              optimizer=device.census.seen if device.census else None, world_size=world_size,
                              mixed_precision=mixed_precision, checkpointing=checkpointing)
-        advice = advise(bill, device_total=total or None, margin=t.margin, facts=facts, need=need, cache=cache,
-                        assumptions=assumptions)
+        advice = advise(bill, device_total=total or None, margin=t.margin, facts=facts, need=need,
+                        cache=stats.reserved - stats.allocated, assumptions=assumptions)
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
     top = top or top_advice(advice)
+    closing, first_thing = _first_thing(diagnosis, top, device, need, t.margin)
+    lines.extend(closing)
+    return PostMortem(step if isinstance(step, int) else None, event.get("time"), index if isinstance(index, int)
+                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines),
+                      diagnosis, first_thing)
+
+
+def _what_failed(step: object, index: object, device: AgentDevice | None, requested: int, free: int, total: int,
+                 missing: int, diagnosis: Diagnosis | None, oom: OomReport | None) -> str:
+    """The first line: which request failed where, and by how much."""
+    where = f"cuda:{index}" + (f" ({device.uuid})" if device is not None and device.uuid else "")
+    of = fmt_bytes(total)
+    if diagnosis is not None and diagnosis.capped and oom is not None and oom.device_total:
+        of = (f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a "
+              f"{fmt_bytes(oom.device_total)} GPU")
+    phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
+    return (f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
+            f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short.")
+
+
+def _fragmented(stats: AllocatorStats, requested: int) -> bool | None:
+    """Whether the cache held enough bytes but no block big enough; None without the largest block."""
+    if stats.largest_free_block is None:
+        return None
+    return stats.reserved - stats.allocated >= requested > stats.largest_free_block
+
+
+def _allocator_lines(stats: AllocatorStats, fragmented: bool | None, at_failure: bool) -> list[str]:
+    if stats.largest_free_block is None:
+        return []
+    cache = stats.reserved - stats.allocated
+    return [f"The allocator held {fmt_bytes(cache)} of cache "
+            f"{'then' if at_failure else 'at the last sample'}, its largest free "
+            f"block {fmt_bytes(stats.largest_free_block)}"
+            + (": enough in total but in pieces too small (fragmentation)." if fragmented else ".")]
+
+
+def _first_thing(diagnosis: Diagnosis | None, top: Advice | None, device: AgentDevice | None, need: int,
+                 margin: float) -> tuple[list[str], str | None]:
+    """The closing lines (what the margin needs, when it is a matter of capacity) and what to do
+    first, which is also the last of them."""
+    lines: list[str] = []
     first_thing = None
     if diagnosis is not None and diagnosis.kind != CAPACITY and diagnosis.action:
         # Not a matter of capacity: the levers would treat the symptom.
         first_thing = f"First thing to do ({diagnosis.kind}): {diagnosis.action}"
     else:
-        lines.append(f"To fit with the {t.margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
+        lines.append(f"To fit with the {margin:.0%} safety margin the step peak must drop by {fmt_bytes(need)}.")
         if top is not None:
             first_thing = f"First thing to try ({top.lever}): {top.text}"
         elif device is None:
             lines.append("No allocator figures for this process: start it with `vramtop run` to see the bill.")
     if first_thing:
         lines.append(first_thing)
-    return PostMortem(step if isinstance(step, int) else None, event.get("time"), index if isinstance(index, int)
-                      else None, requested, free, total, missing, need, fragmented, bill, advice, top, tuple(lines),
-                      diagnosis, first_thing)
+    return lines, first_thing

@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vramtop.analysis.report import panels, summarize
+    from vramtop.analysis.report import summarize
     from vramtop.protocol import SchemaError
     from vramtop.recording import read_recording
+    from vramtop.sinks.report_timeline import panels
 
     outputs = [path for path in (args.html, args.png, args.svg) if path]
     _check_outputs(args.file, outputs, args.force)

@@ -43,7 +43,7 @@ def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
 def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
     """The allocator and the bill of each process on this GPU that runs the agent."""
     from vramtop.analysis.bill import SHORT_NAMES, bill_now
-    from vramtop.analysis.report import find_agent
+    from vramtop.analysis.report_processes import find_agent
 
     lines = []
     for proc in gpu.processes:

@@ -1,4 +1,4 @@
-"""The recorder sink: samples and events into a recording file (format: vramtop/recording.py).
+"""The recorder sink: samples and events into a recording file (format: vramtop/recording/).
 
 Every record is in the kernel when its call returns, so ``kill -9`` loses nothing written;
 an fsync every ``sync_interval`` seconds and at close bounds what a power cut can lose.

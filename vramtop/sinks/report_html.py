@@ -9,9 +9,11 @@ from __future__ import annotations
 from html import escape
 
 from vramtop import __version__
-from vramtop.analysis.report import AgentSummary, PeakBill, ProcessSummary, Report, event_label, logged_events
-from vramtop.sinks.report_svg import CATEGORY_COLOURS
+from vramtop.analysis.report import Report
+from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
+from vramtop.sinks.report_svg_style import CATEGORY_COLOURS
 from vramtop.sinks.report_text import MAX_PROBLEMS, fmt_duration, fmt_offset, fmt_time
+from vramtop.sinks.report_words import event_label, logged_events, peak_note, problems
 from vramtop.units import fmt_mib, percent
 
 SVG_NAMESPACE = ' xmlns="http://www.w3.org/2000/svg"'  # implied for <svg> inside HTML
@@ -92,11 +94,12 @@ def _run(report: Report) -> list[str]:
 
 
 def _problems(report: Report) -> list[str]:
-    if not report.problems:
+    found = problems(report)
+    if not found:
         return ['<div class="box ok">The recording is complete and undamaged.</div>']
-    items = "".join(f"<li>{escape(p)}</li>" for p in report.problems[:MAX_PROBLEMS])
-    if len(report.problems) > MAX_PROBLEMS:
-        items += f"<li>… and {len(report.problems) - MAX_PROBLEMS} more</li>"
+    items = "".join(f"<li>{escape(p)}</li>" for p in found[:MAX_PROBLEMS])
+    if len(found) > MAX_PROBLEMS:
+        items += f"<li>… and {len(found) - MAX_PROBLEMS} more</li>"
     return [f'<div class="box problems"><strong>Problems in this recording</strong> '
             f"(the report covers what could be read)<ul>{items}</ul></div>"]
 
@@ -175,8 +178,9 @@ def _bill(report: Report, peak: PeakBill) -> list[str]:
         out.append(f"<tr><th>reserved by PyTorch</th><th class=n>{fmt_mib(bill.reserved)}</th><th></th></tr>")
     out.append("</table>")
     notes = ["Activations &amp; temporaries are derived: allocated minus everything counted."]
-    if peak.note:
-        notes.insert(0, escape(peak.note) + ".")
+    note = peak_note(peak)
+    if note:
+        notes.insert(0, escape(note) + ".")
     out.append(f'<p class="note">{" ".join(notes)}</p>')
     return out
 

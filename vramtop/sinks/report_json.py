@@ -12,8 +12,10 @@ import json
 from typing import Any
 
 from vramtop import __version__
-from vramtop.analysis.report import AgentSummary, GpuSummary, PeakBill, ProcessSummary, Report, event_label
+from vramtop.analysis.report import GpuSummary, Report
+from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
 from vramtop.codec import to_dict
+from vramtop.sinks.report_words import event_label, peak_note, problems
 from vramtop.units import mib
 
 REPORT_SCHEMA = "vramtop.report"
@@ -63,7 +65,7 @@ def report_document(report: Report) -> dict[str, Any]:
              "lines": list(pm.lines)}
             for pm in report.postmortems
         ],
-        "problems": list(report.problems),
+        "problems": problems(report),
     }
 
 
@@ -114,5 +116,5 @@ def _bill(report: Report, peak: PeakBill) -> dict[str, Any]:
         "time": peak.time, "offset": report.offset(peak.time),
         "categories": dict(bill.categories()),
         "allocated": bill.allocated, "reserved": bill.reserved,
-        "total": bill.total, "nvml_used": peak.nvml_used, "note": peak.note,
+        "total": bill.total, "nvml_used": peak.nvml_used, "note": peak_note(peak),
     }

@@ -6,15 +6,9 @@ recording (``+12.5 s``), the start itself in local time.
 
 from __future__ import annotations
 
-from vramtop.analysis.report import (
-    AgentSummary,
-    GpuSummary,
-    PeakBill,
-    ProcessSummary,
-    Report,
-    event_label,
-    logged_events,
-)
+from vramtop.analysis.report import GpuSummary, Report
+from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
+from vramtop.sinks.report_words import event_label, logged_events, peak_note, problems
 from vramtop.units import clock, fmt_mib, mib, percent
 
 MAX_PROBLEMS = 20  # a file of garbage has one problem per line: show the first ones
@@ -57,10 +51,11 @@ def render_text(report: Report) -> str:
         lines.append(f"  {fmt_offset(report.offset(e.time)):>10}  {event_label(e)}{pid}")
     lines.append("")
     lines.append("PROBLEMS")
-    lines.extend(f"  {p}" for p in report.problems[:MAX_PROBLEMS])
-    if len(report.problems) > MAX_PROBLEMS:
-        lines.append(f"  ... and {len(report.problems) - MAX_PROBLEMS} more (--json lists them all)")
-    if not report.problems:
+    found = problems(report)
+    lines.extend(f"  {p}" for p in found[:MAX_PROBLEMS])
+    if len(found) > MAX_PROBLEMS:
+        lines.append(f"  ... and {len(found) - MAX_PROBLEMS} more (--json lists them all)")
+    if not found:
         lines.append("  none: the file is complete and undamaged")
     return "\n".join(lines)
 
@@ -193,8 +188,9 @@ def _bill(report: Report, peak: PeakBill) -> list[str]:
         lines.append(f"    {'total':<26} {fmt_mib(bill.total):>10}")
     else:
         lines.append(f"    {'reserved (PyTorch)':<26} {fmt_mib(bill.reserved):>10}")
-    if peak.note:
-        lines.append(f"    note: {peak.note}")
+    note = peak_note(peak)
+    if note:
+        lines.append(f"    note: {note}")
     lines.append("    activations & temporaries are derived: allocated minus everything counted;")
     lines.append("    the total is the allocator's reserved peak plus non-PyTorch memory")
     return lines

@@ -14,7 +14,7 @@ from vramtop.analysis.bill import (
     largest_fit,
 )
 from vramtop.analysis.postmortem import postmortem_of
-from vramtop.model import AgentDevice, AgentSample, GpuSample, OomReport, ProcessSample
+from vramtop.model import AgentDevice, AgentSample, AllocatorStats, GpuSample, OomReport, ProcessSample
 from vramtop.units import clock, fmt_bytes
 
 # One colour per bill category, in the bill's order; the stacked bar uses the same ones.
@@ -61,13 +61,23 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     now = bill_now(device, proc.used_memory)
     peak = bill_at_peak(device, proc.used_memory)
     total = gpu.memory_total if gpu and gpu.memory_total else (proc.used_memory or stats.reserved)
-    frag = fragmentation(stats)
-    proxy = frag is None
-    if frag is None:
-        frag = fragmentation_proxy(stats)
-    fits = largest_fit(stats, gpu.memory_free if gpu else None)
     out = Text()
-    # Line 1: the allocator against NVML.
+    out.append_text(_allocator_line(stats, now, proc.used_memory, narrow))
+    out.append_text(_fit_line(device, now, peak, gpu, narrow))
+    # The bill: a bar to scale of the whole GPU, then the categories now and at the peak.
+    out.append_text(stacked_bar(now, max(10, width - 2), total))
+    out.append("\n")
+    out.append_text(_bill_cells(now, peak) if narrow else _bill_table(now, peak))
+    census = device.census
+    note = "* derived: allocated minus the counted categories. "
+    note += f"Seen: {census.seen}" if census else "No parameters counted yet (no optimizer step or model seen)."
+    out.append(note, style="dim")
+    return out
+
+
+def _allocator_line(stats: AllocatorStats, now: Bill, nvml_used: int | None, narrow: bool) -> Text:
+    """The allocator against NVML."""
+    out = Text()
     out.append("torch ", style="bold")
     out.append(f"{'alloc' if narrow else 'allocated'} {fmt_bytes(stats.allocated)}", style="bold green")
     out.append(f" / {'rsv' if narrow else 'reserved'} {fmt_bytes(stats.reserved)}", style="bold")
@@ -75,8 +85,18 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     if not narrow:
         rounding = stats.allocated - stats.requested
         out.append(f"  requested {fmt_bytes(stats.requested)} (+{fmt_bytes(rounding)} rounding)", style="dim")
-    out.append(f"  NVML {_gib(proc.used_memory)}\n", style="cyan")
-    # Line 2: can the next big allocation fit?
+    out.append(f"  NVML {_gib(nvml_used)}\n", style="cyan")
+    return out
+
+
+def _fit_line(device: AgentDevice, now: Bill, peak: Bill | None, gpu: GpuSample | None, narrow: bool) -> Text:
+    """Can the next big allocation fit: fragmentation, retries, OOMs, and where the peak was."""
+    stats = device.stats
+    frag = fragmentation(stats)
+    proxy = frag is None
+    if frag is None:
+        frag = fragmentation_proxy(stats)
+    out = Text()
     out.append("frag ", style="dim")
     out.append("N/A" if frag is None else f"{frag:.2f}" + ("~" if proxy else ""),
                style="bold red" if frag is not None and frag > 0.5 and now.cache > (1 << 30) else "")
@@ -84,7 +104,7 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
         label = "block" if narrow else "largest free block"
         out.append(f" ({label} {fmt_bytes(stats.largest_free_block)})", style="dim")
     out.append("  fits ≤ " if narrow else "  fits now ≤ ", style="dim")
-    out.append(_gib(fits))
+    out.append(_gib(largest_fit(stats, gpu.memory_free if gpu else None)))
     # Narrow labels keep the line within 80 columns (a wrapped "@step" reads as a line of its own).
     out.append("  retry " if narrow else "  retries ", style="dim")
     out.append(str(stats.num_alloc_retries), style="bold red" if stats.num_alloc_retries else "")
@@ -99,36 +119,42 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
         phase = PHASE_SHORT.get(peak.phase, peak.phase) if narrow else f"in {peak.phase}"
         out.append(f" {phase}{'~' if peak.estimate else ''}", style="dim")
     out.append("\n")
-    # The bill: a bar to scale of the whole GPU, then the categories now and at the peak.
-    bar_width = max(10, width - 2)
-    out.append_text(stacked_bar(now, bar_width, total))
-    out.append("\n")
+    return out
+
+
+def _bill_rows(now: Bill, peak: Bill | None) -> list[tuple[str, int | None, int | None]]:
+    """(category, now, at the peak) in the bill's order."""
     peak_rows = peak.categories() if peak else [(name, None) for name, _ in now.categories()]
-    rows = list(zip(now.categories(), peak_rows, strict=True))
-    if narrow:
-        cells = []
-        for (name, value), (_, at_peak) in rows:
-            cell = Text()
-            cell.append(f"{SHORT_NAMES[name]} ", style=CATEGORY_STYLES[name])
-            cell.append(_gib(value))
-            if name == "activations & temporaries" and at_peak is not None:
-                cell.append(f" (peak {_gib(at_peak)})", style="dim")
-            cells.append(cell)
-        for i in range(0, len(cells), 4):
-            out.append_text(Text("  ").join(cells[i:i + 4]))
-            out.append("\n")
-    else:
-        out.append(f"{'bill':<28}{'now':>10}{'at peak':>11}\n", style="bold underline")
-        for (name, value), (_, at_peak) in rows:
-            label = name + ("*" if name == "activations & temporaries" else "")
-            out.append(f"{label:<28}", style=CATEGORY_STYLES[name])
-            out.append(f"{_gib(value):>10}{_gib(at_peak):>11}\n")
-        out.append(f"{'= NVML per process':<28}{_gib(now.total):>10}{_gib(peak.total if peak else None):>11}\n",
-                   style="bold")
-    census = device.census
-    note = "* derived: allocated minus the counted categories. "
-    note += f"Seen: {census.seen}" if census else "No parameters counted yet (no optimizer step or model seen)."
-    out.append(note, style="dim")
+    return [(name, value, at_peak) for (name, value), (_, at_peak) in zip(now.categories(), peak_rows, strict=True)]
+
+
+def _bill_cells(now: Bill, peak: Bill | None) -> Text:
+    """The bill in a narrow pane: short names, four to a line, now (activations also at the peak)."""
+    cells = []
+    for name, value, at_peak in _bill_rows(now, peak):
+        cell = Text()
+        cell.append(f"{SHORT_NAMES[name]} ", style=CATEGORY_STYLES[name])
+        cell.append(_gib(value))
+        if name == "activations & temporaries" and at_peak is not None:
+            cell.append(f" (peak {_gib(at_peak)})", style="dim")
+        cells.append(cell)
+    out = Text()
+    for i in range(0, len(cells), 4):
+        out.append_text(Text("  ").join(cells[i:i + 4]))
+        out.append("\n")
+    return out
+
+
+def _bill_table(now: Bill, peak: Bill | None) -> Text:
+    """The bill as a table: each category now and at the peak, and their total (NVML's figure)."""
+    out = Text()
+    out.append(f"{'bill':<28}{'now':>10}{'at peak':>11}\n", style="bold underline")
+    for name, value, at_peak in _bill_rows(now, peak):
+        label = name + ("*" if name == "activations & temporaries" else "")
+        out.append(f"{label:<28}", style=CATEGORY_STYLES[name])
+        out.append(f"{_gib(value):>10}{_gib(at_peak):>11}\n")
+    out.append(f"{'= NVML per process':<28}{_gib(now.total):>10}{_gib(peak.total if peak else None):>11}\n",
+               style="bold")
     return out
 
 

@@ -8,7 +8,7 @@ from vramtop.analysis.advice import Advice
 from vramtop.analysis.bill import non_pytorch_of
 from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.join import join
-from vramtop.model import MISMATCH, NOT_VISIBLE, Sample
+from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
 from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
@@ -25,8 +25,6 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if not on_gpus:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
     first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
-    match = join(sample).of_row(first)
-    found = (match.agent, match.device) if match is not None else None
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
@@ -36,38 +34,51 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
         for g, p in on_gpus
     )
     t.append(spread, style="cyan")
-    if found is not None:
-        agent, device = found
-        t.append("\n")
-        t.append_text(agent_title(agent, device, sample.time))
-        t.append("  ")
-        room = width - t.split("\n")[-1].cell_len
-        if room > 12:
-            t.append(process_label(first)[:room], style="dim")
-        t.append("\n")
-        kind = None
-        story = None
-        oom = agent.last_oom if agent.last_oom is not None and agent.last_oom.device == device.index else None
-        if oom is not None:  # sticky: for the process's life
-            # In an 80x24 pane: the failure and the first thing to do, then the numbers; the
-            # rest of the post-mortem below them (PgDn).
-            t.append_text(oom_headline(oom))
-            todo, story = render_oom(oom, device, non_pytorch_of(device.stats, first.used_memory), agent,
-                                     show_path=live)
-            t.append_text(todo)
-            kind = diagnose(oom, expandable_segments=agent.expandable_segments).kind
-        t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
-        if story is not None:
-            t.append("\n")
-            t.append_text(story)
-        if kind not in (None, CAPACITY):
-            # The levers size the step to the GPU; this OOM had another cause (see above).
-            t.append(f"\nadvice: its OOM was a {kind}, not a lack of capacity: the post-mortem above says what "
-                     "to do first; levers would treat the symptom.", style="dim")
-        else:
-            t.append_text(render_advice(advice, narrow))
-        return t
+    match = join(sample).of_row(first)
+    if match is not None:
+        t.append_text(_with_agent(sample, match.agent, match.device, first, width, narrow, advice, live))
+    else:
+        t.append_text(_without_agent(first, live))
+    return t
+
+
+def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: ProcessSample, width: int,
+                narrow: bool, advice: tuple[Advice, ...], live: bool) -> Text:
+    """The agent's view: its title, an OOM's post-mortem if it had one, the bill, the advice."""
+    t = Text("\n")
+    t.append_text(agent_title(agent, device, sample.time))
+    t.append("  ")
+    room = width - t.split("\n")[-1].cell_len
+    if room > 12:
+        t.append(process_label(first)[:room], style="dim")
     t.append("\n")
+    kind = None
+    story = None
+    oom = agent.last_oom if agent.last_oom is not None and agent.last_oom.device == device.index else None
+    if oom is not None:  # sticky: for the process's life
+        # In an 80x24 pane: the failure and the first thing to do, then the numbers; the
+        # rest of the post-mortem below them (PgDn).
+        t.append_text(oom_headline(oom))
+        todo, story = render_oom(oom, device, non_pytorch_of(device.stats, first.used_memory), agent,
+                                 show_path=live)
+        t.append_text(todo)
+        kind = diagnose(oom, expandable_segments=agent.expandable_segments).kind
+    t.append_text(render_agent(agent, device, first, sample.gpu(first.gpu_uuid), width, narrow))
+    if story is not None:
+        t.append("\n")
+        t.append_text(story)
+    if kind not in (None, CAPACITY):
+        # The levers size the step to the GPU; this OOM had another cause (see above).
+        t.append(f"\nadvice: its OOM was a {kind}, not a lack of capacity: the post-mortem above says what "
+                 "to do first; levers would treat the symptom.", style="dim")
+    else:
+        t.append_text(render_advice(advice, narrow))
+    return t
+
+
+def _without_agent(first: ProcessSample, live: bool) -> Text:
+    """Who the process is as far as NVML and the host can tell, and why there is no bill."""
+    t = Text("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
     if first.visibility == NOT_VISIBLE:
         t.append("\nNVML reports host PIDs; run vramtop on the host, or share the host PID namespace "

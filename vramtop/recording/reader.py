@@ -1,273 +1,29 @@
-"""Recordings: samples and events in a JSON Lines file, to replay, tail, report on or share.
+"""Reading a recording, whole or while it is written, plain, xz or gzip.
 
-Format (schema ``vramtop.recording``, version 1; docs/recording.md has the long version):
-
-- UTF-8 JSON Lines. Every record is one JSON object on one line, written with a single
-  ``os.write`` of the complete line (newline included), appended, never rewritten. A reader
-  therefore never sees half a record, except a torn last line after a crash or a full disk.
-- Line 1 is the header::
-
-    {"type":"header","schema":"vramtop.recording","version":1,"vramtop":"0.1.0",
-     "host":"gpu-box","driver":"580.159.04","cuda_driver":"13.0",
-     "gpus":[{"index":0,"uuid":"GPU-...","name":"NVIDIA H100 80GB HBM3",
-              "memory_total":85520809984}],
-     "interval":1.0,"started":1795000000.0,"command":["python","train.py"]}
-
-  ``command`` is null when nothing was launched; ``gpus`` lists the GPUs at the start.
-- Then samples and events, in the order they happened::
-
-    {"type":"sample","sample":{...}}     the sample exactly as codec.to_dict writes it
-                                         (the same shape as ``vramtop --once --json``)
-    {"type":"event","time":...,"kind":"command.started","pid":4242,"data":{...}}
-
-  Events are generic: ``kind`` names them ("command.started", "command.exited"; later steps,
-  warnings, OOM post-mortems), ``pid`` is the process they concern or null, ``data`` is free.
-- The last line is the end record: ``{"type":"end","time":...,"samples":N,"reason":"..."}``.
-  No end record means the writer died (killed, crashed, lost power) or is still writing.
-- Memory is in integer bytes; times are seconds since the epoch.
-- Closing with compression packs the file into ``<name>.xz`` (or ``<name>.gz``; temporary file
-  + rename) and removes the plain file; while recording, the plain file is readable and can be
-  tailed. xz is the default: agent samples repeat long structures with changing numbers, and
-  its large window packs them ~30% smaller than gzip's 32 KiB one (bench/RESULTS.md).
-
-Compatibility: readers ignore unknown fields and unknown record types (minor additions keep
-``version`` 1) and refuse a newer ``version`` with :class:`~vramtop.protocol.SchemaError`.
-
-Reading never raises for damage: :func:`read_recording` returns every record it could read
-plus a list of :class:`Problem` (torn last line, corrupt lines with their line numbers, a
-missing end record, a cut-off compressed stream).
+Never raises for damage: every record that can be read is returned with a list of
+:class:`Problem` (torn last line, corrupt lines with their numbers, a missing end record, a
+cut-off compressed stream). Raises only when the file cannot be opened (:class:`RecordingError`)
+or is not a vramtop recording, or a newer one (SchemaError).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import gzip
 import json
 import lzma
 import os
-import shutil
-import time as _time
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
-from vramtop import __version__
-from vramtop.codec import DecodeError, from_dict, to_dict
+from vramtop.codec import DecodeError, from_dict
 from vramtop.errors import VramtopError
 from vramtop.model import AgentEvent, OomReport, Sample
 from vramtop.protocol import RECORDING_SCHEMA, RECORDING_VERSION, SchemaError
+from vramtop.recording.records import END, EVENT, HEADER, SAMPLE, End, Event, Header
+from vramtop.recording.writer import CHUNK, COMPRESSED_SUFFIXES, compressed_path
 
-HEADER = "header"
-SAMPLE = "sample"
-EVENT = "event"
-END = "end"
-
-XZ_SUFFIX, GZIP_SUFFIX = ".xz", ".gz"
-COMPRESSED_SUFFIXES = (XZ_SUFFIX, GZIP_SUFFIX)
 _GZIP_MAGIC = b"\x1f\x8b"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
-_CHUNK = 1 << 20
-
-
-# -- records ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordedGpu:
-    """A GPU as the header lists it."""
-
-    index: int
-    uuid: str
-    name: str
-    memory_total: int | None = None
-
-
-@dataclass(frozen=True)
-class Header:
-    """What the recording is: who wrote it, where, of which GPUs, how often."""
-
-    version: int
-    started: float
-    interval: float | None = None
-    vramtop: str | None = None
-    host: str | None = None
-    driver: str | None = None
-    cuda_driver: str | None = None
-    gpus: tuple[RecordedGpu, ...] = ()
-    command: tuple[str, ...] | None = None
-    pid: int | None = None  # recorded with --pid: only this process
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something that happened at one instant (a command started, a step ended, an OOM)."""
-
-    time: float
-    kind: str
-    pid: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class End:
-    """The recording was closed on purpose; ``samples`` is how many were written."""
-
-    time: float
-    samples: int
-    reason: str = ""
-
-
-def header_record(first: Sample, *, interval: float | None, command: Sequence[str] | None,
-                  started: float | None = None, pid: int | None = None) -> dict[str, Any]:
-    """The header for a recording whose first sample is ``first``."""
-    return {
-        "type": HEADER,
-        "schema": RECORDING_SCHEMA,
-        "version": RECORDING_VERSION,
-        "vramtop": __version__,
-        "host": first.host.hostname,
-        "driver": first.driver_version,
-        "cuda_driver": first.cuda_driver_version,
-        "gpus": [
-            {"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total": g.memory_total}
-            for g in first.gpus
-        ],
-        "interval": interval,
-        "started": first.time if started is None else started,
-        "command": None if command is None else list(command),
-        "pid": pid,  # `record --pid`: the one process recorded (None: all of them)
-    }
-
-
-def sample_record(sample: Sample) -> dict[str, Any]:
-    return {"type": SAMPLE, "sample": to_dict(sample)}
-
-
-def event_record(kind: str, data: dict[str, Any] | None = None, *, pid: int | None = None,
-                 time: float | None = None) -> dict[str, Any]:
-    return {"type": EVENT, "time": _time.time() if time is None else time, "kind": kind,
-            "pid": pid, "data": dict(data or {})}
-
-
-def end_record(samples: int, reason: str, *, time: float | None = None) -> dict[str, Any]:
-    return {"type": END, "time": _time.time() if time is None else time, "samples": samples,
-            "reason": reason}
-
-
-def encode(record: dict[str, Any]) -> bytes:
-    """One record as one line. ASCII-escaped: command lines may hold undecodable bytes."""
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
-
-
-# -- writing ------------------------------------------------------------------------------
-
-
-class RecordingWriter:
-    """Appends records to a new file, each with one ``os.write`` of one complete line.
-
-    There is no user-space buffer: once :meth:`write` returns, the line is in the kernel and
-    survives the death of this process. :meth:`sync` also makes it survive a power cut.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
-                 write: Callable[[int, bytes], int] = os.write) -> None:
-        self.path = os.fspath(path)
-        self._write = write
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        flags |= os.O_TRUNC if overwrite else os.O_EXCL
-        self._fd: int | None = os.open(self.path, flags, 0o644)
-        self.size = 0  # bytes of complete lines
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record; OSError (disk full, I/O error) leaves the file as it was."""
-        self.write_line(encode(record))
-
-    def write_line(self, line: bytes) -> None:
-        if self._fd is None:
-            raise ValueError("write to a closed recording")
-        done = 0
-        try:
-            while done < len(line):
-                # One call writes the whole line on a local file system; a short count comes only
-                # with a full disk or a signal, and the loop then finds out which.
-                n = self._write(self._fd, line[done:])
-                if n <= 0:
-                    raise OSError(errno.EIO, "write returned 0 bytes")
-                done += n
-        except OSError:
-            if done:
-                # Take the partial line back so the next line does not continue it: a damaged
-                # line would then sit in the middle of the file instead of nowhere.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self.size)
-            raise
-        self.size += len(line)
-
-    def sync(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def compressed_path(path: str, suffix: str = XZ_SUFFIX) -> str:
-    return path + suffix
-
-
-def compress_recording(path: str | os.PathLike[str], *, suffix: str = XZ_SUFFIX) -> str:
-    """Pack a closed recording into ``<path>.xz`` (or ``.gz``) atomically, remove ``path``; the
-    new path.
-
-    The compressed file appears complete or not at all (temporary file, fsync, rename); the
-    plain file is removed only after that, so a failure at any point loses nothing.
-    """
-    src = os.fspath(path)
-    if suffix not in COMPRESSED_SUFFIXES:
-        raise ValueError(f"unknown compression {suffix!r}")
-    dest = compressed_path(src, suffix)
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    try:
-        with open(src, "rb") as plain, open(tmp, "xb") as raw:
-            with _packer(raw, suffix, os.path.basename(src)) as packed:
-                shutil.copyfileobj(plain, packed, _CHUNK)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _sync_directory(dest)
-    os.unlink(src)
-    return dest
-
-
-def _packer(raw: IO[bytes], suffix: str, name: str) -> gzip.GzipFile | lzma.LZMAFile:
-    if suffix == GZIP_SUFFIX:
-        return gzip.GzipFile(filename=name, mode="wb", fileobj=raw, compresslevel=6, mtime=0)
-    # Preset 6 needs ~94 MiB to pack; 9 needs ~674 MiB and gains nothing on recordings.
-    return lzma.LZMAFile(raw, mode="wb", preset=6)
-
-
-def _sync_directory(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# -- reading ------------------------------------------------------------------------------
 
 
 class RecordingError(VramtopError):
@@ -380,7 +136,7 @@ class RecordingReader:
             self._read_compressed(self._file, self._format)
             self._exhausted = True
         else:
-            while chunk := self._file.read(_CHUNK):
+            while chunk := self._file.read(CHUNK):
                 self._feed(chunk)
         return len(self.samples) - before
 
@@ -458,7 +214,7 @@ class RecordingReader:
         unpacked = 0
         inflate = decompressor()
         try:
-            while chunk := raw.read(_CHUNK):
+            while chunk := raw.read(CHUNK):
                 while chunk:
                     data = inflate.decompress(chunk)
                     unpacked += len(data)
