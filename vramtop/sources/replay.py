@@ -121,10 +121,13 @@ class ReplaySource:
         """Read what the writer appended since loading; the number of new samples."""
         if self._reader is None:
             return 0
-        added = self._reader.poll()
-        if added or self._reader.end is not None:
-            self._load(self._reader.result())
-        if self._reader.end is not None:
+        reader = self._reader
+        before = len(reader.events), len(reader.problems)
+        added = reader.poll()
+        # Samples are rebuilt (events put inside them, ``prepare``) only when something came.
+        if added or reader.end is not None or (len(reader.events), len(reader.problems)) != before:
+            self._load(reader.result())
+        if reader.end is not None:
             self.close()
         return added
 

@@ -131,6 +131,7 @@ class ReplayApp(VramtopApp):
         if self.follow:
             self.set_interval(min(1.0, self.interval / 2), self._refresh)
             self._say_how_following()
+            self.render_view()
 
     def on_unmount(self) -> None:
         super().on_unmount()
@@ -174,27 +175,30 @@ class ReplayApp(VramtopApp):
     def _refresh(self) -> None:
         """Read what the recorder appended; while following, show it at once."""
         was_following = self.following
-        if self.source.refresh():
+        added = self.source.refresh()
+        if added:
             self._grew_at = time.monotonic()
             self._timeline.extend(self.source.samples)
             if was_following or (self.position < 0 and not self.paused):
                 while not self.source.at_end:  # each one, as the live monitor would have
                     self.take(self.source.read())
                 self.sample = self.latest
+        notice = self.notice
         self._say_how_following()
+        if added or self.notice != notice:
+            self.render_view()
 
     def _say_how_following(self) -> None:
+        """The banner: following, the recording ended, or its writer seems to have died."""
         end = self.source.end
         if end is not None:
             state = f"The recording ended: the recorder closed it after {end.samples} samples" + (
                 f" ({end.reason})" if end.reason else "")
         elif (quiet := time.monotonic() - self._grew_at) > self._stall_after:
-            state = (f"No new sample for {quiet:.0f} s and no end record: the recorder seems to have "
-                     "died (still watching the file)")
+            state = f"No new sample for {quiet:.0f} s, no end record: the recorder seems to have died"
         else:
-            state = "Following the recording as it is written · space or ← stops · End follows again"
+            state = "Following the recording as it is written · space, ← stop · End resumes"
         self.notice = " · ".join(n for n in (state, self._recording_notice) if n)
-        self.render_view()
 
     def status_extra(self) -> Text:
         t = Text(f" REPLAY {self.position + 1}/{len(self.source)} ×{self.speed:g}", style="bold magenta")
