@@ -3,8 +3,10 @@ replay's warnings and advice coming from the monitor's own path."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from vramtop.sources.replay import ReplaySource
 from vramtop.ui import replay as replay_ui
 from vramtop.ui.app import SampleArrived, VramtopApp, assess_next
 from vramtop.ui.replay import ReplayApp
-from vramtop.units import mib
+from vramtop.units import clock, mib
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO / "screenshots" / "data" / "gpt2-training.jsonl"  # recorded on an H200
@@ -108,6 +110,19 @@ async def test_a_recorder_that_stops_writing_without_an_end_record_seems_to_have
             assert "seems to have died" not in screen_text(app) and "FOLLOWING" in line_with(app, "REPLAY")
     finally:
         recorder.close()
+
+
+async def test_a_recording_whose_writer_died_before_it_was_opened_says_so_at_once(tmp_path):
+    path = tmp_path / "run.jsonl"
+    start_recording(path, 5)  # never closed: no end record
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    source, _ = load(str(path), follow=True)
+    app = ReplayApp(source, title="run.jsonl", interval=0.1, follow=True)  # stalled after 10 s
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        said = f"No sample since {clock(an_hour_ago)} and no end record: the recorder seems to have died"
+        assert said in screen_text(app)
 
 
 def vramtop(*args: str) -> subprocess.CompletedProcess[str]:

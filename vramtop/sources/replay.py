@@ -13,7 +13,9 @@ two samples travel inside the sample that followed them.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from vramtop.errors import EXIT_FAILURE, VramtopError
@@ -42,6 +44,7 @@ class ReplaySource:
             self.path = os.fspath(recording)
         self._reader: RecordingReader | None = None
         self._position = 0
+        self.grew_at = time.time()  # when the recording last grew, as far as is known (wall clock)
 
     def _load(self, recording: Recording) -> None:
         self._recording = recording
@@ -63,6 +66,8 @@ class ReplaySource:
         self._load(reader.result())
         if reader.end is None and not reader.compressed:
             self._reader = reader  # maybe still being written: refresh() reads on
+            with contextlib.suppress(OSError):  # a writer that died long ago shows in the file's age
+                self.grew_at = os.stat(self.path).st_mtime
         else:
             reader.close()
 
@@ -127,6 +132,7 @@ class ReplaySource:
         # Samples are rebuilt (events put inside them, ``prepare``) only when something came.
         if added or reader.end is not None or (len(reader.events), len(reader.problems)) != before:
             self._load(reader.result())
+            self.grew_at = time.time()
         if reader.end is not None:
             self.close()
         return added

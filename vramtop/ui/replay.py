@@ -22,6 +22,7 @@ from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
 from vramtop.ui.app import SampleArrived, VramtopApp, assess_next
+from vramtop.units import clock
 
 if TYPE_CHECKING:  # the command builds the source: the UI never reads a recording itself
     from vramtop.sources.replay import ReplaySource
@@ -107,7 +108,6 @@ class ReplayApp(VramtopApp):
         self._start = -1 if follow else start
         self._recording_notice = notice
         self._stall_after = stall_after if stall_after is not None else max(10.0, 5 * interval)
-        self._grew_at = time.monotonic()
         self._timeline = RiskTimeline(thresholds)
         self._timeline.extend(source.samples)
         self._timer: Any = None
@@ -177,7 +177,6 @@ class ReplayApp(VramtopApp):
         was_following = self.following
         added = self.source.refresh()
         if added:
-            self._grew_at = time.monotonic()
             self._timeline.extend(self.source.samples)
             if was_following or (self.position < 0 and not self.paused):
                 while not self.source.at_end:  # each one, as the live monitor would have
@@ -194,8 +193,9 @@ class ReplayApp(VramtopApp):
         if end is not None:
             state = f"The recording ended: the recorder closed it after {end.samples} samples" + (
                 f" ({end.reason})" if end.reason else "")
-        elif (quiet := time.monotonic() - self._grew_at) > self._stall_after:
-            state = f"No new sample for {quiet:.0f} s, no end record: the recorder seems to have died"
+        elif time.time() - self.source.grew_at > self._stall_after:
+            state = (f"No sample since {clock(self.source.grew_at)} and no end record: "
+                     "the recorder seems to have died")
         else:
             state = "Following the recording as it is written · space, ← stop · End resumes"
         self.notice = " · ".join(n for n in (state, self._recording_notice) if n)
