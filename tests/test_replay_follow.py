@@ -67,6 +67,8 @@ async def test_following_shows_each_new_sample_stops_on_pause_and_back_and_resum
         assert used_mib(31) in screen_text(app) and "REPLAY 32/32" in line_with(app, "REPLAY")
         # A pause stops following: new samples are counted, not shown.
         await pilot.press("space")
+        await pilot.pause()
+        assert "PAUSED" in line_with(app, "REPLAY") and " end" not in line_with(app, "REPLAY")  # more may come
         recorder.write_sample(SAMPLES[32])
         await wait_until(pilot, lambda: "REPLAY 32/33" in line_with(app, "REPLAY"))
         assert app.position == 31 and "FOLLOWING" not in line_with(app, "REPLAY")

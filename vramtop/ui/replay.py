@@ -204,7 +204,7 @@ class ReplayApp(VramtopApp):
         t = Text(f" REPLAY {self.position + 1}/{len(self.source)} ×{self.speed:g}", style="bold magenta")
         if self.following:
             t.append(" FOLLOWING", style="bold green")
-        elif self.position >= len(self.source) - 1:
+        elif self.position >= len(self.source) - 1 and not (self.follow and self.source.growing):
             t.append(" end", style="magenta")
         return t
 
