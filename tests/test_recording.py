@@ -488,4 +488,4 @@ def test_damaged_numbers_are_damage_never_a_traceback(tmp_path, old, new, capsys
         captured = capsys.readouterr()
         assert code in (0, 1) and "Traceback" not in captured.err, captured.err
     recording = read_recording(damaged)
-    ReplayApp(recording.samples, title="t", interval=1.0, events=recording.events)  # warnings computed here
+    ReplayApp(ReplaySource(recording), title="t", interval=1.0)  # warnings computed here

@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.test_tui_tmux import SESSION, Tmux
 from tests.test_ui import line_with, screen_text
+from vramtop.commands.replay import load
 from vramtop.recording import read_recording
+from vramtop.sources.replay import ReplaySource
 from vramtop.ui.replay import ReplayApp, _peak_index, first_busy_index
 from vramtop.units import mib
 
@@ -24,13 +27,18 @@ def samples():
     return list(read_recording(REAL).samples)
 
 
+def replay_of(path: Path = REAL) -> ReplaySource:
+    """The recording as `vramtop replay` plays it."""
+    return load(str(path))[0]
+
+
 def used_mib(sample) -> str:
     g = sample.gpus[0]
     return f"{mib(g.memory_used)}/{mib(g.memory_total)} MiB"
 
 
 async def test_replay_steps_jumps_to_the_peak_and_to_warnings(samples):
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("space")  # pause at the start
         await pilot.pause()
@@ -80,7 +88,9 @@ async def test_replay_steps_jumps_to_the_peak_and_to_warnings(samples):
 
 
 async def test_replay_plays_on_by_itself(samples):
-    app = ReplayApp(samples[:6], title="t", interval=0.05, speed=4.0)
+    recording = read_recording(REAL)
+    app = ReplayApp(ReplaySource(replace(recording, samples=recording.samples[:6])), title="t", interval=0.05,
+                    speed=4.0)
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(100):
             await pilot.pause(0.02)
@@ -143,7 +153,7 @@ def test_demo_runs_with_no_gpu_in_a_real_terminal(tmp_path):
 async def test_warnings_that_appear_are_drawn_across_the_whole_width(samples):
     # The list is hidden while nothing is wrong; when the first warning shows up it must be cut
     # at the terminal's edge, not at the width it had while hidden.
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("space")
         await pilot.pause()
@@ -162,7 +172,7 @@ async def test_the_demo_opens_where_the_training_starts(samples):
     assert not any(g.processes for g in samples[start].gpus)
     assert any(g.processes for g in samples[start + 2].gpus)
     assert start > 5
-    app = ReplayApp(samples, title="demo", interval=0.5, speed=1.0, start=start)
+    app = ReplayApp(replay_of(), title="demo", interval=0.5, speed=1.0, start=start)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("space")
         await pilot.pause()
@@ -178,7 +188,7 @@ async def test_a_replay_never_signals_a_process(samples, monkeypatch, key):
     # A recorded PID may be a live process here, even one with the same start time: refused.
     sent = []
     monkeypatch.setattr("vramtop.ui.app.send_signal", lambda *a: sent.append(a) or "sent")
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("space")
         await pilot.pause()
@@ -200,7 +210,7 @@ async def test_at_80x24_the_demos_worst_moment_shows_the_failure_the_first_thing
     rec = read_recording(DEMO)
     samples = rec.samples_with_events()
     last = max(i for i, s in enumerate(samples) if any(a.last_oom for a in s.agents))
-    app = ReplayApp(samples, title="demo", interval=60.0, speed=1.0, start=last, events=rec.events)
+    app = ReplayApp(replay_of(DEMO), title="demo", interval=60.0, speed=1.0, start=last)
     async with app.run_test(size=(80, 24)) as pilot:  # a minute a sample: the playhead stays
         await pilot.pause()
         assert app.position == last
@@ -213,7 +223,7 @@ async def test_at_80x24_the_demos_worst_moment_shows_the_failure_the_first_thing
 
 async def test_a_replay_before_the_agent_connects_says_so(samples):
     early = next(i for i, s in enumerate(samples) if any(g.processes for g in s.gpus) and not s.agents)
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=early)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0, start=early)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("space")
         await pilot.pause()
@@ -229,7 +239,7 @@ async def test_at_80x24_the_oom_frame_shows_the_numbers_and_the_first_thing_to_d
     rec = read_recording(REAL)
     samples = rec.samples_with_events()
     last = max(i for i, s in enumerate(samples) if any(a.last_oom for a in s.agents))
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=last, events=rec.events)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0, start=last)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("space")  # pause there
         await pilot.pause()
@@ -250,7 +260,7 @@ async def test_at_80x24_the_oom_frame_shows_the_numbers_and_the_first_thing_to_d
 
 
 async def test_the_replay_footer_keeps_its_own_keys_at_80_columns(samples):
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         footer = line_with(app, "Quit")
@@ -259,7 +269,7 @@ async def test_the_replay_footer_keeps_its_own_keys_at_80_columns(samples):
 
 
 async def test_paused_and_the_sort_key_stay_on_an_80_column_status_line(samples):
-    app = ReplayApp(samples, title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
+    app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("space")
         await pilot.pause()

@@ -31,14 +31,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"vramtop demo: the recording is {RECORDING}", file=sys.stderr)
         print(render_text(summarize(read_recording(RECORDING), None, thresholds_from(args))))
         return EXIT_OK
-    recording, _ = load(str(RECORDING))
-    samples = recording.samples
+    source, _ = load(str(RECORDING))
+    samples = source.samples
     need_terminal("the demo", "`vramtop demo --report` prints what the recording says")
     from vramtop.ui.replay import ReplayApp, first_busy_index, replay_interval
 
     notice = ("Demo: a recording of GPT-2 small training on an NVIDIA H100 with the vramtop agent. "
               "space pauses · → ← step · w next warning · P peak · q quits")
-    ReplayApp(samples, title="demo", interval=replay_interval(samples, recorded_interval(recording)),
-              speed=args.speed, notice=notice, thresholds=thresholds_from(args), events=recording.events,
+    ReplayApp(source, title="demo", interval=replay_interval(samples, recorded_interval(source.recording)),
+              speed=args.speed, notice=notice, thresholds=thresholds_from(args),
               start=first_busy_index(samples)).run()  # not 20 s of an idle GPU before the run starts
     return EXIT_OK

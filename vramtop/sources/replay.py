@@ -5,12 +5,18 @@
 that into the last sample marked stale with "end of recording". A replay UI also gets random
 access (``len``, ``position``, ``seek``, ``seek_time``, indexing), the events, and the problems
 found while loading. ``refresh()`` picks up samples appended to a recording still being written.
+
+The samples come as the live monitor received them: the agents' events (OOMs) recorded between
+two samples travel inside the sample that followed them.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
+import time
+from collections.abc import Callable, Sequence
 
 from vramtop.errors import EXIT_FAILURE, VramtopError
 from vramtop.model import Sample
@@ -24,15 +30,26 @@ class EndOfRecording(VramtopError):
 class ReplaySource:
     """Samples from a recording file (plain, xz or gzip), or from an already loaded Recording."""
 
-    def __init__(self, recording: str | os.PathLike[str] | Recording) -> None:
+    def __init__(self, recording: str | os.PathLike[str] | Recording, *,
+                 prepare: Callable[[Sequence[Sample]], Sequence[Sample]] | None = None) -> None:
+        """``prepare`` rewrites the samples once loaded (and again when ``refresh`` finds more),
+        e.g. to add what a reader of the whole recording knows; it must keep their number."""
+        self._prepare = prepare
+        self._recording: Recording | None = None
+        self._samples: Sequence[Sample] = ()
         if isinstance(recording, Recording):
-            self._recording: Recording | None = recording
+            self._load(recording)
             self.path = recording.path
         else:
-            self._recording = None
             self.path = os.fspath(recording)
         self._reader: RecordingReader | None = None
         self._position = 0
+        self.grew_at = time.time()  # when the recording last grew, as far as is known (wall clock)
+
+    def _load(self, recording: Recording) -> None:
+        self._recording = recording
+        samples = recording.samples_with_events()
+        self._samples = self._prepare(samples) if self._prepare is not None else samples
 
     # -- Source protocol ------------------------------------------------------------------
 
@@ -46,15 +63,17 @@ class ReplaySource:
         except BaseException:
             reader.close()
             raise
-        self._recording = reader.result()
+        self._load(reader.result())
         if reader.end is None and not reader.compressed:
             self._reader = reader  # maybe still being written: refresh() reads on
+            with contextlib.suppress(OSError):  # a writer that died long ago shows in the file's age
+                self.grew_at = os.stat(self.path).st_mtime
         else:
             reader.close()
 
     def read(self) -> Sample:
         """The next sample; EndOfRecording after the last one."""
-        samples = self.recording.samples
+        samples = self.samples
         if self._position >= len(samples):
             raise EndOfRecording(f"end of recording ({len(samples)} samples)", EXIT_FAILURE)
         sample = samples[self._position]
@@ -68,11 +87,17 @@ class ReplaySource:
 
     # -- random access --------------------------------------------------------------------
 
+    @property
+    def samples(self) -> Sequence[Sample]:
+        if self._recording is None:
+            self.open()
+        return self._samples
+
     def __len__(self) -> int:
-        return len(self.recording.samples)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
-        return self.recording.samples[index]
+        return self.samples[index]
 
     @property
     def position(self) -> int:
@@ -92,7 +117,7 @@ class ReplaySource:
 
     def seek_time(self, when: float) -> int:
         """Seek to the last sample taken at or before ``when`` (the first if none); its index."""
-        times = [s.time for s in self.recording.samples]
+        times = [s.time for s in self.samples]
         index = max(bisect.bisect_right(times, when) - 1, 0)
         self.seek(index)
         return self._position
@@ -101,11 +126,22 @@ class ReplaySource:
         """Read what the writer appended since loading; the number of new samples."""
         if self._reader is None:
             return 0
-        added = self._reader.poll()
-        self._recording = self._reader.result()
-        if self._reader.end is not None:
+        reader = self._reader
+        before = len(reader.events), len(reader.problems)
+        added = reader.poll()
+        # Samples are rebuilt (events put inside them, ``prepare``) only when something came.
+        if added or reader.end is not None or (len(reader.events), len(reader.problems)) != before:
+            self._load(reader.result())
+            self.grew_at = time.time()
+        if reader.end is not None:
             self.close()
         return added
+
+    @property
+    def growing(self) -> bool:
+        """The recording may still grow: no end record yet, and a plain file (a compressed one
+        is written whole, at the recorder's close)."""
+        return self._reader is not None
 
     # -- what was recorded ----------------------------------------------------------------
 

@@ -134,15 +134,19 @@ class VramtopApp(App[None]):
     # -- data in -----------------------------------------------------------------------------
 
     def on_sample_arrived(self, message: SampleArrived) -> None:
-        self.history.add(message.sample)
-        if not message.sample.stale:  # stale data says nothing new about risk
-            self.warnings = self.risk.update(message.sample, message.sample.events)
+        self.take(message.sample)
         self.failure = None
-        self.latest = message.sample
         if self.paused:
             return
         self.sample = message.sample
         self.render_view()
+
+    def take(self, sample: Sample) -> None:
+        """The next sample in time order into the history and the risk rules (shown or not):
+        the one way the monitor and a replay's playhead learn from a sample."""
+        self.history.add(sample)
+        self.warnings = assess_next(self.risk, sample)
+        self.latest = sample
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.failure = message.error
@@ -316,6 +320,12 @@ class VramtopApp(App[None]):
                 self.notify(send_signal(proc.pid, proc.create_time, signum))
 
         self.push_screen(ConfirmScreen(f"Send {name} to PID {proc.pid}?\n{command}"), answered)
+
+
+def assess_next(risk: RiskTracker, sample: Sample) -> tuple[RiskWarning, ...]:
+    """The warnings in force once ``sample`` is taken (with the events it carries); stale data
+    says nothing new about risk."""
+    return risk.warnings if sample.stale else risk.update(sample, sample.events)
 
 
 def void(_: object) -> None:

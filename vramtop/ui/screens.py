@@ -28,6 +28,7 @@ HELP = """\
   t          send SIGTERM to the selected process (asks first)
   k          send SIGKILL to it (asks first; never in a replay)
   replay:    → ← step · + - speed · w next warning · P peak · Home End
+  --follow:  space or ← stops following; End follows the newest again
 
 [b]Numbers[/b] (nvidia-smi's names)
   used/free/reserved/total: memory.used/.free/.reserved/.total, in
