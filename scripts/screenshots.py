@@ -105,7 +105,7 @@ def recording_moments(path: Path) -> list[tuple[str, list[Sample]]]:
         raise InputError(f"{path}: no samples")
     with_agents = [i for i, s in enumerate(samples) if any(a.devices for a in s.agents)]
     last = with_agents[-1] if with_agents else len(samples) - 1
-    timeline = warnings_over(samples, recording.events)
+    timeline = warnings_over(samples)
     warned = next((i for i, ws in enumerate(timeline) if any(w.level != INFO for w in ws)), None)
     main = last if warned is None else min(last, warned + AFTER_WARNING)
     moments = [("", samples[: main + 1])]

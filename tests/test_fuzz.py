@@ -148,4 +148,4 @@ def test_any_recording_through_report_and_replay(tmp_path_factory, text):
     render_text(report)
     json.loads(render_json(report))
     render_svg(panels(recording, report), report)
-    warnings_over(recording.samples_with_events(), recording.events)
+    warnings_over(recording.samples_with_events())

@@ -329,7 +329,10 @@ def test_events_warnings_and_ooms_are_listed_and_drawn(tmp_path, capsys):
     events = [
         (T0 + 0.1, "command.started", {"argv": ["python", "train.py"]}),
         (T0 + 5.5, "warning", {"level": "high", "message": "persistent memory grows", "gpu_uuid": "GPU-0"}),
-        (T0 + 9.5, "oom", {"requested": 2 * GiB, "device_free": 512 * MiB, "gpu_uuid": "GPU-0"}),
+        # As an agent writes it: the whole report (a partial one is damage, dropped by the rules).
+        (T0 + 9.5, "oom", {"time": T0 + 9.5, "device": 0, "requested": 2 * GiB, "device_limit": 80 * GiB,
+                           "device_free": 512 * MiB, "allocated": 70 * GiB, "reserved": 72 * GiB, "step": 3,
+                           "phase": "forward", "gpu_uuid": "GPU-0"}),
         (T0 + 12, "command.exited", {"returncode": 1}),
     ]
     path = write(tmp_path / "ev.jsonl", training(), events)

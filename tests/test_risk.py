@@ -31,10 +31,12 @@ from vramtop.analysis.thresholds import Thresholds
 from vramtop.commands.options import with_overrides
 from vramtop.model import (
     AgentDevice,
+    AgentEvent,
     AgentSample,
     AllocatorStats,
     GpuSample,
     HostSample,
+    OomReport,
     ProcessSample,
     Sample,
     StepPeak,
@@ -85,6 +87,17 @@ def snap(t, *, reserved_peak=40 * GiB, allocated_peak=None, reserved=None, alloc
 def at_share(share):
     """reserved_peak for which the projected peak is ``share`` of the device."""
     return int(share * TOTAL) - NON_PT - DRIVER
+
+
+def oom_event(time=0.5, pid=PID, **fields):
+    """An OOM as an agent reports it (AgentEvent), with the figures a test names."""
+    values = {"device": 0, "requested": GiB, "device_limit": TOTAL, "device_total": TOTAL, "device_free": 0,
+              "allocated": 70 * GiB, "reserved": 72 * GiB, "step": 100, "phase": "forward", **fields}
+    return AgentEvent("oom", pid, time, OomReport(time=time, **values))
+
+
+def with_events(sample, *events):
+    return replace(sample, events=events)
 
 
 def kinds(warnings):
@@ -248,10 +261,8 @@ def test_retries_seen_at_first_sight_are_only_info():
 def test_an_oom_is_critical_at_once_and_carries_the_event():
     tracker = RiskTracker()
     tracker.update(snap(0.0))
-    event = {"type": "event", "kind": "oom", "pid": PID,
-             "data": {"time": 0.9, "device": 0, "requested": 3 * GiB, "device_total": TOTAL,
-                      "device_free": GiB, "step": 100}}
-    warnings = tracker.update(snap(1.0, ooms=1), events=[event])
+    event = oom_event(0.9, requested=3 * GiB, device_free=GiB)
+    warnings = tracker.update(with_events(snap(1.0, ooms=1), event))
     (w,) = [w for w in warnings if w.kind == OOM]
     assert w.level == CRITICAL
     assert w.evidence["requested"] == 3 * GiB and w.evidence["device_free"] == GiB
@@ -262,11 +273,10 @@ def test_an_oom_is_critical_at_once_and_carries_the_event():
 def test_an_oom_event_from_a_process_that_died_still_warns():
     tracker = RiskTracker()
     tracker.update(snap(0.0, reserved_peak=at_share(0.85)))
-    event = {"kind": "oom", "pid": PID, "data": {"device": 0, "requested": 2 * GiB, "device_total": TOTAL,
-                                                  "device_free": 512 * MiB, "step": 101}}
-    (w,) = tracker.update(snap(1.0, agent=False), events=[event])
+    event = oom_event(requested=2 * GiB, device_free=512 * MiB, step=101)
+    (w,) = tracker.update(with_events(snap(1.0, agent=False), event))
     assert (w.kind, w.level, w.pid) == (OOM, CRITICAL, PID)
-    assert w.sentence == f"PID {PID} ran out of GPU memory; it asked for 2.0 GiB with 512 MiB free."
+    assert w.sentence.startswith(f"PID {PID} ran out of GPU memory; it asked for 2.0 GiB with 512 MiB free.")
 
 
 def test_no_oom_warning_without_an_oom():
@@ -494,9 +504,7 @@ def test_warnings_are_sorted_most_severe_first():
 def test_events_that_come_with_a_stale_sample_are_kept_for_the_next_fresh_one():
     tracker = RiskTracker()
     tracker.update(snap(0.0))
-    event = {"kind": "oom", "pid": PID, "data": {"device": 0, "requested": GiB, "device_total": TOTAL,
-                                                  "device_free": 0, "step": 100}}
-    tracker.update(snap(1.0, stale=True), events=[event])
+    tracker.update(with_events(snap(1.0, stale=True), oom_event()))
     (w,) = tracker.update(snap(2.0))
     assert (w.kind, w.level, w.evidence["requested"]) == (OOM, CRITICAL, GiB)
 
@@ -592,15 +600,21 @@ def test_an_inconsistent_nvml_figure_falls_back_to_the_last_good_non_pytorch():
     assert w.evidence["non_pytorch"] == 0 and w.evidence["projected"] == peak + DRIVER
 
 
-def test_recorded_oom_events_are_understood_too():
-    from vramtop.recording import Event
+def test_recorded_oom_events_reach_the_tracker_inside_the_sample_that_follows_them():
+    from vramtop.recording import Event, Recording
 
+    def recorded(kind, **data):
+        return Event(time=0.5, kind=kind, pid=PID, data=data)
+
+    figures = {"time": 0.5, "device": 0, "requested": GiB, "device_limit": TOTAL, "device_free": 0,
+               "allocated": 70 * GiB, "reserved": 72 * GiB, "step": 100, "phase": "forward"}
+    recording = Recording("x.jsonl", None, (snap(0.0), snap(1.0)), (recorded("command.started"),
+                          recorded("oom", **figures)), None, ())
+    samples = recording.samples_with_events()
+    assert samples[0].events == () and [e.kind for e in samples[1].events] == ["oom"]
     tracker = RiskTracker()
-    tracker.update(snap(0.0))
-    event = Event(time=0.5, kind="oom", pid=PID, data={"device": 0, "requested": GiB, "device_total": TOTAL,
-                                                          "device_free": 0, "step": 100})
-    other = Event(time=0.5, kind="command-started", pid=PID, data={})
-    (w,) = tracker.update(snap(1.0), events=[other, event])
+    tracker.update(samples[0])
+    (w,) = tracker.update(samples[1])
     assert (w.kind, w.level, w.evidence["requested"]) == (OOM, CRITICAL, GiB)
 
 

@@ -108,7 +108,7 @@ def test_a_capped_process_is_measured_against_its_cap_and_its_leak_warned_in_tim
             sample = source.read()
             for agent in sample.agents:
                 limits.update(d.memory_limit for d in agent.devices)
-            for w in tracker.update(sample, sample.events):
+            for w in tracker.update(sample):
                 if w.level != "info" and w.kind in ("leak", "headroom"):
                     first_warned.setdefault(w.kind, (time.monotonic(), w))
                 if w.kind == "oom":

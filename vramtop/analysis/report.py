@@ -119,7 +119,7 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
         gpus=tuple(_gpu_summaries(recording, fresh, gpus)),
         processes=tuple(process_summaries(fresh, gpus)),
         events=recording.events,
-        warnings=tuple(_warnings(fresh, recording.events, gpus, thresholds)),
+        warnings=tuple(_warnings(recording.samples_with_events(), gpus, thresholds)),
         postmortems=tuple(postmortems(fresh, recording.events, gpus, thresholds)),
         damage=tuple(str(p) for p in recording.problems),
         sample_errors=tuple(s.error for s in samples if s.error and not s.stale),
@@ -127,11 +127,14 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
     )
 
 
-def _warnings(fresh: list[Sample], events: Sequence[Event], selectors: Sequence[str] | None,
+def _warnings(samples: Sequence[Sample], selectors: Sequence[str] | None,
               thresholds: Thresholds | None) -> list[WarningSeen]:
+    """Each warning raised, or changed level, as the monitor fed these samples in order would."""
     levels: dict[tuple[str, str, int | None], str] = {}
     out = []
-    for s, warnings in zip(fresh, warnings_over(fresh, events, thresholds), strict=True):
+    for s, warnings in zip(samples, warnings_over(samples, thresholds), strict=True):
+        if s.stale:
+            continue
         now = {}
         for w in warnings:
             now[w.key] = w.level

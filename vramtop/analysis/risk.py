@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from vramtop.analysis import rules
 from vramtop.analysis.advice import Advice, Assumptions
@@ -45,8 +44,7 @@ from vramtop.analysis.warning import (
     warning_from_dict,
     warning_to_dict,
 )
-from vramtop.codec import to_dict
-from vramtop.model import AgentEvent, Sample
+from vramtop.model import AgentEvent, OomReport, Sample
 
 __all__ = [  # the warnings' vocabulary, re-exported for the tracker's users
     "CRITICAL", "FRAGMENTATION", "HEADROOM", "INFO", "KINDS", "LEAK", "NEIGHBOUR", "OOM", "RETRIES", "WARNING",
@@ -61,7 +59,7 @@ class _Memory:
 
     retries: int | None = None  # the allocator's retry count at the last sample
     ooms: int | None = None  # its OOM count at the last sample
-    oom_event: Mapping[str, Any] | None = None  # the latest OOM report
+    oom_event: OomReport | None = None  # the latest OOM report
     points: deque[LeakPoint] = field(default_factory=deque)  # persistent memory at step boundaries
     last_step: int | None = None
     fit: LeakFit | None = None
@@ -83,7 +81,7 @@ class RiskTracker:
         self._latches: dict[Key, Latch] = {}
         self._last_time: float | None = None
         self._warnings: tuple[RiskWarning, ...] = ()
-        self._pending: list[Any] = []  # events that came with a stale sample
+        self._pending: list[AgentEvent] = []  # events that came with a stale sample
 
     @property
     def warnings(self) -> tuple[RiskWarning, ...]:
@@ -107,16 +105,16 @@ class RiskTracker:
         memory = self._memory.get((pid, uuid))
         return memory.fit if memory else None
 
-    def update(self, sample: Sample, events: Iterable[Any] = ()) -> tuple[RiskWarning, ...]:
-        """Take one sample (and the agents' events since the last one: OOM events as the agent
-        sends them or as a recording stores them) and return the warnings in force."""
+    def update(self, sample: Sample) -> tuple[RiskWarning, ...]:
+        """Take one sample, with the agents' events since the previous one (``sample.events``:
+        OOM reports), and return the warnings in force."""
         # A stale sample repeats old data: counting it would make conditions "hold" that were
-        # seen once. The same goes for a sample seen twice.
+        # seen once. The same goes for a sample seen twice. Its events wait for the next one.
         if sample.stale or sample.time == self._last_time:
-            self._pending = [*self._pending, *events][-256:]
+            self._pending = [*self._pending, *sample.events][-256:]
             return self._warnings
         self._last_time = now = sample.time
-        events, self._pending = [*self._pending, *events], []
+        events, self._pending = [*self._pending, *sample.events], []
         where = places(sample)
         known = {k: m.non_pytorch for k, m in self._memory.items() if m.non_pytorch is not None}
         found = subjects(sample, where, known)
@@ -136,7 +134,7 @@ class RiskTracker:
         self._warnings = tuple(active)
         return self._warnings
 
-    def _judge(self, found: Sequence[Subject], ooms: Mapping[tuple[int, int], Mapping[str, Any]],
+    def _judge(self, found: Sequence[Subject], ooms: Mapping[tuple[int, int], OomReport],
                now: float) -> dict[Key, Finding]:
         """Each per-process rule over each subject, with what is remembered of it."""
         t, a = self.thresholds, self.assumptions
@@ -167,7 +165,7 @@ class RiskTracker:
                     findings[(OOM, uuid, pid)] = self._oom(old, memory, event)
         return findings
 
-    def _oom(self, s: Subject, memory: _Memory, event: Mapping[str, Any] | None) -> Finding:
+    def _oom(self, s: Subject, memory: _Memory, event: OomReport | None) -> Finding:
         if event is not None:
             memory.oom_event = event
         finding = rules.oom(s, memory.ooms, event is not None, memory.oom_event, self.thresholds, self.assumptions)
@@ -211,38 +209,13 @@ def assess(sample: Sample, thresholds: Thresholds | None = None) -> tuple[RiskWa
     return RiskTracker(t).update(sample)
 
 
-def warnings_over(samples: Sequence[Sample], events: Sequence[Any] = (),
-                  thresholds: Thresholds | None = None) -> list[tuple[RiskWarning, ...]]:
-    """The warnings in force at each sample of a recording, with each recorded event (with a
-    ``time``) handed to the sample that follows it, as the live monitor would have had it."""
+def warnings_over(samples: Sequence[Sample], thresholds: Thresholds | None = None) -> list[tuple[RiskWarning, ...]]:
+    """The warnings in force at each sample of a recording, fed in order as the live monitor was
+    (samples with their events inside: ``Recording.samples_with_events()``)."""
     tracker = RiskTracker(thresholds)
-    ordered = sorted(events, key=lambda e: e.time)
-    out: list[tuple[RiskWarning, ...]] = []
-    i = 0
-    for s in samples:
-        since = []
-        while i < len(ordered) and ordered[i].time <= s.time:
-            since.append(ordered[i])
-            i += 1
-        out.append(tracker.warnings if s.stale else tracker.update(s, since))
-    return out
+    return [tracker.update(s) for s in samples]
 
 
-def _oom_events(events: Iterable[Any]) -> dict[tuple[int, int], Mapping[str, Any]]:
-    """OOM events by (PID, CUDA device index): typed AgentEvents, recorded Events or raw messages."""
-    out: dict[tuple[int, int], Mapping[str, Any]] = {}
-    for e in events:
-        kind: Any
-        pid: Any
-        data: Any
-        if isinstance(e, AgentEvent):
-            kind, pid, data = e.kind, e.pid, to_dict(e.oom) if e.oom is not None else {}
-        elif isinstance(e, Mapping):
-            kind, pid, data = e.get("kind"), e.get("pid"), e.get("data", e)
-        else:
-            kind, pid, data = getattr(e, "kind", None), getattr(e, "pid", None), getattr(e, "data", {})
-        if kind != "oom" or not isinstance(pid, int) or not isinstance(data, Mapping):
-            continue
-        device = data.get("device", 0)
-        out[(pid, device if isinstance(device, int) else 0)] = data
-    return out
+def _oom_events(events: Iterable[AgentEvent]) -> dict[tuple[int, int], OomReport]:
+    """The latest OOM report of each (PID, CUDA device index)."""
+    return {(e.pid, e.oom.device): e.oom for e in events if e.kind == "oom" and e.oom is not None}

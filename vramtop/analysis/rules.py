@@ -5,7 +5,6 @@ reason for each threshold; the tracker (risk.py) keeps the memory and the latche
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from vramtop.analysis.advice import Assumptions, top_advice
 from vramtop.analysis.bill import fragmentation, fragmentation_proxy
@@ -15,7 +14,6 @@ from vramtop.analysis.leak import LeakFit
 from vramtop.analysis.subjects import Place, Subject, subject_advice
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.analysis.warning import FRAGMENTATION, HEADROOM, LEAK, NEIGHBOUR, OOM, RETRIES, RiskWarning
-from vramtop.codec import DecodeError, from_dict
 from vramtop.model import NOT_VISIBLE, OomReport
 from vramtop.units import fmt_bytes
 
@@ -108,7 +106,7 @@ def retries(s: Subject, before: int | None, t: Thresholds, a: Assumptions | None
                     immediate=True, hold=t.event_hold)
 
 
-def oom(s: Subject, before: int | None, fresh: bool, ev: Mapping[str, Any] | None, t: Thresholds,
+def oom(s: Subject, before: int | None, fresh: bool, ev: OomReport | None, t: Thresholds,
         a: Assumptions | None = None) -> Finding:
     """An OOM: the counter rose since the last sample (``before``: the count then) or the agent
     reported one (``fresh``); ``ev`` is the latest report of one, new or remembered."""
@@ -124,18 +122,15 @@ def oom(s: Subject, before: int | None, fresh: bool, ev: Mapping[str, Any] | Non
     need = None
     diagnosis = None
     if ev is not None:
-        requested, free = int(ev.get("requested", 0)), int(ev.get("device_free", 0))
-        evidence.update(requested=requested, device_free=free, device_total=int(ev.get("device_total", 0)))
-        detail = f"; it asked for {fmt_bytes(requested)} with {fmt_bytes(free)} free"
+        evidence.update(requested=ev.requested, device_free=ev.device_free, device_total=ev.device_total or 0)
+        detail = f"; it asked for {fmt_bytes(ev.requested)} with {fmt_bytes(ev.device_free)} free"
         if s.place.total:
-            need = max(0, requested - free) + int(s.place.total * t.margin)
-        try:  # the agent's report at the failure: what kind of OOM it was
-            # Other processes' rows come from one NVML poll: unlike memory.used they are
-            # comparable with each other during an OOM's fast growth.
-            others = sum(p.used_memory or 0 for p in s.place.processes if p is not s.row)
-            diagnosis = diagnose(from_dict(OomReport, dict(ev)), others, s.agent.expandable_segments)
-        except (DecodeError, TypeError, ValueError):
-            diagnosis = None
+            need = max(0, ev.requested - ev.device_free) + int(s.place.total * t.margin)
+        # The agent's report at the failure says what kind of OOM it was. Other processes' rows
+        # come from one NVML poll: unlike memory.used they are comparable with each other
+        # during an OOM's fast growth.
+        others = sum(p.used_memory or 0 for p in s.place.processes if p is not s.row)
+        diagnosis = diagnose(ev, others, s.agent.expandable_segments)
     if first:
         sentence = (f"{s.who} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
                     "before vramtop started watching it (the program caught the error).")
@@ -146,8 +141,8 @@ def oom(s: Subject, before: int | None, fresh: bool, ev: Mapping[str, Any] | Non
     if diagnosis is not None:
         sentence += " " + diagnosis.headline
         evidence["short"] = diagnosis.short
-    if ev is not None and isinstance(ev.get("path"), str):
-        sentence += f" Post-mortem: {ev['path']}"
+    if ev is not None and ev.path:
+        sentence += f" Post-mortem: {ev.path}"
     if diagnosis is not None and diagnosis.action is not None:
         action = diagnosis.action  # not a matter of capacity: no lever fixes it
     else:

@@ -59,7 +59,7 @@ class WarningEvents:
 
         out = []
         now: dict[WarningKey, RiskWarning] = {}
-        for w in self.risk.update(sample, events):
+        for w in self.risk.update(replace(sample, events=tuple(events))):
             now[w.key] = w
             before = self._raised.get(w.key)
             if before is None or before.level != w.level:

@@ -325,7 +325,7 @@ class VramtopApp(App[None]):
 def assess_next(risk: RiskTracker, sample: Sample) -> tuple[RiskWarning, ...]:
     """The warnings in force once ``sample`` is taken (with the events it carries); stale data
     says nothing new about risk."""
-    return risk.warnings if sample.stale else risk.update(sample, sample.events)
+    return risk.warnings if sample.stale else risk.update(sample)
 
 
 def void(_: object) -> None:
