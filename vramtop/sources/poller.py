@@ -33,12 +33,24 @@ OPEN_DEADLINE_S = 10.0  # nvmlInit and the device count: longer than a read, nev
 def open_with_deadline(source: Source, deadline: float | None = None) -> None:
     """``source.open()`` on a worker thread: a driver that hangs in its init ends the command with
     a clear error after ``deadline`` seconds (``--once`` once took 30 s, past its own deadline)."""
+    open_in_background(source, deadline)()
+
+
+def open_in_background(source: Source, deadline: float | None = None) -> Callable[[], None]:
+    """Start ``source.open()`` on a worker thread now; the function returned waits for it (within
+    ``deadline`` seconds of the start) and raises what it raised. Meanwhile the caller can do
+    other start-up work: NVML's initialisation and Textual's import overlap."""
     deadline = OPEN_DEADLINE_S if deadline is None else deadline
     call = _Call(source.open)
-    if not call.done.wait(deadline):
-        raise VramtopError(f"NVML did not answer within {deadline:g} s while starting (driver hung?)", EXIT_NVML)
-    if call.error is not None:
-        raise call.error
+
+    def wait() -> None:
+        if not call.done.wait(max(0.0, deadline - (time.monotonic() - call.started))):
+            raise VramtopError(f"NVML did not answer within {deadline:g} s while starting (driver hung?)",
+                               EXIT_NVML)
+        if call.error is not None:
+            raise call.error
+
+    return wait
 
 
 class _Call:
