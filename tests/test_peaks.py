@@ -138,7 +138,7 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
             opt.zero_grad(set_to_none=True)
             base["now"] = params + state
             alloc.set(base["now"])
-            peaks.append(agent._devices[0].peak)
+            peaks.append(agent._devices.states[0].peak)
         first, second, third = peaks
         assert first is not None and (first.step, first.phase, first.measured) == (1, BACKWARD, True)
         assert first.optimizer_state == 0 and first.gradients == 0 and first.other_persistent == 0
@@ -167,7 +167,7 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
             opt.step()
             opt.zero_grad(set_to_none=True)
             alloc.set(base["now"])
-        later = agent._devices[0].peak
+        later = agent._devices.states[0].peak
         assert later.step == 9 and later.measured and later.phase in (LOSS, BACKWARD)
         assert later.allocated == params + state + ACT + 100 * MiB
         assert fake.forbidden_calls == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from vramtop.model import BETWEEN_STEPS, FORWARD, OPTIMIZER, PeakBill
+from vramtop.model import BETWEEN_STEPS, FORWARD, OPTIMIZER, PeakBill, StepPeak
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,48 @@ def estimate(last: PeakBill, allocated: int, step: int, counted: Counted, optimi
         measured=False,
         basis_step=last.step if last.measured else last.basis_step,
     )
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One device's allocator counters, read at an optimizer step boundary."""
+
+    allocated: int
+    reserved: int
+    allocated_peak: int
+    reserved_peak: int
+
+
+def step_peak(step: int, steps: int, duration: float, before: Counters, after: Counters,
+              sampled_allocated: int, sampled_reserved: int) -> StepPeak:
+    """The peak of the ``steps`` optimizer steps that ended at ``step``, between two boundary
+    reads (``before``, ``after``), ``duration`` seconds apart; ``sampled_*`` are the highest the
+    sampler saw in between. The allocator's peak never goes down (the agent never resets it):
+    if it rose, the new value is these steps' true peak (exact); otherwise the highest figure
+    seen is a lower bound."""
+    exact = after.allocated_peak > before.allocated_peak
+    sampled_a = max(sampled_allocated, after.allocated, before.allocated)
+    sampled_r = max(sampled_reserved, after.reserved, before.reserved)
+    return StepPeak(
+        step=step,
+        duration=duration,
+        peak_allocated=after.allocated_peak if exact else sampled_a,
+        peak_reserved=after.reserved_peak if after.reserved_peak > before.reserved_peak else sampled_r,
+        persistent=after.allocated,
+        exact=exact,
+        steps=steps,
+    )
+
+
+def kept_at_peak(bill: PeakBill, residual: int) -> int:
+    """The previous step's outputs alive at a measured peak: what the bill's other persistent
+    memory holds beyond the step's residual."""
+    return max(0, bill.other_persistent - residual)
+
+
+def lowest_recent(recent: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """(the last step, the lowest allocated) of recent step boundaries (step, allocated): what
+    persists now, one step's big outputs aside."""
+    if not recent:
+        return None
+    return recent[-1][0], min(allocated for _, allocated in recent)
