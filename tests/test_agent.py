@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from vramtop import protocol  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.protocol import (  # noqa: E402
     FrameDecoder,
@@ -95,7 +96,8 @@ def test_agent_waits_for_the_program_to_initialise_cuda(agent, agent_dir, fake_t
     assert stat.S_IMODE(os.stat(agent_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
     beacon = (agent_dir / f"{os.getpid()}.json").read_text()
-    assert '"protocol": [1, 1]' in beacon and "GPU-c597915a" in beacon
+    assert json.loads(beacon)["protocol"] == [protocol.AGENT_PROTOCOL_MIN, protocol.AGENT_PROTOCOL_MAX]
+    assert "GPU-c597915a" in beacon
     assert fake_torch.forbidden_calls == []
 
 
@@ -366,6 +368,29 @@ def test_protocol_version_mismatch_is_refused_with_a_message(agent, agent_dir, f
         messages += decoder.feed(chunk)
     assert messages[0]["type"] == "hello"
     assert messages[-1]["type"] == "error" and "upgrade" in messages[-1]["message"]
+
+
+def test_the_beacon_and_the_hello_carry_the_protocol_range_of_protocol_py(agent_dir, fake_torch, monkeypatch):
+    # A range no release has spoken: a beacon or hello that hard-codes its own would not show it.
+    monkeypatch.setattr(protocol, "AGENT_PROTOCOL_MAX", protocol.AGENT_PROTOCOL_MAX + 2)
+    expected = [protocol.AGENT_PROTOCOL_MIN, protocol.AGENT_PROTOCOL_MAX]
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
+    a.start()
+    try:
+        wait_for(lambda: a.active)
+        beacon = json.loads((agent_dir / f"{os.getpid()}.json").read_text())
+        assert beacon["protocol"] == expected
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(socket_path(os.getpid(), agent_dir)))
+            sock.settimeout(5)
+            decoder = FrameDecoder()
+            messages = []
+            while not messages and (chunk := sock.recv(65536)):
+                messages += decoder.feed(chunk)
+        assert messages[0]["type"] == "hello" and messages[0]["protocol"] == expected
+    finally:
+        a.stop()
 
 
 def test_forked_child_does_not_serve_and_parent_keeps_serving(agent, agent_dir, fake_torch):

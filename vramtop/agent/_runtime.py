@@ -24,10 +24,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from vramtop import __version__
+from vramtop import __version__, protocol
 from vramtop.codec import to_dict
 from vramtop.model import AgentSample, OomReport, PeakBill
-from vramtop.protocol import AGENT_PROTOCOL_MAX, AGENT_PROTOCOL_MIN, runtime_dir
 
 from . import _torchstats as ts
 from ._answers import Answers
@@ -60,7 +59,7 @@ class Agent:
         # Both are injected only by CPU-only tests, which fake the CUDA allocator.
         self._given_torch = torch
         self._device_type = device_type
-        self.directory = directory or runtime_dir()
+        self.directory = directory or protocol.runtime_dir()
         self.pid = os.getpid()
         self.step = 0
         self.phase = "unknown"
@@ -69,6 +68,7 @@ class Agent:
         self._server: AgentServer | None = None
         self._stop = threading.Event()
         self._devices = DeviceTable()
+        self._beacon_lock = threading.Lock()  # the last beacon written lists every device found
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._discovery = ModelDiscovery(device_type, self._stop_is_set, self._model_found, self._between_calls)
         self._census = CensusSchedule(device_type, self._optimizers, self._discovery.models)
@@ -117,6 +117,7 @@ class Agent:
         # The parent was still waiting for CUDA; the child may be the one that uses it.
         self.pid = os.getpid()
         self._devices.after_fork()
+        self._beacon_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
         self._thread.start()
@@ -188,7 +189,7 @@ class Agent:
 
     def _beacon(self) -> dict[str, Any]:
         return {
-            "protocol": [AGENT_PROTOCOL_MIN, AGENT_PROTOCOL_MAX],
+            "protocol": [protocol.AGENT_PROTOCOL_MIN, protocol.AGENT_PROTOCOL_MAX],  # as the hello says
             "vramtop": __version__,
             "pid": self.pid,
             "started": time.time(),
@@ -199,10 +200,13 @@ class Agent:
         }
 
     def _rescan_devices(self, force: bool = False) -> None:
-        """Look for newly used devices; a new one goes into the beacon (written outside the
-        table's lock: the beacon's writes are safe from two threads)."""
-        if self._devices.rescan(self._torch, force) and self._server is not None:
-            self._server.write_beacon(self._beacon())
+        """Look for newly used devices (from the sampler, or the training thread's first step);
+        a new one goes into the beacon, built and written under a lock of its own so that two
+        threads that each found a device cannot leave the older list behind."""
+        server = self._server
+        if self._devices.rescan(self._torch, force) and server is not None:
+            with self._beacon_lock:
+                server.write_beacon(self._beacon())
 
     # -- hooks on the training thread: microseconds, never raise ---------------------------
 
