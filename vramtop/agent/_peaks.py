@@ -79,6 +79,39 @@ def close_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int
     return out
 
 
+@dataclass(frozen=True)
+class ClosedStep:
+    """What one measured step leaves on a device."""
+
+    highest_peak: int  # the highest allocator peak its readings saw
+    residual: int  # memory from before the step that no census category explains
+    bill: PeakBill | None = None  # the bill at the peak, when the peak rose during the step
+    kept: int = 0  # with a bill: the previous step's outputs alive at the peak
+
+
+def close_measured_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int,
+                        counted: Mapping[int, Counted], optimizer_stepped: bool) -> dict[int, ClosedStep]:
+    """Everything a measured step leaves, per device its readings cover (arguments as for
+    close_step). The bill's other persistent memory is the residual plus the outputs kept:
+    the residual is measured again at every measured step, the kept outputs only at a peak."""
+    if not readings:
+        return {}
+    bills = close_step(readings, anchor, step, counted, optimizer_stepped)
+    first = readings[0]
+    out = {}
+    for device in first.peak:
+        c = counted.get(device, Counted())
+        rest = residual(first, device, c, c.optimizer_state if optimizer_stepped else 0)
+        bill = bills.get(device)
+        out[device] = ClosedStep(
+            highest_peak=max(r.peak.get(device, 0) for r in readings),
+            residual=rest,
+            bill=bill,
+            kept=max(0, bill.other_persistent - rest) if bill is not None else 0,
+        )
+    return out
+
+
 def residual(start: Reading, device: int, c: Counted, optimizer_state: int) -> int:
     """Memory held from before the step that no census category explains: inputs, caches the
     program keeps, leaks (the previous step's outputs apart)."""
@@ -148,12 +181,6 @@ def step_peak(step: int, steps: int, duration: float, before: Counters, after: C
         exact=exact,
         steps=steps,
     )
-
-
-def kept_at_peak(bill: PeakBill, residual: int) -> int:
-    """The previous step's outputs alive at a measured peak: what the bill's other persistent
-    memory holds beyond the step's residual."""
-    return max(0, bill.other_persistent - residual)
 
 
 def lowest_recent(recent: Sequence[tuple[int, int]]) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from vramtop import __version__, protocol
 from vramtop.codec import to_dict
-from vramtop.model import AgentSample, OomReport, PeakBill
+from vramtop.model import AgentSample, OomReport
 
 from . import _torchstats as ts
 from ._answers import Answers
@@ -36,7 +36,7 @@ from ._census_schedule import CensusSchedule
 from ._devices import DeviceTable
 from ._discovery import ModelDiscovery
 from ._oom import PostMortems, oom_observer, oom_report
-from ._peaks import kept_at_peak
+from ._peaks import ClosedStep
 from ._phases import StepPhases
 from ._sampler import DeviceSampler, sample_until_stopped
 from ._server import AgentServer
@@ -173,7 +173,7 @@ class Agent:
         self._torch = torch
         optim = _optim_module(torch)
         self._phases = StepPhases(self._read_counters, self._census.trainable_parameters,
-                                  self._devices.counted, self._peaks_measured, torch, self._device_type,
+                                  self._devices.counted, self._step_measured, torch, self._device_type,
                                   getattr(optim, "register_optimizer_step_pre_hook", None))
         self._phases.arm()  # the first steps are measured
         register = getattr(optim, "register_optimizer_step_post_hook", None)
@@ -275,19 +275,17 @@ class Agent:
             out[index] = (int(a["current"]), int(a["peak"]))
         return out
 
-    def _peaks_measured(self, bills: dict[int, PeakBill], residuals: dict[int, int], peaks: dict[int, int]) -> None:
+    def _step_measured(self, closed: dict[int, ClosedStep]) -> None:
         devices = self._devices.states
-        for index, value in peaks.items():
+        for index, step in closed.items():
             state = devices.get(index)
-            if state is not None:
-                state.known_peak = max(state.known_peak, value)
-                if index in residuals:
-                    state.residual = residuals[index]
-        for index, bill in bills.items():
-            state = devices.get(index)
-            if state is not None:
-                state.peak = state.measured = bill
-                state.kept = kept_at_peak(bill, state.residual)
+            if state is None:
+                continue
+            state.known_peak = max(state.known_peak, step.highest_peak)
+            state.residual = step.residual
+            if step.bill is not None:
+                state.peak = state.measured = step.bill
+                state.kept = step.kept
 
     # -- an OOM, on the failing thread -------------------------------------------------------
 
