@@ -11,6 +11,13 @@ Rules it keeps (each has a test): it never initialises CUDA (it waits for
 use, never synchronises, resets peaks, empties the cache or changes allocator settings; its
 code never raises into the program; the only work on the training thread is a few
 microseconds in the optimizer-step hook; it stops in forked children and outlives monitors.
+
+This module keeps the life cycle (waiting for CUDA, starting, stopping, forks) and the wiring of
+the optimizer-step hook; each job it wires lives in a module of its own: the devices in use
+(_devices.py), model discovery (_discovery.py), the step's phases (_phases.py) and their
+arithmetic (_peaks.py), step boundaries (_boundaries.py), the census and when it runs
+(_census.py, _census_schedule.py), OOM capture (_oom.py), the sampler (_sampler.py), and the
+socket with its answers (_server.py, _answers.py).
 """
 
 from __future__ import annotations
