@@ -2,9 +2,10 @@
 step, turned into per-step peaks on the sampler thread.
 
 Figures are read at step boundaries at most every BOUNDARY_GAP seconds, and less often if a
-read is slow (GIL_BUDGET in _torchstats.py): steps faster than this are grouped, so a launch-bound loop of 2 ms
-steps pays for one read (~20-150 us, a dict of ~100 counters) per 20 ms or more, not per step.
-The two threads share only a deque (its append and popleft are atomic).
+read is slow (GIL_BUDGET in _torchstats.py): steps faster than this are grouped, so a
+launch-bound loop of 2 ms steps pays for one read (~20-150 us, a dict of ~100 counters) per
+20 ms or more, not per step. Boundaries pass from one thread to the other through a deque (its
+append and popleft are atomic); each thread writes device-state fields of its own.
 """
 
 from __future__ import annotations
