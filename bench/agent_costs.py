@@ -1,7 +1,7 @@
 """What each of the agent's operations costs on this machine, one at a time (microseconds).
 
 The agent bounds its work on the training thread by these costs (see GIL_BUDGET in
-vramtop/agent/_runtime.py); this shows the figures behind the overhead benchmark.
+vramtop/agent/_torchstats.py); this shows the figures behind the overhead benchmark.
 
     python bench/agent_costs.py [--json-out costs.json]
 """
@@ -50,10 +50,10 @@ def measure(name: str, work: workloads.Workload) -> dict[str, float]:
     agent._torch = torch
     agent._rescan_devices(force=True)
     agent._optimizers.add(work.optimizer)
-    agent._last_census = time.monotonic()
+    agent._census.last = time.monotonic()
 
     def hook_between_reads() -> None:
-        agent._last_boundary_read = time.monotonic()
+        agent._boundaries.last_read = time.monotonic()
         agent._after_optimizer_step(work.optimizer, (), {})
 
     out[f"{name}: optimizer-step hook between reads"] = per_call_us(hook_between_reads, 20000)

@@ -32,6 +32,7 @@ import workloads
 from overhead_stats import BlockTicks, block_ticks, tick_interference
 
 import vramtop.agent as agent
+from vramtop.agent._discovery import ModelDiscovery
 from vramtop.agent._phases import StepPhases
 from vramtop.agent._runtime import DEFAULT_INTERVAL, Agent
 
@@ -49,8 +50,9 @@ class AgentClock:
 
     @classmethod
     def install(cls) -> None:
-        for name in ("_after_optimizer_step", "_before_module_call", "_after_module_call"):
-            setattr(Agent, name, cls._timed(getattr(Agent, name)))
+        Agent._after_optimizer_step = cls._timed(Agent._after_optimizer_step)  # type: ignore[method-assign]
+        for name in ("_before_call", "_after_call"):  # model discovery's module-call hooks
+            setattr(ModelDiscovery, name, cls._timed(getattr(ModelDiscovery, name)))
         # The step's phases (the bill at the peak); after_optimizer runs inside the agent's
         # optimizer-step hook, timed above already.
         for name in ("_before_forward", "_after_forward", "_backward_started", "_gradient_landed",

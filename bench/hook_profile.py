@@ -28,6 +28,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 
 import vramtop.agent as agent  # noqa: E402
 from vramtop.agent import _torchstats  # noqa: E402
+from vramtop.agent._census_schedule import CensusSchedule  # noqa: E402
+from vramtop.agent._discovery import ModelDiscovery  # noqa: E402
 from vramtop.agent._phases import StepPhases  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 
@@ -90,8 +92,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4000)
     args = parser.parse_args()
     profile = Profile()
-    for name in ("_after_optimizer_step", "_census", "_rescan_devices", "_before_module_call", "_after_module_call"):
+    for name in ("_after_optimizer_step", "_rescan_devices"):
         setattr(Agent, name, profile.timed(f"Agent.{name}", getattr(Agent, name)))
+    CensusSchedule.take = profile.timed("CensusSchedule.take", CensusSchedule.take)  # type: ignore[method-assign]
+    for name in ("_before_call", "_after_call"):  # model discovery's module-call hooks
+        setattr(ModelDiscovery, name, profile.timed(f"ModelDiscovery.{name}", getattr(ModelDiscovery, name)))
     for name in ("_before_forward", "_after_forward", "_backward_started", "_gradient_landed", "before_optimizer",
                  "after_optimizer"):  # the step's phases (the bill at the peak)
         setattr(StepPhases, name, profile.timed(f"StepPhases.{name}", getattr(StepPhases, name)))

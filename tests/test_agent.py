@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from vramtop import protocol  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.protocol import (  # noqa: E402
     FrameDecoder,
@@ -95,7 +96,8 @@ def test_agent_waits_for_the_program_to_initialise_cuda(agent, agent_dir, fake_t
     assert stat.S_IMODE(os.stat(agent_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
     beacon = (agent_dir / f"{os.getpid()}.json").read_text()
-    assert '"protocol": [1, 1]' in beacon and "GPU-c597915a" in beacon
+    assert json.loads(beacon)["protocol"] == [protocol.AGENT_PROTOCOL_MIN, protocol.AGENT_PROTOCOL_MAX]
+    assert "GPU-c597915a" in beacon
     assert fake_torch.forbidden_calls == []
 
 
@@ -123,7 +125,7 @@ def test_census_counts_parameters_and_adam_state_exactly(agent, fake_torch):
     n_params = len(list(model.parameters()))
 
     def census():
-        sample = agent._latest
+        sample = agent._answers.latest
         return sample and sample.devices and sample.devices[0].census
 
     train(model, opt, 3)
@@ -148,7 +150,7 @@ def test_the_agent_says_whether_forward_passes_run_under_autocast(agent, fake_to
             loss = model(x).float().pow(2).mean()
         loss.backward()
         opt.step()
-    sample = wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census and s)
+    sample = wait_for(lambda: (s := agent._answers.latest) and s.devices and s.devices[0].census and s)
     assert sample.autocast is autocast
     assert sample.devices[0].census.parameters_16bit == 0  # fp32 weights either way
     assert sample.world_size is None  # no process group
@@ -165,10 +167,11 @@ def test_the_agent_passes_on_what_a_model_says_of_gradient_checkpointing(agent, 
     wait_for(lambda: agent.active)
     plain = make_model()
     train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 2)
-    assert wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census and s).checkpointing is None
+    first = wait_for(lambda: (s := agent._answers.latest) and s.devices and s.devices[0].census and s)
+    assert first.checkpointing is None
     model = CheckpointedModel(torch.nn.Linear(64, 64))
     train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2)  # a new optimizer: counted at once
-    assert wait_for(lambda: (s := agent._latest) and s.checkpointing) is True
+    assert wait_for(lambda: (s := agent._answers.latest) and s.checkpointing) is True
 
 
 def test_16bit_parameters_are_counted_apart(agent, fake_torch):
@@ -180,7 +183,7 @@ def test_16bit_parameters_are_counted_apart(agent, fake_torch):
     for _ in range(3):
         model(train_bf16[0]).float().pow(2).mean().backward()
         opt.step()
-    c = wait_for(lambda: (s := agent._latest) and s.devices and s.devices[0].census)
+    c = wait_for(lambda: (s := agent._answers.latest) and s.devices and s.devices[0].census)
     assert c.parameters_16bit == c.parameters_trainable > 0
 
 
@@ -193,7 +196,7 @@ def test_the_world_size_comes_from_the_process_group(agent, fake_torch, tmp_path
     try:
         model = make_model()
         train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2)
-        assert wait_for(lambda: (s := agent._latest) and s.world_size) == 1
+        assert wait_for(lambda: (s := agent._answers.latest) and s.world_size) == 1
     finally:
         dist.destroy_process_group()
 
@@ -210,7 +213,7 @@ def test_frozen_parameters_are_found_through_the_model_and_tied_weights_count_on
     x = torch.randn(2048, 64)
 
     def census():
-        sample = agent._latest
+        sample = agent._answers.latest
         return sample and sample.devices and sample.devices[0].census
 
     deadline = time.monotonic() + 20
@@ -246,7 +249,7 @@ def test_tied_weights_are_counted_once(agent, fake_torch):
     x = torch.randint(0, 1000, (64,))
     model(x).sum().backward()
     opt.step()
-    c = wait_for(lambda: agent._latest and agent._latest.devices[0].census)
+    c = wait_for(lambda: agent._answers.latest and agent._answers.latest.devices[0].census)
     assert c.parameters_trainable == rounded(1000 * 64 * 4)
 
 
@@ -267,10 +270,10 @@ def test_step_peak_is_exact_when_the_allocator_peak_rises_and_a_lower_bound_othe
 
     step(300 * MiB)
     step(400 * MiB)  # peak rises: exact
-    last = wait_for(lambda: (s := agent._latest.devices[0].last_step) and s.step == 2 and s)
+    last = wait_for(lambda: (s := agent._answers.latest.devices[0].last_step) and s.step == 2 and s)
     assert last.exact and last.peak_allocated == 400 * MiB and last.persistent == 100 * MiB
     step(350 * MiB)  # below the old peak: not visible exactly
-    last = wait_for(lambda: (s := agent._latest.devices[0].last_step) and s.step == 3 and s)
+    last = wait_for(lambda: (s := agent._answers.latest.devices[0].last_step) and s.step == 3 and s)
     assert not last.exact and last.peak_allocated <= 350 * MiB
 
 
@@ -301,13 +304,13 @@ def test_the_census_backs_off_while_nothing_changes(agent, fake_torch):
     train(model, opt, 1)  # a new optimizer: counted at once
     gaps = []
     for _ in range(5):  # the same tensors every time: 2, 4, 8, 8, 8 seconds apart
-        agent._census()
-        gaps.append(agent._census_gap)
+        agent._census.take(fake_torch, agent._devices.states)
+        gaps.append(agent._census.gap)
     assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0]
     extra = torch.nn.Linear(64, 64)  # a new model joins the loop: counted every second again
-    agent._modules.add(extra)
-    agent._census()
-    assert agent._census_gap == 1.0
+    agent._discovery.models.add(extra)
+    agent._census.take(fake_torch, agent._devices.states)
+    assert agent._census.gap == 1.0
 
 
 def test_agent_failures_never_reach_the_training_loop(agent, fake_torch):
@@ -365,6 +368,29 @@ def test_protocol_version_mismatch_is_refused_with_a_message(agent, agent_dir, f
         messages += decoder.feed(chunk)
     assert messages[0]["type"] == "hello"
     assert messages[-1]["type"] == "error" and "upgrade" in messages[-1]["message"]
+
+
+def test_the_beacon_and_the_hello_carry_the_protocol_range_of_protocol_py(agent_dir, fake_torch, monkeypatch):
+    # A range no release has spoken: a beacon or hello that hard-codes its own would not show it.
+    monkeypatch.setattr(protocol, "AGENT_PROTOCOL_MAX", protocol.AGENT_PROTOCOL_MAX + 2)
+    expected = [protocol.AGENT_PROTOCOL_MIN, protocol.AGENT_PROTOCOL_MAX]
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
+    a.start()
+    try:
+        wait_for(lambda: a.active)
+        beacon = json.loads((agent_dir / f"{os.getpid()}.json").read_text())
+        assert beacon["protocol"] == expected
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(socket_path(os.getpid(), agent_dir)))
+            sock.settimeout(5)
+            decoder = FrameDecoder()
+            messages = []
+            while not messages and (chunk := sock.recv(65536)):
+                messages += decoder.feed(chunk)
+        assert messages[0]["type"] == "hello" and messages[0]["protocol"] == expected
+    finally:
+        a.stop()
 
 
 def test_forked_child_does_not_serve_and_parent_keeps_serving(agent, agent_dir, fake_torch):
@@ -560,7 +586,7 @@ def test_tensors_are_only_touched_on_the_training_thread(agent_dir, fake_torch, 
         opt.zero_grad(set_to_none=True)
         time.sleep(0.005)
     agent.stop()
-    assert agent._latest.devices[0].census is not None and agent.error is None
+    assert agent._answers.latest.devices[0].census is not None and agent.error is None
     assert readers == {threading.get_ident()}
 
 
@@ -570,15 +596,15 @@ def test_a_device_that_gets_memory_after_cuda_init_is_picked_up_at_the_first_ste
     a = Agent(interval=0.02, directory=agent_dir, torch=fake, device_type="cpu")
     a.start()
     try:
-        wait_for(lambda: a.active and a._latest is not None)
-        assert a._latest.devices == ()
+        wait_for(lambda: a.active and a._answers.latest is not None)
+        assert a._answers.latest.devices == ()
         fake.allocator.set(64 * MiB)  # the first allocation
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         model(torch.randn(8, 64)).sum().backward()
         opt.step()
         # Known at once (not at the next periodic rescan), with a census from this very step.
-        assert list(a._devices) == [0] and a._devices[0].census is not None
+        assert list(a._devices.states) == [0] and a._devices.states[0].census is not None
     finally:
         a.stop()
 
@@ -606,7 +632,7 @@ def test_an_oom_leaves_a_post_mortem_file_and_a_sticky_report(agent, agent_dir, 
     assert doc["report"]["pid"] == os.getpid() and doc["report"]["path"] == str(files[-1])
     assert capfd.readouterr().err.count("post-mortem:") == 1
     # The sticky report in the samples is the latest OOM's.
-    report = wait_for(lambda: (r := agent._latest and agent._latest.last_oom) and r.path == str(files[-1]) and r)
+    report = wait_for(lambda: (r := (s := agent._answers.latest) and s.last_oom) and r.path == str(files[-1]) and r)
     assert report.largest_free_block == 3 * MiB
     assert json.loads(files[-1].read_text())["summary"][0].startswith("OOM at step 1")
     assert report.largest_live_blocks == (100 * MiB,)

@@ -7,7 +7,18 @@ import time
 
 import pytest
 
-from vramtop.agent._peaks import Counted, Reading, close_step, estimate
+from tests.fakes.fake_cuda import FakeCudaTorch
+from vramtop.agent._peaks import (
+    Counted,
+    Counters,
+    Reading,
+    close_measured_step,
+    close_step,
+    estimate,
+    lowest_recent,
+    step_peak,
+)
+from vramtop.agent._runtime import Agent
 from vramtop.model import BACKWARD, BETWEEN_STEPS, FORWARD, LOSS, OPTIMIZER
 
 MiB = 1 << 20
@@ -77,10 +88,54 @@ def test_an_unmeasured_rise_is_an_estimate_from_the_last_measured_peak():
     assert estimate(later, 990 * MiB, 41, Counted(P, 0, 0, S), True, 0).basis_step == 2
 
 
-torch = pytest.importorskip("torch")
+def test_a_step_whose_allocator_peak_rose_has_that_peak_exactly():
+    before = Counters(allocated=300 * MiB, reserved=400 * MiB, allocated_peak=900 * MiB, reserved_peak=1000 * MiB)
+    after = Counters(allocated=310 * MiB, reserved=400 * MiB, allocated_peak=950 * MiB, reserved_peak=1000 * MiB)
+    peak = step_peak(12, steps=3, duration=0.6, before=before, after=after,
+                     sampled_allocated=700 * MiB, sampled_reserved=1100 * MiB)
+    assert (peak.step, peak.steps, peak.duration, peak.persistent) == (12, 3, 0.6, 310 * MiB)
+    assert peak.exact and peak.peak_allocated == 950 * MiB
+    # The reserved peak did not rise: the highest reserved figure seen is all that is known.
+    assert peak.peak_reserved == 1100 * MiB
 
-from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
-from vramtop.agent._runtime import Agent  # noqa: E402
+
+def test_a_step_whose_peak_did_not_rise_has_the_highest_figure_seen_as_a_lower_bound():
+    before = Counters(allocated=500 * MiB, reserved=600 * MiB, allocated_peak=900 * MiB, reserved_peak=1000 * MiB)
+    after = Counters(allocated=300 * MiB, reserved=700 * MiB, allocated_peak=900 * MiB, reserved_peak=1200 * MiB)
+    sampled = step_peak(5, 1, 0.1, before, after, sampled_allocated=800 * MiB, sampled_reserved=0)
+    assert not sampled.exact and sampled.peak_allocated == 800 * MiB  # the sampler saw more than either read
+    assert sampled.peak_reserved == 1200 * MiB  # the reserved peak rose: exact
+    unseen = step_peak(5, 1, 0.1, before, after, sampled_allocated=0, sampled_reserved=0)
+    assert unseen.peak_allocated == 500 * MiB  # the read before the step held more than the one after
+
+
+def test_a_measured_step_leaves_its_residual_and_the_kept_outputs_that_make_up_the_bill():
+    readings = [
+        reading(BETWEEN_STEPS, peak=900 * MiB, current=P + S + 40 * MiB, kept=30 * MiB),
+        reading(FORWARD, peak=1200 * MiB, current=900 * MiB, kept=30 * MiB),
+        reading(BACKWARD, peak=1100 * MiB),  # a lower figure: peaks are taken as read
+    ]
+    (closed,) = close_measured_step(readings, {0: 900 * MiB}, step=4, counted={0: Counted(P, 0, 0, S)},
+                                    optimizer_stepped=True).values()
+    assert closed.highest_peak == 1200 * MiB
+    assert closed.residual == 10 * MiB  # the inputs: allocated at the start, minus what is counted and kept
+    assert closed.bill is not None and closed.bill.phase == FORWARD
+    assert closed.kept == 30 * MiB  # the old logits, alive at a peak in the forward
+    assert closed.residual + closed.kept == closed.bill.other_persistent
+
+
+def test_a_measured_step_without_a_rise_leaves_a_residual_and_no_bill():
+    flat = [reading(BETWEEN_STEPS, 900 * MiB, current=P + 20 * MiB), reading(FORWARD, 900 * MiB)]
+    (closed,) = close_measured_step(flat, {0: 900 * MiB}, step=2, counted={0: Counted(P)},
+                                    optimizer_stepped=True).values()
+    assert (closed.bill, closed.kept, closed.residual, closed.highest_peak) == (None, 0, 20 * MiB, 900 * MiB)
+    assert close_measured_step([], {}, step=2, counted={}, optimizer_stepped=True) == {}
+
+
+def test_what_persists_now_is_the_lowest_of_the_recent_boundaries():
+    assert lowest_recent([]) is None
+    assert lowest_recent([(4, 300 * MiB), (5, 250 * MiB), (6, 400 * MiB)]) == (6, 250 * MiB)
+
 
 
 def rounded(nbytes: int) -> int:
@@ -91,6 +146,7 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
     """Real CPU torch: a model, AdamW, autograd; the fake allocator follows what a GPU's would
     do (activations in forward, a temporary at the start of backward, Adam's state created in
     the first optimizer step). The agent's hooks must place the peak and count what existed."""
+    torch = pytest.importorskip("torch")  # only here: the arithmetic above is tested without it
     fake = FakeCudaTorch(torch)
     alloc = fake.allocator
     agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
@@ -138,7 +194,7 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
             opt.zero_grad(set_to_none=True)
             base["now"] = params + state
             alloc.set(base["now"])
-            peaks.append(agent._devices[0].peak)
+            peaks.append(agent._devices.states[0].peak)
         first, second, third = peaks
         assert first is not None and (first.step, first.phase, first.measured) == (1, BACKWARD, True)
         assert first.optimizer_state == 0 and first.gradients == 0 and first.other_persistent == 0
@@ -167,7 +223,7 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
             opt.step()
             opt.zero_grad(set_to_none=True)
             alloc.set(base["now"])
-        later = agent._devices[0].peak
+        later = agent._devices.states[0].peak
         assert later.step == 9 and later.measured and later.phase in (LOSS, BACKWARD)
         assert later.allocated == params + state + ACT + 100 * MiB
         assert fake.forbidden_calls == []

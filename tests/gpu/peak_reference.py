@@ -71,11 +71,11 @@ def agent_peak() -> dict[str, object]:
     import vramtop.agent as agent_api
 
     agent = agent_api.current()
-    assert agent is not None and agent._devices, "no agent, or it has not seen the device"
-    state = agent._devices[torch.cuda.current_device()]
+    assert agent is not None and agent._devices.states, "no agent, or it has not seen the device"
+    state = agent._devices.states[torch.cuda.current_device()]
     peak = state.peak
     return {"peak": to_dict(peak) if peak is not None else None, "allocator_peak": torch.cuda.max_memory_allocated(),
-            "models": sorted(type(m).__name__ for m in agent._modules)}
+            "models": sorted(type(m).__name__ for m in agent._discovery.models)}
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from vramtop.model import BETWEEN_STEPS, FORWARD, OPTIMIZER, PeakBill
+from vramtop.model import BETWEEN_STEPS, FORWARD, OPTIMIZER, PeakBill, StepPeak
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,39 @@ def close_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int
     return out
 
 
+@dataclass(frozen=True)
+class ClosedStep:
+    """What one measured step leaves on a device."""
+
+    highest_peak: int  # the highest allocator peak its readings saw
+    residual: int  # memory from before the step that no census category explains
+    bill: PeakBill | None = None  # the bill at the peak, when the peak rose during the step
+    kept: int = 0  # with a bill: the previous step's outputs alive at the peak
+
+
+def close_measured_step(readings: Sequence[Reading], anchor: Mapping[int, int], step: int,
+                        counted: Mapping[int, Counted], optimizer_stepped: bool) -> dict[int, ClosedStep]:
+    """Everything a measured step leaves, per device its readings cover (arguments as for
+    close_step). The bill's other persistent memory is the residual plus the outputs kept:
+    the residual is measured again at every measured step, the kept outputs only at a peak."""
+    if not readings:
+        return {}
+    bills = close_step(readings, anchor, step, counted, optimizer_stepped)
+    first = readings[0]
+    out = {}
+    for device in first.peak:
+        c = counted.get(device, Counted())
+        rest = residual(first, device, c, c.optimizer_state if optimizer_stepped else 0)
+        bill = bills.get(device)
+        out[device] = ClosedStep(
+            highest_peak=max(r.peak.get(device, 0) for r in readings),
+            residual=rest,
+            bill=bill,
+            kept=max(0, bill.other_persistent - rest) if bill is not None else 0,
+        )
+    return out
+
+
 def residual(start: Reading, device: int, c: Counted, optimizer_state: int) -> int:
     """Memory held from before the step that no census category explains: inputs, caches the
     program keeps, leaks (the previous step's outputs apart)."""
@@ -117,3 +150,42 @@ def estimate(last: PeakBill, allocated: int, step: int, counted: Counted, optimi
         measured=False,
         basis_step=last.step if last.measured else last.basis_step,
     )
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One device's allocator counters, read at an optimizer step boundary."""
+
+    allocated: int
+    reserved: int
+    allocated_peak: int
+    reserved_peak: int
+
+
+def step_peak(step: int, steps: int, duration: float, before: Counters, after: Counters,
+              sampled_allocated: int, sampled_reserved: int) -> StepPeak:
+    """The peak of the ``steps`` optimizer steps that ended at ``step``, between two boundary
+    reads (``before``, ``after``), ``duration`` seconds apart; ``sampled_*`` are the highest the
+    sampler saw in between. The allocator's peak never goes down (the agent never resets it):
+    if it rose, the new value is these steps' true peak (exact); otherwise the highest figure
+    seen is a lower bound."""
+    exact = after.allocated_peak > before.allocated_peak
+    sampled_a = max(sampled_allocated, after.allocated, before.allocated)
+    sampled_r = max(sampled_reserved, after.reserved, before.reserved)
+    return StepPeak(
+        step=step,
+        duration=duration,
+        peak_allocated=after.allocated_peak if exact else sampled_a,
+        peak_reserved=after.reserved_peak if after.reserved_peak > before.reserved_peak else sampled_r,
+        persistent=after.allocated,
+        exact=exact,
+        steps=steps,
+    )
+
+
+def lowest_recent(recent: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """(the last step, the lowest allocated) of recent step boundaries (step, allocated): what
+    persists now, one step's big outputs aside."""
+    if not recent:
+        return None
+    return recent[-1][0], min(allocated for _, allocated in recent)

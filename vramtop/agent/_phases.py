@@ -30,9 +30,9 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from vramtop.model import BACKWARD, BETWEEN_STEPS, FORWARD, LOSS, OPTIMIZER, PeakBill
+from vramtop.model import BACKWARD, BETWEEN_STEPS, FORWARD, LOSS, OPTIMIZER
 
-from ._peaks import Counted, Reading, close_step, residual
+from ._peaks import ClosedStep, Counted, Reading, close_measured_step
 
 BLOCK = 512  # the caching allocator's granularity
 FIRST_MEASURED = 4  # micro-steps measured from the start: the first optimizer step creates Adam's state
@@ -52,13 +52,13 @@ class StepPhases:
 
     ``read`` reads the allocator's counters of every device in use; ``parameters`` lists the
     trainable parameters (cached by the census); ``counted`` gives the census's figures per
-    device; ``done`` receives the bills of a measured step whose peak rose, with the step's
-    residual (other persistent memory) per device.
+    device; ``done`` receives what each measured step leaves per device (_peaks.ClosedStep:
+    its highest peak, its residual, and the bill when the peak rose).
     """
 
     def __init__(self, read: Reader, parameters: Callable[[], list[Any]],
                  counted: Callable[[], Mapping[int, Counted]],
-                 done: Callable[[dict[int, PeakBill], dict[int, int], dict[int, int]], None],
+                 done: Callable[[dict[int, ClosedStep]], None],
                  torch: Any, device_type: str = "cuda",
                  register_optimizer_pre_hook: Callable[[Any], Any] | None = None) -> None:
         self._read = read
@@ -334,14 +334,9 @@ class StepPhases:
         self._readings = []
         self._anchor = dict(readings[-1].peak) if readings else {}
         self._next_measure = time.monotonic() + max(MIN_GAP, self._cost / BUDGET)
-        counted = self._counted()
-        bills = close_step(readings, anchor, self.step, counted, self.optimizer_stepped)
-        self._rose = bool(bills)
-        first = readings[0] if readings else None
-        residuals = {} if first is None else {
-            d: residual(first, d, c, c.optimizer_state if self.optimizer_stepped else 0) for d, c in counted.items()}
-        peaks = {d: max(r.peak.get(d, 0) for r in readings) for d in readings[0].peak} if readings else {}
-        self._done(bills, residuals, peaks)
+        closed = close_measured_step(readings, anchor, self.step, self._counted(), self.optimizer_stepped)
+        self._rose = any(c.bill is not None for c in closed.values())
+        self._done(closed)
 
     def _take(self, phase: str) -> None:
         counters = self._read()

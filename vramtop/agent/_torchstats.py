@@ -15,6 +15,11 @@ from typing import Any
 
 from vramtop.model import AllocatorStats
 
+# Reads done while holding the GIL (counters at step boundaries, snapshots, the census) are
+# spaced so that they take at most this share of wall time, however large the model or the
+# allocator's block list.
+GIL_BUDGET = 0.002
+
 
 def cuda_ready(torch: Any) -> bool:
     """True once the program itself has initialised CUDA (we never do it for it)."""
