@@ -781,3 +781,29 @@ async def test_a_problem_reading_agents_is_shown_in_the_banner():
         await feed(pilot, replace(box(), problems=("agents cannot be read: /tmp/vramtop-1000 belongs to uid 1001, "
                                                    "not to you (uid 1000). Set XDG_RUNTIME_DIR ...",)))
         assert "agents cannot be read: /tmp/vramtop-1000 belongs to uid 1001" in screen_text(app)
+
+
+async def test_a_new_sample_repaints_only_the_lines_that_changed_and_lays_out_nothing(monkeypatch):
+    # With a training job on screen every sample changes figures, not the layout: a new layout of
+    # the whole screen, or repainting unchanged lines, is most of what a frame costs.
+    from tests.test_risk import snap
+    from vramtop.ui.widgets.panel import Panel
+
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, snap(0.0, step=100), snap(1.0, step=101))
+        calls: list[tuple[str, tuple[object, ...], bool]] = []
+        real = Panel.refresh
+
+        def spy(self, *regions, layout=False, **kw):
+            calls.append((self.id or type(self).__name__, regions, layout))
+            return real(self, *regions, layout=layout, **kw)
+
+        monkeypatch.setattr(Panel, "refresh", spy)
+        await feed(pilot, snap(2.0, step=102))  # the step changed, nothing else
+        detail = [c for c in calls if c[0] == "detail"]
+        assert detail and not any(layout for _, _, layout in calls)
+        rows = app.query_one("#detail").size.height
+        for _, regions, _ in detail:  # a few single rows of the bill, not all of it
+            assert regions and all(r.height == 1 for r in regions) and len(regions) <= rows // 3, (rows, regions)
+        assert "step 102" in screen_text(app)

@@ -1,4 +1,4 @@
-"""A Static that redraws only when its content changes."""
+"""A text panel that repaints only the lines whose content changed."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from collections.abc import Callable
 from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
-from textual.widgets import Static
+from textual.geometry import Region
+from textual.widget import Widget
 
 MIN_WIDTH = 40  # what a panel is laid out for before it knows its width
 
 
-class Panel(Static):
-    """Every sample re-renders the whole view; an unchanged panel is not redrawn, so the
-    terminal gets no bytes for it (this is most of what keeps the monitor's CPU low).
+class Panel(Widget):
+    """Every sample re-renders the whole view; an unchanged panel is not redrawn, and in a changed
+    one only the changed lines are repainted, so the terminal gets bytes only for what changed
+    (this is most of what keeps the monitor's CPU low with a training job on screen: its bill's
+    figures change with every sample, its labels and layout do not).
 
     Content laid out for the panel's width goes through :meth:`redraw_for_width`, which draws it
     again when the width changes: the first sample can arrive before the first layout, and a
@@ -23,7 +26,13 @@ class Panel(Static):
     _drawn: Text | None = None
     _content_for: Callable[[int], Text] | None = None  # the content as a function of the width
     _width = 0  # the width it was last rendered for
-    _lines: int | None = None  # the rows the drawn content takes; None: not laid out yet
+    _rows: list[Text] | None = None  # the drawn content, one Text per row; None: not laid out yet
+    _text: Text = Text()  # what render() shows
+
+    DEFAULT_CSS = "Panel { height: auto; }"
+
+    def render(self) -> Text:
+        return self._text
 
     def redraw(self, content: Text) -> None:
         self._content_for = None
@@ -41,14 +50,20 @@ class Panel(Static):
     def _put(self, content: Text) -> None:
         if content == self._drawn:
             return
-        # A layout of the whole screen costs more than drawing the panel (most of a frame's CPU
-        # with a training job on screen): lines are wrapped here, so the panel's height is its
-        # line count, and a layout is asked for only when that changes.
+        self._drawn = content
+        # Lines are wrapped here, so the panel's height is its row count: a layout of the whole
+        # screen (which costs more than drawing) is asked for only when that changes.
         width = self.content_size.width
         wrapped = _wrapped(content, width)
-        before, self._drawn = self._lines, content
-        self._lines = wrapped.plain.count("\n") + 1 if width > 0 else None
-        self.update(wrapped, layout=before is None or before != self._lines)
+        before, rows = self._rows, wrapped.split("\n", allow_blank=True) if width > 0 else None
+        self._text, self._rows = wrapped, (list(rows) if rows is not None else None)
+        if before is None or self._rows is None or len(before) != len(self._rows):
+            self.refresh(layout=True)
+            return
+        changed = [Region(0, y, width, 1) for y, (old, new) in enumerate(zip(before, self._rows, strict=True))
+                   if old != new]
+        if changed:
+            self.refresh(*changed)
 
 
 _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only measures; never prints
