@@ -9,7 +9,8 @@ the ends of a block, as a training loop runs); the runs of each configuration ar
 - ``run``: under ``vramtop run`` (the agent, nobody connected);
 - ``record``: under ``vramtop record --`` (the agent with a connected monitor, NVML polled);
 - ``nvml``: the script alone while ``vramtop record`` polls NVML (no agent): what polling the
-  driver costs by itself.
+  driver costs by itself;
+- ``run-idle`` (on demand): the agent with a sample every 30 s: what the sampler thread costs.
 
 For each depth: the median step time of every configuration (over all its blocks), the overhead
 against ``plain``, and the spread of the per-run medians.
@@ -32,11 +33,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = ("plain", "run", "record", "nvml")
+# Diagnostic variants, on demand (--configs): the agent with its sampler nearly idle.
+EXTRA = ("run-idle",)
 
 
-def child(depths: list[int], seconds: float, block: int) -> None:
+def child(depths: list[int], seconds: float, block: int, cpus: set[int] | None) -> None:
     """The training process: blocks of ``block`` steps per depth, round robin, for ``seconds``
     per depth; prints {depth: [seconds per step of each block]} as JSON on stdout."""
+    if cpus:
+        # The same cores for every run: a launch-bound loop's speed depends on where it runs
+        # (core, frequency, cache) by more than the effect measured here.
+        os.sched_setaffinity(0, cpus)
     sys.path.insert(0, str(HERE))
     import torch
     import workloads
@@ -63,7 +70,7 @@ def child(depths: list[int], seconds: float, block: int) -> None:
 
 def one_run(config: str, args: argparse.Namespace, scratch: Path) -> dict[str, list[float]]:
     me = [sys.executable, str(Path(__file__).resolve()), "--child", "--depths", args.depths,
-          "--seconds", str(args.seconds), "--block", str(args.block)]
+          "--seconds", str(args.seconds), "--block", str(args.block), "--cpus", args.cpus]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     vramtop = [sys.executable, "-m", "vramtop"]
     poller = None
@@ -71,6 +78,8 @@ def one_run(config: str, args: argparse.Namespace, scratch: Path) -> dict[str, l
         argv = me
     elif config == "run":
         argv = [*vramtop, "run", "--", *me]
+    elif config == "run-idle":
+        argv = [*vramtop, "run", "--agent-interval", "30", "--", *me]
     elif config == "record":
         argv = [*vramtop, "record", "-f", "-o", str(scratch / "record.jsonl"), "-i", str(args.interval), "--", *me]
     else:  # nvml: a recorder polls the GPUs while the plain script runs
@@ -100,11 +109,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved")
     parser.add_argument("--interval", type=float, default=0.5, help="the recorder's interval (s)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--cpus", default="2,3", help="cores the training process runs on ('' for any)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     if args.child:
-        child(depths, args.seconds, args.block)
+        child(depths, args.seconds, args.block, {int(c) for c in args.cpus.split(",") if c})
         return 0
     configs = args.configs.split(",")
     runs: dict[str, list[dict[str, list[float]]]] = {c: [] for c in configs}
