@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.text import Text
+from rich.text import Span, Text
 from textual.geometry import Region
 from textual.widget import Widget
 
@@ -73,4 +73,19 @@ def _wrapped(content: Text, width: int) -> Text:
     """``content`` with its lines longer than ``width`` word-wrapped (as the panel would)."""
     if width <= 0 or all(cell_len(line) <= width for line in content.plain.split("\n")):
         return content
-    return Text("\n").join(content.wrap(_CONSOLE, width))
+    return Text("\n").join(_wrap_line(line, width) for line in content.split("\n", allow_blank=True))
+
+
+_WRAPS: dict[tuple[str, tuple[Span, ...], int], Text] = {}  # most lines are the same from frame to frame
+
+
+def _wrap_line(line: Text, width: int) -> Text:
+    if cell_len(line.plain) <= width:
+        return line
+    key = (line.plain, tuple(line.spans), width)
+    wrapped = _WRAPS.get(key)
+    if wrapped is None:
+        if len(_WRAPS) >= 512:
+            _WRAPS.clear()
+        wrapped = _WRAPS[key] = Text("\n").join(line.wrap(_CONSOLE, width))
+    return wrapped.copy()
