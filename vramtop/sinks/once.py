@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from vramtop import __version__
 from vramtop.analysis.risk import RiskWarning, warning_to_dict
+from vramtop.codec import finite_only
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
 from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent, process_label
@@ -14,10 +15,11 @@ from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent, pro
 
 def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     """The sample document plus ``warnings`` (each: level, kind, gpu_uuid, gpu_index, pid,
-    title, evidence, sentence, action, since)."""
+    title, evidence, sentence, action, since). Strict JSON: a number that is not finite (damage)
+    is written as null."""
     doc = sample_document(sample)
     doc["warnings"] = [warning_to_dict(w) for w in warnings]
-    return json.dumps(doc, indent=2)
+    return json.dumps(finite_only(doc), indent=2, allow_nan=False)
 
 
 def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
