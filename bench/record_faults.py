@@ -57,7 +57,7 @@ def in_tmpfs(work: Path, mount_options: str, record_args: list[str]) -> subproce
     """``vramtop record -o <tmpfs>/r.jsonl ...`` on a tmpfs of its own; what it left is copied out
     to ``work``/r.jsonl (the tmpfs goes with the namespace)."""
     script = (f"mkdir -p {work}/mnt && mount -t tmpfs -o {mount_options} tmpfs {work}/mnt && "
-              f"{shlex.join(RECORD + ['-o', f'{work}/mnt/r.jsonl', *record_args])}; rc=$?; "
+              f"{shlex.join([*RECORD, '-o', f'{work}/mnt/r.jsonl', *record_args])}; rc=$?; "
               f"[ -e {work}/mnt/r.jsonl ] && cat {work}/mnt/r.jsonl > {work}/r.jsonl; exit $rc")
     return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
@@ -68,7 +68,7 @@ def with_chattr(work: Path, target: str, after: float, record_args: list[str]) -
     the directory ("dir"); undone once the recorder has exited."""
     path = work / "r.jsonl"
     victim = path if target == "file" else work
-    proc = subprocess.Popen(RECORD + ["-o", str(path), *record_args], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*RECORD, "-o", str(path), *record_args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     timer = threading.Timer(after, lambda: subprocess.run(["chattr", "+i", str(victim)], check=True))
     timer.start()

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(warmup)
     try:
         while True:
-            point: dict[str, Any] = {"t": round(time.monotonic() - began - warmup, 1), "utc": time.strftime("%H:%M:%S", time.gmtime())}
+            point: dict[str, Any] = {"t": round(time.monotonic() - began - warmup, 1),
+                                     "utc": time.strftime("%H:%M:%S", time.gmtime())}
             point.update({name: resources(p.pid) for name, p in procs.items()})
             points.append(point)
             if log:

@@ -155,7 +155,8 @@ def test_any_recording_through_report_and_replay(tmp_path_factory, text):
 # Samples as damaged as the model's types let them be: None wherever a field is optional, integers
 # past 64 bits, NaN and infinities in every float, any text, many GPUs, processes and agents.
 # (st.builds draws every other field from its type: `float` includes NaN and infinities, `int`
-# is unbounded, `str` is any text.) PIDs and UUIDs come from small pools too, so agents join NVML rows and the risk rules fire.
+# is unbounded, `str` is any text.) PIDs and UUIDs come from small pools too, so agents join
+# NVML rows and the risk rules fire.
 
 def _odd_floats():
     return st.floats(allow_nan=True, allow_infinity=True)
