@@ -25,7 +25,8 @@ def test_agent_monitor_and_recorder_side_by_side_do_not_grow(tmp_path):
     assert result["with_agent"] > 50  # the recorder saw the agent's figures all along
     for row in result["rows"]:
         assert row["points"] >= 8, row
-        assert row["fds"][0] == row["fds"][1], row
-        # A read on a hung driver runs on a worker thread of its own, so one more may be caught.
+        # Flat, give or take one caught in flight: each NVML read runs on a worker thread of its
+        # own (a hung driver cannot block the caller), and a socket may be open for a probe.
+        assert row["fds"][1] - row["fds"][0] <= 1, row
         assert row["threads"][1] - row["threads"][0] <= 1, row
         assert row["rss_growth"] < 16, row  # a loose bound: the benchmark reports the figure
