@@ -1,7 +1,8 @@
 """Property-based fuzzing of everything that reads input vramtop does not control: agent frames
 (both directions), the handshake, recordings (through report and replay's analysis), and the
 command line's value parsers. Each may refuse its input with its documented clear error, and
-nothing else: no other exception, no hang.
+nothing else: no other exception, no hang. And one writer: `--once --json`, whatever the sample
+holds, prints strict JSON.
 
 CI runs a short version; ``VRAMTOP_FUZZ_EXAMPLES=10000 python -m pytest tests/test_fuzz.py``
 runs the published one (bench/RESULTS.md, RELIABILITY).
