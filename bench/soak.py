@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = min(args.every, 60.0) if args.warmup is None else args.warmup
     work = Path(tempfile.mkdtemp(prefix="vramtop-soak-"))
     recording = work / "soak.jsonl"
-    run_for = seconds + warmup + 5  # each process outlives the last sample
+    # Each process outlives the last sample (their clocks start before the wait for readiness);
+    # they are ended at the end anyway.
+    run_for = seconds + warmup + 300
     agent = start(work, run_for, None, "agent", recording)
     procs = {"agent": agent,
              "monitor": start(work, run_for, agent.pid, "monitor", recording),
