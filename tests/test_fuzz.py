@@ -1,7 +1,8 @@
 """Property-based fuzzing of everything that reads input vramtop does not control: agent frames
 (both directions), the handshake, recordings (through report and replay's analysis), and the
 command line's value parsers. Each may refuse its input with its documented clear error, and
-nothing else: no other exception, no hang.
+nothing else: no other exception, no hang. And one writer: `--once --json`, whatever the sample
+holds, prints strict JSON.
 
 CI runs a short version; ``VRAMTOP_FUZZ_EXAMPLES=10000 python -m pytest tests/test_fuzz.py``
 runs the published one (bench/RESULTS.md, RELIABILITY).
@@ -149,3 +150,58 @@ def test_any_recording_through_report_and_replay(tmp_path_factory, text):
     json.loads(render_json(report))
     render_svg(panels(recording, report), report)
     warnings_over(recording.samples_with_events())
+
+
+# -- the `--once --json` encoder ---------------------------------------------------------------
+#
+# Samples as damaged as the model's types let them be: None wherever a field is optional, integers
+# past 64 bits, NaN and infinities in every float, any text, many GPUs, processes and agents.
+# (st.builds draws every other field from its type: `float` includes NaN and infinities, `int`
+# is unbounded, `str` is any text.) PIDs and UUIDs come from small pools too, so agents join
+# NVML rows and the risk rules fire.
+
+def _odd_floats():
+    return st.floats(allow_nan=True, allow_infinity=True)
+
+
+def _pools():
+    from vramtop.model import AgentDevice, AgentSample, GpuSample, ProcessSample
+
+    pids = st.integers(min_value=1, max_value=6) | st.integers()
+    uuids = st.sampled_from(["GPU-0", "GPU-1", "GPU-2"]) | st.text(max_size=12)
+    processes = st.builds(ProcessSample, pid=pids, gpu_uuid=uuids)
+    gpus = st.builds(GpuSample, uuid=uuids, processes=st.lists(processes, max_size=40).map(tuple))
+    devices = st.builds(AgentDevice, uuid=st.none() | uuids)
+    agents = st.builds(AgentSample, pid=pids, host_pid=st.none() | pids,
+                       devices=st.lists(devices, max_size=4).map(tuple))
+    return gpus, agents
+
+
+@st.composite
+def odd_samples(draw):
+    from vramtop.model import AgentEvent, HostSample, Sample
+
+    gpus, agents = _pools()
+    return draw(st.builds(Sample, time=_odd_floats(), host=st.builds(HostSample),
+                          gpus=st.lists(gpus, max_size=16).map(tuple),
+                          agents=st.lists(agents, max_size=12).map(tuple),
+                          events=st.lists(st.builds(AgentEvent), max_size=3).map(tuple),
+                          stale_since=st.none() | _odd_floats()))
+
+
+def _refuse_constant(token):
+    raise AssertionError(f"{token} in the --once --json output: not JSON")
+
+
+@FUZZ
+@given(odd_samples())
+def test_once_json_is_always_strict_json(sample):
+    from vramtop.analysis.risk import assess
+    from vramtop.sinks.once import render_json, render_text
+
+    warnings = assess(sample)
+    text = render_json(sample, warnings)
+    doc = json.loads(text, parse_constant=_refuse_constant)  # strict: no NaN, no Infinity
+    assert doc["schema"] == "vramtop.sample" and len(doc["gpus"]) == len(sample.gpus)
+    assert len(doc["agents"]) == len(sample.agents) and len(doc["warnings"]) == len(warnings)
+    render_text(sample, warnings)

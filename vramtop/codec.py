@@ -26,6 +26,19 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def finite_only(value: Any) -> Any:
+    """``value`` (plain dicts, lists, scalars) with every NaN and infinity replaced by None: JSON
+    has no token for them (Python would write ``NaN``, which strict parsers refuse), and such a
+    number in a sample is damage, never a measurement."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_only(v) for v in value]
+    return value
+
+
 def from_dict(cls: type[T], data: Any) -> T:
     """Build ``cls`` from ``data``; raises DecodeError with the path of the bad field."""
     return typing.cast(T, _decode(cls, data, cls.__name__))

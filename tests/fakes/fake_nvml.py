@@ -82,12 +82,31 @@ class FakeNvml:
         self.calls: Counter[str] = Counter()
         self.hang = threading.Event()  # set -> memory reads block until release is set
         self.release = threading.Event()
+        self.hang_in: set[str] = set()  # these calls block until release is set
+        # The library gone (a driver unloaded under the process): every call fails; once back,
+        # calls fail as uninitialised until nvmlInit is called again, as a reloaded library would.
+        self.vanished = False
+        self.needs_init = False  # back after vanishing, not initialised again yet
         self.initialised = False
 
     def _enter(self, name: str) -> None:
         self.calls[name] += 1
+        if name in self.hang_in:
+            self.release.wait()
+        if self.vanished:
+            raise err(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND if name == "nvmlInit" else pynvml.NVML_ERROR_UNINITIALIZED)
         if name in self.fail:
             raise err(self.fail[name])
+        if self.needs_init and name not in ("nvmlInit", "nvmlShutdown"):
+            raise err(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def vanish(self) -> None:
+        self.vanished = True
+        self.initialised = False
+
+    def come_back(self) -> None:
+        self.vanished = False
+        self.needs_init = True
 
     def _gpu(self, handle: Any) -> FakeGpu:
         gpu = self.gpus[handle.index]
@@ -101,6 +120,7 @@ class FakeNvml:
         if self.init_error is not None:
             raise err(self.init_error)
         self.initialised = True
+        self.needs_init = False
 
     def nvmlShutdown(self) -> None:
         self.calls["nvmlShutdown"] += 1

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.fakes.fake_nvml import MiB, two_gpu_box
+from tests.fakes.fake_nvml import FakeProc, MiB, two_gpu_box
 
 
 def main() -> int:
     fake = two_gpu_box()
+    # FAKE_NVML_PIDS=1,2: the busy GPU's compute processes (a soak's real training process).
+    pids = [int(p) for p in os.environ.get("FAKE_NVML_PIDS", "").split(",") if p]
+    if pids:
+        fake.gpus[0].compute = [FakeProc(pid, 39800 * MiB // len(pids)) for pid in pids]
     # A memory figure that changes from read to read, so the sparkline and refresh are visible.
     real = type(fake).nvmlDeviceGetMemoryInfo
     reads = {"n": 0}

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from vramtop import __version__
 from vramtop.analysis.join import join
 from vramtop.analysis.risk import RiskWarning, warning_to_dict
+from vramtop.codec import finite_only
 from vramtop.model import GpuSample, ProcessSample, Sample
 from vramtop.protocol import sample_document
 from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent, process_label
@@ -15,7 +16,8 @@ from vramtop.units import clock, fmt_bytes, fmt_mib, fmt_rate, mib, percent, pro
 
 def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     """The sample document plus ``warnings`` (each: level, kind, gpu_uuid, gpu_index, pid,
-    title, evidence, sentence, action, since)."""
+    title, evidence, sentence, action, since). Strict JSON: a number that is not finite (damage)
+    is written as null."""
     doc = sample_document(sample)
     # Where the join found each agent's NVML row: a process in a container reports its own PID,
     # and readers of the document want the one nvidia-smi shows.
@@ -25,7 +27,7 @@ def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
         if len(rows) == 1:
             agent_doc["host_pid"] = rows.pop()
     doc["warnings"] = [warning_to_dict(w) for w in warnings]
-    return json.dumps(doc, indent=2)
+    return json.dumps(finite_only(doc), indent=2, allow_nan=False)
 
 
 def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:

@@ -25,6 +25,7 @@ MIG_INTERVAL = 10.0  # seconds between MIG mode queries
 
 # NVML error codes (stable across NVML releases; mirrored here so the fake and the real
 # module are interpreted the same way).
+ERR_UNINITIALIZED = 1
 ERR_NOT_SUPPORTED = 3
 ERR_NO_PERMISSION = 4
 ERR_NOT_FOUND = 6
@@ -51,6 +52,8 @@ _FIELD_UNAVAILABLE = {
     ERR_FUNCTION_NOT_FOUND,
     ERR_DEPRECATED,
 }
+# NVML itself is gone (a driver unloaded or reloaded under the process): only nvmlInit again helps.
+_NVML_GONE = {ERR_UNINITIALIZED, ERR_DRIVER_NOT_LOADED, ERR_LIBRARY_NOT_FOUND, ERR_LIB_RM_VERSION_MISMATCH}
 # The API exists in the library but this call signature or version does not: try an older one.
 _TRY_OLDER = {ERR_FUNCTION_NOT_FOUND, ERR_ARGUMENT_VERSION_MISMATCH, ERR_NOT_SUPPORTED}
 
@@ -99,6 +102,8 @@ def describe_nvml_error(err: BaseException) -> str:
     if code in _INIT_MESSAGES:
         return _INIT_MESSAGES[code][0]
     text = str(err) or type(err).__name__
+    if text.startswith("NVML Error with code"):  # nvidia-ml-py has no words for newer codes
+        text = f"{type(err).__name__.removeprefix('NVMLError_')} (code {code})"
     return f"NVML error: {text}"
 
 
@@ -149,6 +154,7 @@ class NvmlSource:
         self._mig_cache: dict[str, tuple[float, bool | None]] = {}
         self._memory_v2 = True
         self._opened = False
+        self._gone = False  # a read met an error that only initialising NVML again can mend
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -237,7 +243,10 @@ class NvmlSource:
         """One fresh sample. Never raises an NVML error: failures become fields and messages."""
         self.open()
         now = self._clock()
+        self._gone = False
         gpus = tuple(self._read_gpu(device, now) for device in self._devices)
+        if self._gone:
+            self.close()  # the next read initialises NVML again (or says why it cannot)
         return Sample(
             time=time.time(),
             host=self._host.host_sample(),
@@ -278,6 +287,7 @@ class NvmlSource:
         except nvml.NVMLError as err:
             # A GPU-wide failure (lost, needs reset): report it on this GPU, keep the others.
             self._process_cache.pop(dev.uuid, None)
+            self._gone = self._gone or nvml_error_code(err) in _NVML_GONE
             return GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, error=describe_nvml_error(err))
 
     def _mig_mode(self, dev: _Device, now: float) -> bool | None:
@@ -296,17 +306,20 @@ class NvmlSource:
         """(total, used, free, reserved) from nvmlDeviceGetMemoryInfo v2, else v1."""
         nvml = self._nvml
         assert nvml is not None
+        without_v2 = False
         if self._memory_v2:
             try:
                 m = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
                 return int(m.total), int(m.used), int(m.free), int(m.reserved)
             except (TypeError, AttributeError):
-                self._memory_v2 = False  # an nvidia-ml-py without the v2 struct
+                without_v2 = True  # an nvidia-ml-py without the v2 struct
             except nvml.NVMLError as err:
                 if nvml_error_code(err) not in _TRY_OLDER:
                     raise
-                self._memory_v2 = False  # a driver without v2
+                without_v2 = True  # a driver without v2
         m = nvml.nvmlDeviceGetMemoryInfo(handle)
+        # Only once v1 has answered: a GPU failing every call (a passing fault) is no old driver.
+        self._memory_v2 = self._memory_v2 and not without_v2
         return int(m.total), int(m.used), int(m.free), None
 
     def _pcie(self, dev: _Device, now: float) -> tuple[int | None, int | None]:
