@@ -1,4 +1,5 @@
-"""Formatting of byte counts and rates for people."""
+"""Presentation helpers the UI and the sinks share: byte counts, rates, times, durations, process
+labels, sparklines."""
 
 from __future__ import annotations
 
@@ -61,3 +62,34 @@ def process_label(p: ProcessSample) -> str:
     if p.visibility == MISMATCH:
         return "(PID belongs to another process here: GPU process is in another PID namespace)"
     return p.command or p.name or "?"
+
+
+def fmt_eta(seconds: float) -> str:
+    """A time ahead, rounded as a person would say it: 45 s, 12 min, 3.5 h, 4 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[int], width: int, top: int | None = None) -> str:
+    """The last ``width`` values as block characters, scaled to ``top`` (default: their max).
+
+    Newest on the right; a short history starts at the left edge and grows rightwards.
+    """
+    if width <= 0:
+        return ""
+    values = values[-width:]
+    scale = top if top else max(values, default=0)
+    if not scale:
+        return (BLOCKS[1] * len(values)).ljust(width)
+    steps = len(BLOCKS) - 1
+    # Any non-zero value gets at least the lowest bar, so "a little" never reads as "nothing".
+    chars = [BLOCKS[max(1 if v > 0 else 0, min(steps, round(v / scale * steps)))] for v in values]
+    return "".join(chars).ljust(width)

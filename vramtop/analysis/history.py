@@ -1,4 +1,4 @@
-"""A bounded history of GPU memory use, for sparklines and trends."""
+"""A bounded history of GPU memory use, for sparklines (``units.sparkline``) and trends."""
 
 from __future__ import annotations
 
@@ -26,23 +26,3 @@ class History:
 
     def used(self, uuid: str) -> list[int]:
         return list(self._used.get(uuid, ()))
-
-
-BLOCKS = " ▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[int], width: int, top: int | None = None) -> str:
-    """The last ``width`` values as block characters, scaled to ``top`` (default: their max).
-
-    Newest on the right; a short history starts at the left edge and grows rightwards.
-    """
-    if width <= 0:
-        return ""
-    values = values[-width:]
-    scale = top if top else max(values, default=0)
-    if not scale:
-        return (BLOCKS[1] * len(values)).ljust(width)
-    steps = len(BLOCKS) - 1
-    # Any non-zero value gets at least the lowest bar, so "a little" never reads as "nothing".
-    chars = [BLOCKS[max(1 if v > 0 else 0, min(steps, round(v / scale * steps)))] for v in values]
-    return "".join(chars).ljust(width)

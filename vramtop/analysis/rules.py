@@ -15,7 +15,7 @@ from vramtop.analysis.subjects import Place, Subject, subject_advice
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.analysis.warning import FRAGMENTATION, HEADROOM, LEAK, NEIGHBOUR, OOM, RETRIES, RiskWarning
 from vramtop.model import NOT_VISIBLE, OomReport
-from vramtop.units import fmt_bytes
+from vramtop.units import fmt_bytes, fmt_eta
 
 
 def _warning(s: Subject, level: str, kind: str, title: str, evidence: dict[str, float], sentence: str,
@@ -184,16 +184,16 @@ def leak(s: Subject, fit: LeakFit | None, t: Thresholds) -> Finding:
         evidence["steps_to_oom"] = steps_eta
     when = ("" if eta is None else
             f"; at this rate the step peak reaches {'its cap' if s.capped else 'the device total'} "
-            f"in ~{_duration(eta)}"
+            f"in ~{fmt_eta(eta)}"
             + (f" (~{steps_eta:,.0f} steps)" if steps_eta is not None else "")
-            + f" and the {t.margin:.0%} margin in ~{_duration(margin_eta or 0.0)}")
+            + f" and the {t.margin:.0%} margin in ~{fmt_eta(margin_eta or 0.0)}")
     sentence = (f"Memory still allocated after each optimizer step in {s.who} grew "
-                f"{fmt_bytes(int(fit.growth))} over the last {fit.steps} steps ({_duration(fit.seconds)}): "
+                f"{fmt_bytes(int(fit.growth))} over the last {fit.steps} steps ({fmt_eta(fit.seconds)}): "
                 f"{fmt_bytes(int(fit.per_step))}/step, {fmt_bytes(int(fit.per_second * 60))}/min{when}.")
     action = ("Look for tensors kept across steps: losses or outputs appended to a list without .item() or "
               ".detach(), growing caches, or hooks that store activations.")
     title = (f"GPU {s.place.index}: persistent memory of {s.who} grows {fmt_bytes(int(fit.per_step))}/step"
-             + (f", OOM in ~{_duration(eta)}" if eta is not None and eta <= t.leak_horizon else ""))
+             + (f", OOM in ~{fmt_eta(eta)}" if eta is not None and eta <= t.leak_horizon else ""))
     want = level if raise_ok else None
     return Finding(want, level, _warning(s, level, LEAK, title, evidence, sentence, action))
 
@@ -315,13 +315,3 @@ def _ranks_sharing(place: Place, ranks: list[Subject],
 
 def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"

@@ -8,11 +8,15 @@ from collections.abc import Iterable, Sequence
 from vramtop.model import ProcessSample, Sample
 
 
+def selects(selector: str, index: int | None, uuid: str) -> bool:
+    """Whether one ``--gpu`` value (an index, or a UUID prefix in any case) names this GPU: the
+    one rule for the monitor's NVML source and for reports."""
+    return selector == str(index) or uuid.lower().startswith(selector.lower())
+
+
 def selected(index: int, uuid: str, selectors: Sequence[str] | None) -> bool:
     """Whether ``--gpu`` (indices or UUID prefixes) selects this GPU; everything without it."""
-    if not selectors:
-        return True
-    return any(s == str(index) or uuid.lower().startswith(s.lower()) for s in selectors)
+    return not selectors or any(selects(s, index, uuid) for s in selectors)
 
 
 def fresh_samples(samples: Iterable[Sample]) -> list[Sample]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
+from vramtop.analysis.samples import selects
 from vramtop.errors import EXIT_NO_DRIVER, EXIT_NO_GPU, EXIT_NVML, VramtopError
 from vramtop.model import GpuSample, MigDeviceSample, ProcessSample, Sample
 from vramtop.sources.hostinfo import HostInfo
@@ -230,7 +231,7 @@ class NvmlSource:
             return devices
         chosen: list[_Device] = []
         for wanted in self._selection:
-            match = [d for d in devices if str(d.index) == wanted or d.uuid.lower().startswith(wanted.lower())]
+            match = [d for d in devices if selects(wanted, d.index, d.uuid)]
             if not match:
                 known = ", ".join(f"{d.index} ({d.uuid})" for d in devices)
                 raise NvmlUnavailable(f"no GPU matches --gpu {wanted!r}; GPUs here: {known}", EXIT_NO_GPU)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from vramtop.analysis.history import History, sparkline
+from vramtop.analysis.history import History
 from vramtop.model import GpuSample
 from vramtop.ui.widgets.panel import Panel
-from vramtop.units import fmt_rate, mib, percent
+from vramtop.units import fmt_rate, mib, percent, sparkline
 
 USED, RESERVED, FREE = "█", "▒", "░"
 
