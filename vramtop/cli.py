@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from vramtop import __version__
-from vramtop.commands.options import bounded, thresholds_from
+from vramtop.commands.options import bounded
 from vramtop.errors import EXIT_FAILURE, EXIT_USAGE, VramtopError
 
 EXIT_PIPE = 128 + 13  # what a shell reports for a command SIGPIPE ended
@@ -133,17 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_negative_values_joined(sys.argv[1:] if argv is None else argv))
     try:
         module = getattr(args, "module", None)
-        if module is not None:
-            return int(importlib.import_module(module).run(args))
-        if args.json and not args.once:
-            parser.error("--json needs --once")
-        if args.once:
-            from vramtop.commands.once import run_once
-
-            return run_once(gpus=args.gpu, as_json=args.json, thresholds=thresholds_from(args))
-        from vramtop.commands.top import run_top
-
-        return run_top(gpus=args.gpu, interval=args.interval, thresholds=thresholds_from(args))
+        if module is None:
+            if args.json and not args.once:
+                parser.error("--json needs --once")
+            module = "vramtop.commands.once" if args.once else "vramtop.commands.top"
+        return int(importlib.import_module(module).run(args))
     except VramtopError as err:
         print(f"vramtop: {err.message}", file=sys.stderr)
         return err.exit_code

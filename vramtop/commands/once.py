@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Sequence
 
 from vramtop.analysis.risk import assess
-from vramtop.analysis.thresholds import Thresholds
+from vramtop.commands.options import thresholds_from
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
 from vramtop.sources.monitor import monitor_source
@@ -16,8 +16,8 @@ ONCE_DEADLINE_S = 10.0
 AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
-def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Thresholds | None = None) -> int:
-    source = monitor_source(gpus, agent_wait=AGENT_WAIT_S)
+def run(args: argparse.Namespace) -> int:
+    source = monitor_source(args.gpu, agent_wait=AGENT_WAIT_S)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()
@@ -25,8 +25,8 @@ def run_once(*, gpus: Sequence[str] | None, as_json: bool, thresholds: Threshold
         source.close()
     # One sample: the rules that need no history (headroom, retries, OOMs, fragmentation,
     # neighbours); the leak trend needs a run, i.e. the live monitor or a recording.
-    warnings = assess(sample, thresholds)
-    print(render_json(sample, warnings) if as_json else render_text(sample, warnings))
+    warnings = assess(sample, thresholds_from(args))
+    print(render_json(sample, warnings) if args.json else render_text(sample, warnings))
     for problem in sample.problems:  # the JSON carries them too, under "problems"
         print(f"vramtop: {problem}", file=sys.stderr)
     failed = [g for g in sample.gpus if g.error]

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
 
-from vramtop.analysis.thresholds import Thresholds
-from vramtop.commands.options import need_terminal
+from vramtop.commands.options import need_terminal, thresholds_from
 from vramtop.errors import EXIT_OK
 from vramtop.sources.monitor import monitor_source
 from vramtop.sources.poller import open_in_background
 
 
-def run_top(*, gpus: Sequence[str] | None, interval: float, thresholds: Thresholds | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     need_terminal("the live monitor", "`vramtop --once` (or `--once --json`) prints one summary")
     # NVML for every process; the allocator bill for those that run the vramtop agent.
-    source = monitor_source(gpus)
+    source = monitor_source(args.gpu)
     opened = open_in_background(source)  # NVML starts while Textual is imported: a sooner first frame
     from vramtop.ui.app import VramtopApp
 
     opened()  # fail here, with a clear message, rather than inside the UI
 
     try:
-        VramtopApp(source, interval=interval, thresholds=thresholds).run()
+        VramtopApp(source, interval=args.interval, thresholds=thresholds_from(args)).run()
     finally:
         source.close()
     return EXIT_OK
