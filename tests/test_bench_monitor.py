@@ -92,3 +92,17 @@ def test_fake_mode_writes_complete_json(tmp_path: Path) -> None:
     assert "| vramtop | 1 s |" in done.stdout
     assert "| vramtop | 0.2 s |" in done.stdout
     assert "Time to first frame" in done.stdout and "One-shot" in done.stdout
+
+
+def test_the_scale_box_is_eight_gpus_of_eight_processes_each_with_an_agents_pid_on_every_gpu():
+    # bench/monitor_scale.py's scene (it also checks, before measuring, that the live join puts
+    # every agent on its row); here the fake box itself, through the real NVML source.
+    from tests.fakes.run_with_fake_nvml import big_box
+    from vramtop.sources.nvml import NvmlSource
+
+    agents = [4100 + i for i in range(8)]
+    source = NvmlSource(nvml=big_box(agents))  # type: ignore[arg-type]
+    source.open()
+    sample = source.read()
+    assert len(sample.gpus) == 8 and sum(len(g.processes) for g in sample.gpus) == 64
+    assert all(len({p.pid for p in g.processes} & set(agents)) == 1 for g in sample.gpus)  # one rank each

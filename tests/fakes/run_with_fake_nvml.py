@@ -6,11 +6,24 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.fakes.fake_nvml import FakeProc, MiB, two_gpu_box
+from tests.fakes.fake_nvml import FakeGpu, FakeNvml, FakeProc, MiB, two_gpu_box
+
+
+def big_box(agent_pids: list[int], per_gpu: int = 8) -> FakeNvml:
+    """FAKE_NVML_SCALE=p1,...: one GPU per PID, each with that process (an agent's, 62 GiB) and
+    ``per_gpu - 1`` others (a distributed job's box with its neighbours), for bench/monitor_scale.py."""
+    gpus = []
+    for i, pid in enumerate(agent_pids):
+        others = [FakeProc(100000 + i * 100 + j, (j + 1) * 256 * MiB) for j in range(per_gpu - 1)]
+        procs = [FakeProc(pid, 62 * 1024 * MiB), *others]
+        gpus.append(FakeGpu(uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000", util=(90, 50), compute=procs,
+                            used=sum(p.used or 0 for p in procs) + 200 * MiB))
+    return FakeNvml(gpus)
 
 
 def main() -> int:
-    fake = two_gpu_box()
+    scale = [int(p) for p in os.environ.get("FAKE_NVML_SCALE", "").split(",") if p]
+    fake = big_box(scale) if scale else two_gpu_box()
     # FAKE_NVML_PIDS=1,2: the busy GPU's compute processes (a soak's real training process).
     pids = [int(p) for p in os.environ.get("FAKE_NVML_PIDS", "").split(",") if p]
     if pids:
