@@ -833,3 +833,35 @@ async def test_a_changed_cell_redraws_that_cell_not_the_whole_table(monkeypatch)
         await pilot.pause()
         assert screen_text(app).count("30.0 GiB/") == 1
         assert 0 < len(rendered) <= 3, rendered  # that cell (and maybe its row's neighbours), not 13x9
+
+
+async def test_opening_and_closing_help_many_times_keeps_nothing_behind():
+    # Textual's Footer kept its old key widgets after every dialog (+0.4 MiB each time), and a new
+    # help screen per `?` left caches behind: a monitor left in tmux for days grew without end.
+    import gc
+
+    from textual._styles_cache import StylesCache
+    from textual.widget import Widget
+
+    def alive():
+        gc.collect()
+        objects = gc.get_objects()
+        return sum(isinstance(o, Widget) for o in objects), sum(isinstance(o, StylesCache) for o in objects)
+
+    from tests.test_risk import snap
+
+    app = monitor()
+    async with app.run_test(size=NARROW_SIZE) as pilot:
+        await feed(pilot, snap(0.0))
+
+        async def help_cycles(n):
+            for _ in range(n):
+                await pilot.press("question_mark")
+                await pilot.pause()
+                await pilot.press("escape")
+                await pilot.pause()
+
+        await help_cycles(3)
+        before = alive()
+        await help_cycles(30)
+        assert alive() == before

@@ -12,7 +12,6 @@ from textual.containers import VerticalScroll
 from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
-from textual.widgets import Footer
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
@@ -25,6 +24,7 @@ from vramtop.sources.poller import DeadlineReader, Poller, Source
 from vramtop.ui.screens import ConfirmScreen, HelpScreen, WarningsScreen
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
+from vramtop.ui.widgets.keys import KeyBar
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
 from vramtop.ui.widgets.warnings import WarningList, render_warning_details
@@ -112,10 +112,11 @@ class VramtopApp(App[None]):
         yield ProcessTable(id="procs")
         with VerticalScroll(id="detail-box"):
             yield ProcessDetail(id="detail")
-        yield Footer()
+        yield KeyBar(id="keys")
 
     def on_mount(self) -> None:
         self.query_one(ProcessTable).focus_pid = self.focus_pid
+        self.query_one(KeyBar).show_keys(self.shown_keys())
         self._set_narrow(self.size.width)
         self.render_view()
         if self._poll:
@@ -126,6 +127,16 @@ class VramtopApp(App[None]):
                 on_error=lambda e: void(self.post_message(SourceFailed(e.message))),
             )
             self._poller.start()
+
+    def shown_keys(self) -> list[tuple[str, str]]:
+        """The bindings marked to be shown, as Textual's Footer orders them: (key, description)."""
+        keys: list[tuple[str, str]] = []
+        actions: set[str] = set()
+        for _, binding, _, _ in self.screen.active_bindings.values():
+            if binding.show and binding.action not in actions:
+                actions.add(binding.action)
+                keys.append((self.get_key_display(binding), binding.description))
+        return keys
 
     def on_unmount(self) -> None:
         if self._poller is not None:
@@ -267,7 +278,11 @@ class VramtopApp(App[None]):
         box.scroll_relative(y=direction * page, animate=False)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        # One help screen for the app's life: Textual keeps caches of every closed screen's
+        # widgets (up to a thousand), so a new one per `?` grew the monitor by ~0.13 MiB a time.
+        if not self.is_screen_installed("help"):
+            self.install_screen(HelpScreen(), "help")
+        self.push_screen("help")
 
     def action_warnings(self) -> None:
         self.push_screen(WarningsScreen(render_warning_details(self.warnings)))

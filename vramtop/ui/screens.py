@@ -60,6 +60,9 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-box"):
             yield Static(HELP, id="help-text")
 
+    def on_screen_resume(self) -> None:
+        self.query_one("#help-box", VerticalScroll).scroll_home(animate=False)  # each opening at the top
+
     def on_key(self, event: Key) -> None:
         event.stop()
         if event.key in self.SCROLL:
