@@ -865,3 +865,28 @@ async def test_opening_and_closing_help_many_times_keeps_nothing_behind():
         before = alive()
         await help_cycles(30)
         assert alive() == before
+
+
+async def test_what_a_long_run_leaves_on_screen_is_what_a_full_redraw_draws():
+    # Panels repaint only the rows that changed. If the rows they compare differ from the rows
+    # drawn (Textual wrapping a line again), an old row stays on screen: it did, in the bill's
+    # advice at 80x24. Feed a real recording, then redraw everything: nothing may change.
+    from pathlib import Path
+
+    from vramtop.recording import read_recording
+    from vramtop.ui.widgets import panel
+
+    recording = read_recording(Path(__file__).resolve().parents[1] / "screenshots" / "data" / "gpt2-training.jsonl")
+    samples = recording.samples_with_events()
+    app = monitor()
+    async with app.run_test(size=NARROW_SIZE) as pilot:
+        # Up to shortly after the first warning: the advice appears, the details outgrow their
+        # box and its scrollbar takes a column (the rows must be wrapped again for it).
+        for sample in samples[:82]:
+            await feed(pilot, sample)
+        await pilot.pause()
+        incremental = screen_text(app)
+        for widget in app.query(panel.Panel):
+            widget.refresh()
+        await pilot.pause()
+        assert screen_text(app) == incremental

@@ -28,6 +28,7 @@ class Panel(Widget):
     _width = 0  # the width it was last rendered for
     _rows: list[Text] | None = None  # the drawn content, one Text per row; None: not laid out yet
     _text: Text = Text()  # what render() shows
+    _wrapped_for = 0  # the width the rows were wrapped for
 
     DEFAULT_CSS = "Panel { height: auto; }"
 
@@ -46,6 +47,11 @@ class Panel(Widget):
     def on_resize(self) -> None:
         if self._content_for is not None and self.size.width != self._width:
             self.redraw_for_width(self._content_for)
+        elif self._drawn is not None and self.content_size.width != self._wrapped_for:
+            # Rows wrapped for another width (a scrollbar came or went) are not the rows Textual
+            # draws: compared row by row, they would leave a stale row on screen.
+            content, self._drawn = self._drawn, None
+            self._put(content)
 
     def _put(self, content: Text) -> None:
         if content == self._drawn:
@@ -53,7 +59,7 @@ class Panel(Widget):
         self._drawn = content
         # Lines are wrapped here, so the panel's height is its row count: a layout of the whole
         # screen (which costs more than drawing) is asked for only when that changes.
-        width = self.content_size.width
+        width = self._wrapped_for = self.content_size.width
         wrapped = _wrapped(content, width)
         before, rows = self._rows, wrapped.split("\n", allow_blank=True) if width > 0 else None
         self._text, self._rows = wrapped, (list(rows) if rows is not None else None)
