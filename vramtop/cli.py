@@ -83,7 +83,8 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     # (name, module, one-line help)
     ("attach", "vramtop.commands.attach", "the monitor focused on one process (PID), with its agent if it has one"),
     ("run", "vramtop.commands.run", "run a training command with the vramtop agent in every Python process"),
-    ("replay", "vramtop.commands.replay", "the monitor over a recording: pause, step, jump to warnings and the peak"),
+    ("replay", "vramtop.commands.replay",
+     "the monitor over a recording (or one still being written: --follow): pause, step, jump to warnings"),
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
     ("demo", "vramtop.commands.demo", "no GPU needed: replay a real H100 training run recorded with vramtop"),
     ("report", "vramtop.commands.report", "summarize a recording: text, JSON, a web page or a PNG timeline"),
