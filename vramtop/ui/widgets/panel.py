@@ -82,13 +82,13 @@ def _wrapped(content: Text, width: int) -> Text:
     return Text("\n").join(_wrap_line(line, width) for line in content.split("\n", allow_blank=True))
 
 
-_WRAPS: dict[tuple[str, tuple[Span, ...], int], Text] = {}  # most lines are the same from frame to frame
+_WRAPS: dict[tuple[str, str, tuple[Span, ...], int], Text] = {}  # most lines are the same from frame to frame
 
 
 def _wrap_line(line: Text, width: int) -> Text:
     if cell_len(line.plain) <= width:
         return line
-    key = (line.plain, tuple(line.spans), width)
+    key = (line.plain, str(line.style), tuple(line.spans), width)
     wrapped = _WRAPS.get(key)
     if wrapped is None:
         if len(_WRAPS) >= 512:
