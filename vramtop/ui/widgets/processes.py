@@ -117,7 +117,8 @@ class ProcessTable(DataTable[Any]):
             row_key = self._row_locations.get_key(row_index) if row_index >= 0 else None
             column_key = self._column_locations.get_key(column_index) if column_index >= 0 else None
             value = self._data[row_key][column_key] if row_key is not None and column_key is not None else None
-            content = (value.plain, tuple(value.spans), str(value.style)) if isinstance(value, Text) else value
+            content = ((value.plain, tuple(value.spans), str(value.style), value.justify, value.overflow)
+                       if isinstance(value, Text) else value)
             key = (row_key, column_key, row_index, column_index, content, base_style, width, cursor, hover,
                    self._show_hover_cursor, self._pseudo_class_state)
             hash(key)
