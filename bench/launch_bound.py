@@ -40,6 +40,7 @@ EXTRA = ("run-idle",)
 def child(depths: list[int], seconds: float, block: int, cpus: set[int] | None) -> None:
     """The training process: blocks of ``block`` steps per depth, round robin, for ``seconds``
     per depth; prints {depth: [seconds per step of each block]} as JSON on stdout."""
+    cpus = (cpus or set()) & os.sched_getaffinity(0)  # the ones this machine has
     if cpus:
         # The same cores for every run: a launch-bound loop's speed depends on where it runs
         # (core, frequency, cache) by more than the effect measured here.
