@@ -306,13 +306,13 @@ def test_warnings_are_written_when_raised_when_their_level_changes_and_when_they
     class FakeRisk:
         script = [(warning("warning"),), (warning("warning"),), (warning("critical"),), ()]
 
-        def update(self, sample, events=()):
+        def update(self, sample):
             return self.script.pop(0)
 
     recorder = Recorder(tmp_path / "w.jsonl", header_record(small_sample(0), interval=1.0, command=None))
     warnings = WarningEvents(FakeRisk())
     for i in range(4):
-        for w in warnings.update(small_sample(i), []):
+        for w in warnings.update(small_sample(i)):
             recorder.write_event(w.kind, w.data, pid=w.pid, time=w.time)
     recorder.close("done")
     events = [(e.kind, e.data.get("level"), e.pid) for e in read_recording(tmp_path / "w.jsonl").events]

@@ -20,7 +20,7 @@ from vramtop.recording import header_record, read_recording
 from vramtop.sinks.recorder import Recorder
 from vramtop.sources.replay import ReplaySource
 from vramtop.ui import replay as replay_ui
-from vramtop.ui.app import SampleArrived, VramtopApp, assess_next
+from vramtop.ui.app import SampleArrived, VramtopApp
 from vramtop.ui.replay import ReplayApp
 from vramtop.units import clock, mib
 
@@ -179,7 +179,7 @@ async def test_after_any_jump_warnings_and_advice_are_the_live_monitors(monkeypa
     expected = []
     tracker = RiskTracker()
     for sample in samples:
-        expected.append(assess_next(tracker, sample))
+        expected.append(tracker.update(sample))
     app = ReplayApp(source, title="t", interval=60.0)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("space")

@@ -749,3 +749,10 @@ def test_the_headroom_rule_reads_the_subjects_limit_and_the_margin():
     assert s.past_margin(Thresholds()) and not s.past_margin(Thresholds(margin=0.05))
     assert rules.headroom(s, Thresholds()).want == WARNING
     assert rules.headroom(s, Thresholds(margin=0.05)).want is None
+
+
+def test_a_stale_repeat_does_not_deliver_its_events_again():
+    # A hung read shows the last sample again, marked stale; its OOM was delivered the first time.
+    fresh = with_events(snap(1.0, ooms=1), oom_event(0.9))
+    stale = fresh.as_stale("NVML did not answer")
+    assert stale.stale and stale.events == () and stale.agents == fresh.agents

@@ -271,5 +271,6 @@ class Sample:
         return next((g for g in self.gpus if g.uuid == uuid), None)
 
     def as_stale(self, error: str) -> Sample:
-        """The same data, marked as old because the source failed with ``error``."""
-        return replace(self, error=error, stale_since=self.stale_since or self.time)
+        """The same data, marked as old because the source failed with ``error``. Nothing arrived
+        since: the events were delivered with the original and are not repeated."""
+        return replace(self, error=error, stale_since=self.stale_since or self.time, events=())

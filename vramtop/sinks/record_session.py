@@ -29,13 +29,14 @@ WarningKey = tuple[str, str, int | None]
 
 
 def only_process(sample: Sample, pid: int) -> Sample:
-    """``sample`` with the GPUs' own figures, and only this process's rows and agent."""
+    """``sample`` with the GPUs' own figures, and only this process's rows, agent and events."""
     gpus = tuple(replace(g, processes=tuple(p for p in g.processes if p.pid == pid)) for g in sample.gpus)
     from vramtop.analysis.join import join
 
     matched = {id(m.agent) for m in join(sample).of_process(pid)}
     agents = tuple(a for a in sample.agents if id(a) in matched)
-    return replace(sample, gpus=gpus, agents=agents)
+    events = tuple(e for e in sample.events if e.pid == pid)
+    return replace(sample, gpus=gpus, agents=agents, events=events)
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ class WarningEvents:
         self.risk = risk
         self._raised: dict[WarningKey, RiskWarning] = {}
 
-    def update(self, sample: Sample, events: Sequence[AgentEvent]) -> list[EventToWrite]:
+    def update(self, sample: Sample) -> list[EventToWrite]:
         from vramtop.analysis.risk import warning_to_dict
 
         out = []
         now: dict[WarningKey, RiskWarning] = {}
-        for w in self.risk.update(replace(sample, events=tuple(events))):
+        for w in self.risk.update(sample):
             now[w.key] = w
             before = self._raised.get(w.key)
             if before is None or before.level != w.level:
@@ -166,11 +167,10 @@ class RecordingSession:
             if problem not in self._told:
                 self._told.add(problem)
                 print(f"vramtop: {problem}", file=sys.stderr)
-        events = [e for e in sample.events if self.pid is None or e.pid == self.pid]
-        for event in events:  # e.g. an OOM seen by a training process's agent
+        for event in sample.events:  # e.g. an OOM seen by a training process's agent
             self._write_event(event)
         if self.warnings is not None:
-            for w in self.warnings.update(sample, events):
+            for w in self.warnings.update(sample):
                 self._write(self.recorder.write_event, w.kind, w.data, pid=w.pid, time=w.time)
 
     def _last_events(self, child: subprocess.Popen[bytes]) -> None:

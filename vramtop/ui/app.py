@@ -15,7 +15,6 @@ from textual.message import Message
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
-from vramtop.analysis.join import join
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
@@ -99,10 +98,9 @@ class VramtopApp(App[None]):
         self.gpu_filter: str | None = None  # a GPU UUID, or None for all
         self.narrow = False
         self.failure: str | None = None
-        # What the details show: the sample (by identity: comparing samples costs more than
-        # drawing), the selected row, the layout.
-        self._detail_of: tuple[int, str | None, bool, int] | None = None
-        self._detail_sample: Sample | None = None
+        # What the details show: the sample (compared by identity: comparing samples costs more
+        # than drawing), the selected row, the layout.
+        self._detail_of: tuple[Sample, str | None, bool, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield Panel(id="status")
@@ -156,7 +154,7 @@ class VramtopApp(App[None]):
         """The next sample in time order into the history and the risk rules (shown or not):
         the one way the monitor and a replay's playhead learn from a sample."""
         self.history.add(sample)
-        self.warnings = assess_next(self.risk, sample)
+        self.warnings = self.risk.update(sample)  # stale data counts for nothing there
         self.latest = sample
 
     def on_source_failed(self, message: SourceFailed) -> None:
@@ -202,18 +200,17 @@ class VramtopApp(App[None]):
 
     def _show_detail(self, sample: Sample) -> None:
         key = self.query_one(ProcessTable).selected_key()
-        shown = (id(sample), key, self.narrow, self.size.width)
-        if self._detail_of == shown and self._detail_sample is sample:
+        before = self._detail_of
+        if before is not None and before[0] is sample and before[1:] == (key, self.narrow, self.size.width):
             return  # already shown (a rebuilt table announces its cursor row again)
-        self._detail_of, self._detail_sample = shown, sample
+        self._detail_of = (sample, key, self.narrow, self.size.width)
         advice: tuple[Advice, ...] = ()
-        found = False
         if key is not None:
             uuid, _, pid = key.rpartition(":")
             advice = self.advice(sample, int(pid), uuid)
-            found = bool(join(sample).of_process(int(pid)))
-        self.set_class(found, "agent-view")  # the layout makes room for the bill
-        self.query_one(ProcessDetail).show(sample, key, self.narrow, advice, live=self.live)
+        detail = self.query_one(ProcessDetail)
+        detail.show(sample, key, self.narrow, advice, live=self.live)
+        self.set_class(detail.has_class("agent"), "agent-view")  # the layout makes room for the bill
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """The ranked advice for a process (PID as NVML reports it) on a GPU."""
@@ -337,10 +334,6 @@ class VramtopApp(App[None]):
         self.push_screen(ConfirmScreen(f"Send {name} to PID {proc.pid}?\n{command}"), answered)
 
 
-def assess_next(risk: RiskTracker, sample: Sample) -> tuple[RiskWarning, ...]:
-    """The warnings in force once ``sample`` is taken (with the events it carries); stale data
-    says nothing new about risk."""
-    return risk.warnings if sample.stale else risk.update(sample)
 
 
 def void(_: object) -> None:

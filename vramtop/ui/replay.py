@@ -21,7 +21,7 @@ from vramtop.analysis.history import History
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
-from vramtop.ui.app import SampleArrived, VramtopApp, assess_next
+from vramtop.ui.app import SampleArrived, VramtopApp
 from vramtop.units import clock
 
 if TYPE_CHECKING:  # the command builds the source: the UI never reads a recording itself
@@ -60,7 +60,7 @@ class RiskTimeline:
         for sample in samples[len(self.warnings):]:
             if len(self.warnings) % CHECKPOINT_EVERY == 0:
                 self._checkpoints.append(copy.deepcopy(self._head))
-            self.warnings.append(assess_next(self._head, sample))
+            self.warnings.append(self._head.update(sample))
 
     def tracker_before(self, index: int) -> tuple[RiskTracker, int]:
         """A tracker as it was before some sample at or before ``index``, and that sample's index."""
@@ -165,7 +165,7 @@ class ReplayApp(VramtopApp):
             self.history.add(sample)
         self.risk, first = self._timeline.tracker_before(index)
         for sample in samples[first:index]:
-            assess_next(self.risk, sample)
+            self.risk.update(sample)
 
     def on_sample_arrived(self, message: SampleArrived) -> None:
         """Not used: the playhead reads the source."""
