@@ -70,7 +70,9 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as runtime:
         os.chmod(runtime, 0o700)
-        env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "PYTHONPATH": str(REPO)}
+        # The repository first; keep any path already there (where textual lives on the GPU machine).
+        paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "PYTHONPATH": os.pathsep.join(paths)}
         agents = [subprocess.Popen([sys.executable, __file__, "--agent", str(i)], env=env) for i in range(AGENTS)]
         try:
             time.sleep(2.0)
