@@ -141,7 +141,8 @@ def _what_failed(step: object, index: object, device: AgentDevice | None, reques
               f"{fmt_bytes(oom.device_total)} GPU")
     place = where_of(oom) if oom is not None else None
     phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
-    phase = f" in {place}," if place else phase
+    if place:  # "in model.layers.1.mlp (MLP, forward) at train.py:42 in step()", or "at train.py:42 ..."
+        phase = f" {place}," if place.startswith("at ") else f" in {place},"
     return (f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
             f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short.")
 
