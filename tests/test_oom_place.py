@@ -11,9 +11,12 @@ import json
 import os
 import pickle
 import stat
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -185,12 +188,12 @@ def test_an_oom_on_a_thread_without_python_takes_the_programs_line_from_the_trai
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train_step(model, opt)
     engine = threading.Thread(target=fake.oom_observers[0], args=(0, 2 << 30, 80 << 30, 1 << 20))
-    engine.start()
-    engine.join()  # THE TRAINING THREAD WAITS
+    engine.start(); engine.join()  # THE TRAINING THREAD WAITS (one line: the OOM may come during start())  # noqa: E702
     report, _ = the_post_mortem(agent)
     assert report.module is None
-    assert (HERE, line_of("THE TRAINING THREAD WAITS")) == (os.path.basename(report.frames[0].file),
-                                                             report.frames[0].line)
+    innermost = report.frames[0]
+    assert (os.path.basename(innermost.file), innermost.line, innermost.function) == (
+        HERE, line_of("THE TRAINING THREAD WAITS"), sys._getframe().f_code.co_name)
 
 
 def test_the_programs_line_is_kept_under_deep_library_frames():
@@ -276,3 +279,11 @@ def test_a_report_without_a_place_reads_and_words_as_before():
     placed = replace(report, module="model.layers.1.mlp", module_class="MLP",
                      frames=(CodeFrame("/home/me/train.py", 42, "step"),))
     assert from_dict(OomReport, json.loads(json.dumps(to_dict(placed)))) == placed
+
+
+def test_the_trace_cost_benchmark_says_there_is_nothing_to_measure_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine measures it for real")
+    bench = Path(__file__).resolve().parent.parent / "bench" / "trace_cost.py"
+    result = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("no CUDA: nothing to measure"), result.stderr

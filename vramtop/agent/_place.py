@@ -209,12 +209,23 @@ def place_of_oom(torch: Any, models: list[Any], train_thread: int | None) -> Pla
         near = False
         if named is None and node is not None:
             named, near = _try(backward_module, node, models), True
-        if not frames:  # the autograd engine's thread: the program waits in backward() on its own
-            frames = user_frames(_other_thread(train_thread), kinds)
+        if node is not None or not frames:
+            # On an autograd engine's thread (a GPU's backward): its own Python, if any (a custom
+            # Function, a hook), then where the program waits in backward() on its own thread.
+            frames = joined(frames, user_frames(_other_thread(train_thread), kinds))
         return Place(frames, named[0] if named else None, named[1] if named else None, near and named is not None,
                      _node_name(node))
     except Exception:
         return Place()
+
+
+def joined(inner: tuple[CodeFrame, ...], outer: tuple[CodeFrame, ...]) -> tuple[CodeFrame, ...]:
+    """Two threads' frames as one stack, at most MAX_FRAMES, the outer one's program line kept."""
+    both = (inner + outer)[:MAX_FRAMES]
+    program = next((f for f in outer if not f.library), None)
+    if program is not None and program not in both:
+        both = (*both[:MAX_FRAMES - 1], program)
+    return both
 
 
 def _try(fn: Any, *args: Any) -> Any:
