@@ -108,7 +108,7 @@ class FakeC(SimpleNamespace):
         self._real = real
 
     def __getattr__(self, name: str) -> Any:
-        if "cuda" in name.lower():
+        if "cuda" in name.lower() or self._real is None:
             raise AttributeError(name)
         return getattr(self._real, name)
 
@@ -135,7 +135,7 @@ class FakeCudaTorch:
             setattr(cuda, name, self._forbidden(name))
         self.cuda = cuda
         self._C = FakeC(
-            torch._C,
+            getattr(torch, "_C", None),
             _cuda_memoryStats=self.allocator.stats,
             _cuda_memorySnapshot=self.allocator.snapshot,
             _cuda_attach_out_of_memory_observer=self.oom_observers.append,

@@ -204,17 +204,18 @@ def place_of_oom(torch: Any, models: list[Any], train_thread: int | None) -> Pla
         kinds = CodeKinds(torch)
         here = sys._getframe(1)
         frames = user_frames(here, kinds)
-        named = _try(forward_module, module_chain(here))
+        chain = module_chain(here)
+        named = _quietly(forward_module, chain) if chain else None
         node = _current_node(torch)
         near = False
         if named is None and node is not None:
-            named, near = _try(backward_module, node, models), True
+            named = _quietly(backward_module, node, models)
+            near = named is not None
         if node is not None or not frames:
             # On an autograd engine's thread (a GPU's backward): its own Python, if any (a custom
             # Function, a hook), then where the program waits in backward() on its own thread.
             frames = joined(frames, user_frames(_other_thread(train_thread), kinds))
-        return Place(frames, named[0] if named else None, named[1] if named else None, near and named is not None,
-                     _node_name(node))
+        return Place(frames, named[0] if named else None, named[1] if named else None, near, _node_name(node))
     except Exception:
         return Place()
 
@@ -228,9 +229,11 @@ def joined(inner: tuple[CodeFrame, ...], outer: tuple[CodeFrame, ...]) -> tuple[
     return both
 
 
-def _try(fn: Any, *args: Any) -> Any:
+def _quietly(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or None when it raises (a module with odd named_modules, a torch without a
+    node's fields): the rest of the place is still worth having."""
     try:
-        return fn(*args) if args and args[0] else None
+        return fn(*args)
     except Exception:
         return None
 
@@ -251,9 +254,10 @@ def _node_name(node: Any) -> str | None:
 
 
 def _other_thread(thread_id: int | None) -> FrameType | None:
-    me = threading.get_ident()
-    target = thread_id if thread_id not in (None, me) else threading.main_thread().ident
-    return sys._current_frames().get(target or 0) if target != me else None
+    """The innermost frame of the training thread (the main thread until a step said which),
+    unless that is the calling thread."""
+    target = threading.main_thread().ident if thread_id is None else thread_id
+    return None if target in (None, threading.get_ident()) else sys._current_frames().get(target or 0)
 
 
 def _norm(path: str) -> str:
