@@ -157,6 +157,11 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     assert with_agent and with_agent[-1].agents[0].devices[0].stats.allocated == 123 << 20
     ooms = [e for e in recording.events if e.kind == "oom"]
     assert ooms and ooms[0].data["requested"] == 1 << 30
+    # Where: the program's line that failed (``python -c`` code is the file "<string>").
+    failing = 1 + program.splitlines().index("fake.oom_observers[0](0, 1 << 30, 80 << 30, 1 << 20)  # what torch "
+                                             "calls at an OOM")
+    assert ooms[0].data["frames"][0] == {"file": "<string>", "line": failing, "function": "<module>",
+                                         "library": False}
     # The post-mortem: a file in the agent's private directory (none next to the program), and
     # a report that stays in its samples.
     assert with_agent[-1].agents[0].last_oom is not None
@@ -167,6 +172,32 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
     warned = [e for e in recording.events if e.kind == "warning" and e.data["kind"] == "oom"]
     assert warned and warned[0].data["level"] == "critical" and warned[0].pid == ooms[0].pid
     assert warned[0].data["action"] and warned[0].time >= ooms[0].data["time"]  # the sample after the OOM
+
+
+def test_run_trace_turns_on_the_allocation_history_in_the_agent(runtime):
+    pytest.importorskip("torch")
+    program = textwrap.dedent("""
+        import sys, time, torch
+        from tests.fakes.fake_cuda import FakeCudaTorch
+        import vramtop.agent as agent
+        fake = FakeCudaTorch(torch)
+        fake.allocator.set(123 << 20, 256 << 20)
+        sys.modules["torch"] = fake
+        fake.initialized = True
+        deadline = time.time() + 20
+        while time.time() < deadline and not (agent.current() and agent.current().active):
+            time.sleep(0.05)
+        print("HISTORY", fake.history.calls)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_TRACE": "9"}
+    result = vramtop("run", "--trace", "--trace-entries", "777", "--", sys.executable, "-c", program, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "HISTORY [{'enabled': 'all', 'context': 'all', 'stacks': 'python', 'max_entries': 777}]" in result.stdout
+    assert "allocation history (--trace)" in result.stderr
+    # Off by default, even under an outer command's --trace.
+    result = vramtop("run", "--", sys.executable, "-c", program, env=env)
+    assert "HISTORY []" in result.stdout, result.stderr
+    assert vramtop("run", "--trace-entries", "5", "--", sys.executable, "-c", "pass").returncode == EXIT_USAGE
 
 
 @pytest.mark.parametrize("connected", [True, False], ids=["monitor-connected", "dies-before-the-monitor-connects"])

@@ -356,6 +356,24 @@ def test_events_warnings_and_ooms_are_listed_and_drawn(tmp_path, capsys):
     assert "OOM, requested 2048 MiB" in page and "<h2>Warnings</h2>" in page
 
 
+def test_a_post_mortem_says_where_in_text_json_and_html(tmp_path, capsys):
+    oom = {"time": T0 + 9.5, "device": 0, "requested": 2 * GiB, "device_limit": 80 * GiB, "device_free": 512 * MiB,
+           "allocated": 70 * GiB, "reserved": 72 * GiB, "step": 3, "phase": "backward",
+           "module": "model.layers.1.mlp.up", "module_class": "Linear", "module_near": True,
+           "autograd_node": "MmBackward0",
+           "frames": [{"file": "/home/me/train.py", "line": 42, "function": "step", "library": False},
+                      {"file": "/home/me/train.py", "line": 90, "function": "main", "library": False}]}
+    path = write(tmp_path / "where.jsonl", training(), [(T0 + 9.5, "oom", oom)])
+    assert main(["report", str(path), "--html", str(tmp_path / "where.html")]) == 0
+    out = capsys.readouterr().out
+    place = "backward near model.layers.1.mlp.up (Linear; running MmBackward0) at train.py:42 in step()"
+    assert f"OOM at step 3 in {place}, on cuda:0" in out
+    assert "Stack, innermost first: train.py:42 in step() ← train.py:90 in main()." in out
+    assert place in (tmp_path / "where.html").read_text()
+    (pm,) = report_json(capsys, str(path))["postmortems"]
+    assert pm["where"] == place and pm["oom"]["frames"][0]["line"] == 42
+
+
 def test_the_agent_chart_stacks_the_bill_in_the_tui_colours(tmp_path):
     path = write(tmp_path / "t.jsonl", training())
     rec = read_recording(path)
@@ -561,6 +579,9 @@ def test_the_real_runs_warnings_and_post_mortem_are_listed(capsys):
                bill.other_persistent, bill.activations)
     assert sum(counted) == pm.oom.allocated and bill.cache == pm.oom.reserved - pm.oom.allocated
     assert pm.oom.phase == "forward" and pm.oom.requested == 1536 << 20
+    # Recorded before the agent said where: nothing about it, and the first line as it was.
+    assert pm.oom.module is None and pm.oom.frames == () and pm.oom.trace_path is None
+    assert pm.lines[0].startswith("OOM at step") and " in forward on cuda:0" in pm.lines[0]
 
 
 def test_thresholds_from_the_command_line_change_the_reports_warnings(capsys):

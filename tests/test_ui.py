@@ -751,6 +751,27 @@ async def test_an_oom_post_mortem_stays_on_screen_for_that_process():
         assert "post-mortem: /runs/vramtop-oom-30512-20260101-100000.json" in detail
 
 
+async def test_an_oom_post_mortem_says_where_it_happened():
+    from vramtop.model import CodeFrame, LiveAllocation, OomReport
+
+    report = OomReport(time=T0, device=0, requested=12 * GiB, device_limit=80 * GiB, device_free=3 * GiB,
+                       allocated=70 * GiB, reserved=76 * GiB, step=97, phase="forward",
+                       module="model.layers.11.mlp", module_class="LlamaMLP",
+                       frames=(CodeFrame("/venv/lib/python3.12/site-packages/transformers/models/llama/"
+                                         "modeling_llama.py", 180, "forward", True),
+                               CodeFrame("/home/me/train.py", 42, "step")),
+                       largest_allocations=(LiveAllocation(8 * GiB, (CodeFrame("/home/me/train.py", 30, "load"),)),),
+                       path="/runs/oom-30512-20260101-100000.json", trace_path="/runs/oom-30512-20260101-100000.pickle")
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, agent_box(T0 + 1, reserved_peak=60 * GiB, oom=report))
+        detail = detail_text(app)
+        assert "step 97 · model.layers.11.mlp (LlamaMLP, forward): asked for 12.0 GiB" in detail
+        assert "at transformers/models/llama/modeling_llama.py:180 in forward() ← train.py:42 in step()" in detail
+        assert "8.0 GiB from train.py:30 in load()" in detail
+        assert "Allocation history saved: /runs/oom-30512-20260101-100000.pickle" in detail
+
+
 async def test_an_agent_that_stopped_reporting_is_flagged_and_its_errors_shown():
     sample = agent_box(T0, reserved_peak=40 * GiB)
     agent = replace(sample.agents[0], time=T0 - 30, error="RuntimeError: odd torch")

@@ -187,6 +187,24 @@ class AgentDevice:
 
 
 @dataclass(frozen=True)
+class CodeFrame:
+    """One line of Python code that was running (a frame of a stack)."""
+
+    file: str  # the code's file name, as Python knows it (usually absolute)
+    line: int
+    function: str
+    library: bool = False  # in an installed package (site-packages), not the program's own code
+
+
+@dataclass(frozen=True)
+class LiveAllocation:
+    """A block allocated at an OOM, with the stack that allocated it (allocation history on)."""
+
+    size: int  # bytes of the block
+    frames: tuple[CodeFrame, ...] = ()  # innermost first; torch's and the standard library's left out
+
+
+@dataclass(frozen=True)
 class OomReport:
     """What the allocator and the bill looked like at the instant of a CUDA out-of-memory
     error in this process (even one the program caught). Captured by the agent on the thread
@@ -212,6 +230,18 @@ class OomReport:
     persistent_last: int | None = None  # allocated at the last step boundary before the OOM
     persistent_last_step: int | None = None
     pid: int | None = None  # the process (in its own PID namespace)
+    # Where it happened (None/empty in recordings made before vramtop knew).
+    module: str | None = None  # the module running, as named_modules names it under the outermost
+    # module called ("model.layers.11.mlp"); in backward, the module of the nearest parameter
+    module_class: str | None = None  # its class ("LlamaMLP")
+    module_near: bool = False  # True: backward ran no module code; ``module`` owns the parameter
+    # nearest (in the autograd graph) to the node that failed, not necessarily the failing code
+    autograd_node: str | None = None  # in backward, the node running ("MmBackward0")
+    frames: tuple[CodeFrame, ...] = ()  # the innermost frames outside torch, vramtop and the
+    # standard library, innermost first; the program's own innermost line is always among them
+    largest_allocations: tuple[LiveAllocation, ...] = ()  # with ``vramtop run --trace``: by stack
+    trace_path: str | None = None  # with --trace: the allocation history (memory_viz's pickle)
+    trace_note: str | None = None  # with --trace: why there is no history file, when there is none
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,9 @@ def check_hello(message: dict[str, Any]) -> int:
 # ``vramtop record`` finds the post-mortem of a process that died of its OOM.
 
 POSTMORTEM_SCHEMA = "vramtop.oom"
+# ``vramtop run --trace``: the number of alloc/free events PyTorch's allocation history keeps;
+# with it the agent saves that history beside an OOM's post-mortem (``oom-<...>.pickle``).
+AGENT_TRACE_ENV = "VRAMTOP_AGENT_TRACE"
 
 
 def postmortem_name(pid: int, when: float) -> str:

@@ -31,6 +31,7 @@ class FakeCudaAllocator:
         self.fail_stats = False
         self.read_delay = 0.0  # seconds each stats() read takes, to play a slow allocator
         self.reads_by_thread: dict[int, int] = {}
+        self.snapshot_args: list[tuple[Any, ...]] = []  # the arguments of each snapshot asked for
         self.lock = threading.Lock()
 
     def set(self, allocated: int, reserved: int | None = None) -> None:
@@ -64,10 +65,52 @@ class FakeCudaAllocator:
             }
 
     def snapshot(self, *args: Any) -> dict[str, Any]:
+        self.snapshot_args.append(args)
         blocks = [{"size": b, "state": "inactive"} for b in self.free_blocks]
         blocks.append({"size": self.allocated, "state": "active_allocated"})
         return {"segments": [{"device": 0, "blocks": blocks}],
                 "allocator_settings": {"expandable_segments": False}}
+
+
+class FakeMemoryHistory:
+    """``torch.cuda.memory``'s allocation history, faked: remembers how it was turned on and
+    off; ``_snapshot`` gives the allocator's blocks with the stacks in ``stacks`` (block size ->
+    frames, innermost first, as PyTorch records them) and a trace of those allocations."""
+
+    def __init__(self, allocator: FakeCudaAllocator) -> None:
+        self.allocator = allocator
+        self.calls: list[dict[str, Any]] = []
+        self.stacks: dict[int, list[dict[str, Any]]] = {}
+
+    def _record_memory_history(self, enabled: Any = "all", **kwargs: Any) -> None:
+        self.calls.append({"enabled": enabled, **kwargs})
+
+    def _snapshot(self, device: Any = None) -> dict[str, Any]:
+        blocks = [{"size": size, "requested_size": size, "state": "active_allocated", "frames": frames}
+                  for size, frames in self.stacks.items()]
+        blocks += [{"size": b, "requested_size": 0, "state": "inactive", "frames": []}
+                   for b in self.allocator.free_blocks]
+        traces = [{"action": "alloc", "addr": i, "size": size, "stream": 0, "frames": frames}
+                  for i, (size, frames) in enumerate(self.stacks.items())]
+        total = sum(b["size"] for b in blocks)
+        return {"segments": [{"device": 0, "address": 0, "total_size": total, "allocated_size": total,
+                              "active_size": total, "requested_size": total, "stream": 0,
+                              "segment_type": "large", "blocks": blocks}],
+                "device_traces": [traces]}
+
+
+class FakeC(SimpleNamespace):
+    """``torch._C`` with the allocator's functions faked: the real module's other functions
+    (the autograd engine's) stay reachable; its other CUDA ones do not."""
+
+    def __init__(self, real: Any, **fakes: Any) -> None:
+        super().__init__(**fakes)
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        if "cuda" in name.lower() or self._real is None:
+            raise AttributeError(name)
+        return getattr(self._real, name)
 
 
 class FakeCudaTorch:
@@ -86,10 +129,13 @@ class FakeCudaTorch:
                 name="Fake GPU", uuid="c597915a-9fc3-3bb6-c3bc-f3d5a34ccdee", total_memory=80 << 30),
             memory_stats=lambda device=None: {},
         )
+        self.history = FakeMemoryHistory(self.allocator)
+        cuda.memory = self.history
         for name in FORBIDDEN:
             setattr(cuda, name, self._forbidden(name))
         self.cuda = cuda
-        self._C = SimpleNamespace(
+        self._C = FakeC(
+            getattr(torch, "_C", None),
             _cuda_memoryStats=self.allocator.stats,
             _cuda_memorySnapshot=self.allocator.snapshot,
             _cuda_attach_out_of_memory_observer=self.oom_observers.append,

@@ -1,8 +1,10 @@
 """OOMs that kill the program, on a real GPU: the post-mortem survives, says what kind of OOM it
-was, and a process's memory cap is the limit it is measured against.
+was and where (the module and the program's line; with --trace, an allocation history that
+PyTorch's memory_viz reads), and a process's memory cap is the limit it is measured against.
 
 The programs are bench/oom_scenarios.py: a batch that doubles until a forward pass fails, a
-loss kept with its graph every step, a leak under set_per_process_memory_fraction. None catches
+loss kept with its graph every step, a leak under set_per_process_memory_fraction, a known
+layer that asks for too much in its forward or its backward. None catches
 its OOM: the process ends within milliseconds, as training jobs do.
 """
 
@@ -72,6 +74,8 @@ def test_an_oom_that_kills_the_program_in_forward_is_in_the_recording_and_the_tu
     (pm,) = data["postmortems"]
     print("\n".join(pm["lines"]))
     assert pm["pid"] == pid and pm["oom"]["phase"] in ("forward", "loss", "backward")
+    # Where: a GPT-2 module (Transformers' names) and the scenario's line that called the model.
+    assert pm["oom"]["module"] and pm["where"] and "oom_scenarios.py:" in pm["where"], pm["where"]
     # The batch doubled: the failing step needed about twice the peak of the steps before it.
     assert any(line.startswith("A spike") for line in pm["lines"]), pm["lines"]
     assert pm["oom"]["path"] and Path(pm["oom"]["path"]).parent == Path(env["XDG_RUNTIME_DIR"]) / "vramtop"
@@ -135,3 +139,65 @@ def test_a_capped_process_is_measured_against_its_cap_and_its_leak_warned_in_tim
     # The time to OOM is against the cap: minutes at most, not the hours the whole card would give.
     assert leak.evidence["seconds_to_oom"] < 300
     assert oom_warning is not None and "cap" in oom_warning.sentence, oom_warning
+
+
+# -- where it happened ----------------------------------------------------------------------
+
+
+def scenario_line(marker: str) -> int:
+    """The line of bench/oom_scenarios.py that holds ``marker``."""
+    return next(i for i, line in enumerate(SCENARIOS.read_text().splitlines(), 1) if marker in line)
+
+
+def run_to_oom(env, mode: str, *options: str) -> dict:
+    """``vramtop run [options] -- oom_scenarios.py mode`` until its OOM; the post-mortem file."""
+    result = subprocess.run([sys.executable, "-m", "vramtop", "run", *options, "--", sys.executable, str(SCENARIOS),
+                             mode], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "OutOfMemoryError" in result.stderr, result.stderr[-2000:]
+    (path,) = sorted((Path(env["XDG_RUNTIME_DIR"]) / "vramtop").glob("oom-*.json"))
+    document = json.loads(path.read_text())
+    print("\n".join(document["summary"]))
+    return document
+
+
+def test_an_oom_in_a_known_layers_forward_names_that_module_and_the_line(env):
+    doc = run_to_oom(env, "layer")
+    oom = doc["report"]
+    assert (oom["module"], oom["module_class"], oom["phase"]) == ("model.layers.2.mlp", "MLP", "forward")
+    innermost = oom["frames"][0]
+    line = scenario_line("# OOM IN FORWARD")
+    assert (Path(innermost["file"]).name, innermost["line"], innermost["function"]) == ("oom_scenarios.py", line,
+                                                                                          "forward")
+    assert f"in model.layers.2.mlp (MLP, forward) at oom_scenarios.py:{line} in forward()" in doc["summary"][0]
+
+
+def test_an_oom_in_a_known_layers_backward_names_the_node_and_the_programs_backward_call(env):
+    # The autograd engine runs a GPU's backward on a thread of its own: the custom Function's
+    # backward is that thread's Python; the program waits in loss.backward() on its own thread.
+    doc = run_to_oom(env, "layer-backward")
+    oom = doc["report"]
+    assert oom["phase"] == "backward" and oom["autograd_node"] == "TooMuchBackward"
+    assert oom["module_near"] and oom["module"] == "model.layers.2.mlp.up", oom
+    lines = [(Path(f["file"]).name, f["line"]) for f in oom["frames"]]
+    assert lines[0] == ("oom_scenarios.py", scenario_line("# OOM IN BACKWARD"))
+    assert ("oom_scenarios.py", scenario_line("# THE PROGRAM'S BACKWARD")) in lines
+
+
+def test_trace_saves_an_allocation_history_that_pytorchs_memory_viz_reads(env):
+    import pickle
+
+    import torch.cuda._memory_viz as memory_viz
+
+    doc = run_to_oom(env, "layer", "--trace")
+    oom = doc["report"]
+    assert oom["trace_note"] is None and oom["trace_path"], oom
+    with open(oom["trace_path"], "rb") as f:
+        snapshot = pickle.load(f)
+    assert {"segments", "device_traces"} <= set(snapshot)
+    assert "<html" in memory_viz.trace_plot(snapshot).lower()  # what `_memory_viz trace_plot FILE` writes
+    assert memory_viz.segsum(snapshot)
+    # The largest live blocks are named by the program's lines that allocated them (the model's
+    # parameters and AdamW's state, allocated in oom_scenarios.py).
+    assert oom["largest_allocations"] and any(
+        Path(f["file"]).name == "oom_scenarios.py" for a in oom["largest_allocations"] for f in a["frames"])
+    assert any(line.startswith(f"Allocation history saved: {oom['trace_path']}") for line in doc["summary"])

@@ -22,6 +22,7 @@ from . import _postmortem
 from . import _torchstats as ts
 from ._devices import DeviceState
 from ._peaks import lowest_recent
+from ._place import place_of_oom
 from ._stack import inspect_thread
 
 OomHandler = Callable[[int, int, int, int], None]  # (device, requested, device limit, device free)
@@ -29,19 +30,24 @@ OomHandler = Callable[[int, int, int, int], None]  # (device, requested, device 
 
 def oom_report(torch: Any, device: int, requested: int, device_limit: int, device_free: int, *,
                state: DeviceState | None, census: Callable[[], TensorCensus | None], step: int,
-               train_thread: int | None, pid: int) -> OomReport:
+               train_thread: int | None, pid: int, models: list[Any], light: bool = False) -> OomReport:
     """Everything known at the moment of failure. ``census`` counts now (the last census of
-    ``state`` stands in when it fails); ``train_thread`` is the training thread, if known."""
+    ``state`` stands in when it fails); ``train_thread`` is the training thread, if known;
+    ``models`` the models found (to name the module of a backward); ``light``: the allocation
+    history is on, and this snapshot leaves it out (_trace.py takes it)."""
     raw = ts.raw_stats(torch, device)
-    snapshot = ts.take_snapshot(torch, live_blocks=8)
+    snapshot = ts.take_snapshot(torch, live_blocks=8, light=light)
     try:
         counted = census()
     except Exception:
         counted = state.census if state is not None else None
+    place = place_of_oom(torch, models, train_thread)
     # The autograd engine's threads run no Python: an OOM in backward shows on the training thread.
     phase = inspect_thread(threading.get_ident())
     if phase == "unknown" and train_thread not in (None, threading.get_ident()):
         phase = inspect_thread(train_thread or 0)
+    if place.node is not None:  # the engine was running a node on this very thread
+        phase = "backward"
     total = state.memory_total if state is not None else None
     if total is None:  # an OOM before the sampler saw the device
         total, _ = ts.memory_limits(torch, device)
@@ -67,6 +73,11 @@ def oom_report(torch: Any, device: int, requested: int, device_limit: int, devic
         persistent_last=last[1] if last else None,
         persistent_last_step=last[0] if last else None,
         pid=pid,
+        module=place.module,
+        module_class=place.module_class,
+        module_near=place.module_near,
+        autograd_node=place.node,
+        frames=place.frames,
     )
 
 
@@ -78,11 +89,15 @@ class PostMortems:
         self._directory = directory
         self._told = False
 
-    def record(self, report: OomReport, publish: Callable[[OomReport], None]) -> None:
+    def record(self, report: OomReport, publish: Callable[[OomReport], None],
+               history: Callable[[OomReport], OomReport] | None = None) -> None:
         """The file first (a few ms, no summary yet), so that the report ``publish`` sends names
-        it; then the summary in words, which takes longer."""
+        it; with ``history`` (``--trace``) what the allocation history adds, which can take a
+        while; then the summary in words, which takes longer."""
         path = _postmortem.write(report, self._directory)
         report = replace(report, path=path)
+        if history is not None:
+            report = history(report)
         publish(report)
         if path:
             _postmortem.add_summary(report, path)

@@ -16,8 +16,9 @@ This module keeps the life cycle (waiting for CUDA, starting, stopping, forks) a
 the optimizer-step hook; each job it wires lives in a module of its own: the devices in use
 (_devices.py), model discovery (_discovery.py), the step's phases (_phases.py) and their
 arithmetic (_peaks.py), step boundaries (_boundaries.py), the census and when it runs
-(_census.py, _census_schedule.py), OOM capture (_oom.py), the sampler (_sampler.py), and the
-socket with its answers (_server.py, _answers.py).
+(_census.py, _census_schedule.py), OOM capture (_oom.py; where it happened: _place.py; the
+allocation history of ``--trace``: _trace.py), the sampler (_sampler.py), and the socket with its
+answers (_server.py, _answers.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ._phases import StepPhases
 from ._sampler import DeviceSampler, sample_until_stopped
 from ._server import AgentServer
 from ._stack import inspect_thread
+from ._trace import entries_from_env, start_history, stop_history, with_history
 
 DEFAULT_INTERVAL = 0.25  # seconds between samples
 CUDA_WAIT = 0.1  # seconds between checks for the program's CUDA initialisation (~1 us each)
@@ -80,7 +82,10 @@ class Agent:
         self._discovery = ModelDiscovery(device_type, self._stop_is_set, self._model_found, self._between_calls)
         self._census = CensusSchedule(device_type, self._optimizers, self._discovery.models)
         self._boundaries = StepBoundaries()
-        self._sampler = DeviceSampler(snapshots)
+        # ``vramtop run --trace``: PyTorch's allocation history, for the OOM post-mortem.
+        self._trace_entries = entries_from_env()
+        self._trace_problem: str | None = None  # why the history could not be turned on
+        self._sampler = DeviceSampler(snapshots, light=self._trace_entries is not None)
         self._answers = Answers()
         self._post_mortems = PostMortems(self.directory)
         self._train_thread: int | None = None
@@ -108,6 +113,8 @@ class Agent:
         if self._phases is not None:
             self._phases.remove()
         oom_observer.handler = None
+        if self._trace_entries is not None and self._torch is not None:
+            stop_history(self._torch)
         if self._server is not None:
             self._server.stop()
 
@@ -188,6 +195,8 @@ class Agent:
             self._hooks.append(register(self._after_optimizer_step))
         self._discovery.attach(torch)
         oom_observer.attach(torch, self._on_oom)
+        if self._trace_entries is not None:
+            self._trace_problem = start_history(torch, self._trace_entries)
         self._rescan_devices(force=True)
         server = AgentServer(self.directory, self._beacon(), self._answers.respond)
         server.start()  # refuses an unsafe directory: the agent then never serves (see _run)
@@ -308,10 +317,15 @@ class Agent:
 
             report = oom_report(self._torch, device, requested, device_limit, device_free,
                                 state=self._devices.states.get(device), census=census_now, step=self.step,
-                                train_thread=self._train_thread, pid=self.pid)
-            self._post_mortems.record(report, self._publish_oom)
+                                train_thread=self._train_thread, pid=self.pid,
+                                models=list(self._discovery.models), light=self._trace_entries is not None)
+            self._post_mortems.record(report, self._publish_oom,
+                                      self._with_history if self._trace_entries is not None else None)
         except Exception:
             pass
+
+    def _with_history(self, report: OomReport) -> OomReport:
+        return with_history(self._torch, report, self._trace_problem)
 
     def _publish_oom(self, report: OomReport) -> None:
         if self._server is not None:

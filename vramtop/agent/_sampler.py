@@ -42,8 +42,9 @@ class DeviceSampler:
     """Reads each device's allocator figures, with a snapshot (the largest free block) taken
     at most once a second and less often when it is slow (GIL_BUDGET)."""
 
-    def __init__(self, snapshots: bool) -> None:
+    def __init__(self, snapshots: bool, light: bool = False) -> None:
         self._snapshots = snapshots
+        self._light = light  # the allocation history is on: snapshots without its entries
         self.snapshot: ts.SnapshotSummary | None = None
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
@@ -51,7 +52,7 @@ class DeviceSampler:
     def read(self, torch: Any, devices: Mapping[int, DeviceState]) -> tuple[AgentDevice, ...]:
         now = time.monotonic()
         if self._snapshots and now - self._last_snapshot >= max(1.0, self._snapshot_cost / ts.GIL_BUDGET):
-            snapshot = ts.take_snapshot(torch)
+            snapshot = ts.take_snapshot(torch, light=self._light)
             self._last_snapshot = now
             if snapshot is not None:
                 self.snapshot, self._snapshot_cost = snapshot, snapshot.cost

@@ -147,16 +147,20 @@ class SnapshotSummary:
         self.time = time.time()
 
 
-def take_snapshot(torch: Any, live_blocks: int = 0) -> SnapshotSummary | None:
-    """Walk the allocator's segments (no stack traces are requested or kept)."""
+def take_snapshot(torch: Any, live_blocks: int = 0, light: bool = False) -> SnapshotSummary | None:
+    """Walk the allocator's segments (no stack traces are kept). ``light``: the allocation
+    history is on (``--trace``); ask for the segments without its trace entries, which a full
+    snapshot would turn into Python objects each time."""
     started = time.perf_counter()
     fn = getattr(torch._C, "_cuda_memorySnapshot", None)
     try:
         if fn is not None:
-            try:
-                snap = fn(None)
-            except TypeError:
-                snap = fn()
+            snap = _light_snapshot(fn) if light else None
+            if snap is None:
+                try:
+                    snap = fn(None)
+                except TypeError:
+                    snap = fn()
         else:
             snap = {"segments": torch.cuda.memory_snapshot()}
     except Exception:
@@ -183,6 +187,15 @@ def take_snapshot(torch: Any, live_blocks: int = 0) -> SnapshotSummary | None:
                               time.perf_counter() - started)
     summary.largest_live = {d: sorted(sizes, reverse=True)[:live_blocks] for d, sizes in live.items()}
     return summary
+
+
+def _light_snapshot(fn: Any) -> Any:
+    """A snapshot without trace entries (recent torch takes (pool id, pool id, include_traces),
+    as torch.cuda.memory_snapshot passes them); None where this torch does not take that."""
+    try:
+        return fn((0, 0, False))
+    except Exception:
+        return None
 
 
 def expandable_segments(snapshot: SnapshotSummary | None) -> bool | None:

@@ -10,6 +10,8 @@ from typing import Any
 from vramtop.analysis.advice import EXPANDABLE, Advice, Assumptions, ProcessFacts, advise, top_advice
 from vramtop.analysis.bill import Bill, bill_at_peak, bill_now, fragmentation
 from vramtop.analysis.diagnosis import CAPACITY, Diagnosis, diagnose
+from vramtop.analysis.oom_place import place_lines
+from vramtop.analysis.oom_place import where as where_of
 from vramtop.analysis.subjects import mixed_precision
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import AgentDevice, AgentSample, AllocatorStats, OomReport
@@ -117,6 +119,8 @@ def postmortem_summary(event: Mapping[str, Any], device: AgentDevice | None, nvm
                              mixed_precision=mixed_precision, checkpointing=checkpointing)
         advice = advise(bill, device_total=total or None, margin=t.margin, facts=facts, need=need,
                         cache=stats.reserved - stats.allocated, assumptions=assumptions)
+    if oom is not None:
+        lines.extend(place_lines(oom))
     # A fragmented cache that held enough bytes is fixed by the allocator setting first.
     top = next((a for a in advice if a.lever == EXPANDABLE), None) if fragmented else None
     top = top or top_advice(advice)
@@ -135,7 +139,10 @@ def _what_failed(step: object, index: object, device: AgentDevice | None, reques
     if diagnosis is not None and diagnosis.capped and oom is not None and oom.device_total:
         of = (f"the process's {fmt_bytes(total)} cap (set_per_process_memory_fraction) of a "
               f"{fmt_bytes(oom.device_total)} GPU")
+    place = where_of(oom) if oom is not None else None
     phase = f" in {oom.phase}" if oom is not None and oom.phase != "unknown" else ""
+    if place:  # "in model.layers.1.mlp (MLP, forward) at train.py:42 in step()", or "at train.py:42 ..."
+        phase = f" {place}," if place.startswith("at ") else f" in {place},"
     return (f"OOM{f' at step {step}' if step is not None else ''}{phase} on {where}: asked for "
             f"{fmt_bytes(requested)} with {fmt_bytes(free)} free of {of}, {fmt_bytes(missing)} short.")
 

@@ -14,6 +14,12 @@ from vramtop.errors import EXIT_USAGE, VramtopError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-interval", type=float, default=None, metavar="S",
                         help="seconds between the agent's samples (default 0.25)")
+    parser.add_argument("--trace", action="store_true",
+                        help="record PyTorch's allocation history (off by default; it costs step time: see "
+                             "bench/trace_cost.py): an OOM's post-mortem then names the largest live allocations "
+                             "by stack and saves a snapshot that https://pytorch.org/memory_viz opens")
+    parser.add_argument("--trace-entries", type=int, default=None, metavar="N",
+                        help="with --trace: allocation events kept (default 100000, a ring buffer)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="the command to run, e.g. -- python train.py --lr 3e-4")
 
@@ -26,11 +32,15 @@ def run(args: argparse.Namespace) -> NoReturn:
         raise VramtopError("nothing to run: vramtop run -- python train.py", EXIT_USAGE)
     if shutil.which(argv[0]) is None:
         raise VramtopError(f"command not found: {argv[0]}", EXIT_USAGE)
-    from vramtop.launch import agent_environment
+    from vramtop.launch import DEFAULT_TRACE_ENTRIES, agent_environment
 
-    env = agent_environment(os.environ, args.agent_interval)
+    if args.trace_entries is not None and (not args.trace or args.trace_entries < 1):
+        raise VramtopError("--trace-entries N takes a positive N, with --trace", EXIT_USAGE)
+    trace = (args.trace_entries or DEFAULT_TRACE_ENTRIES) if args.trace else None
+    env = agent_environment(os.environ, args.agent_interval, trace)
     print(f"vramtop: agent enabled for {' '.join(argv)[:120]} (pid {os.getpid()}); "
-          "watch it with `vramtop` in another pane", file=sys.stderr)
+          + ("with PyTorch's allocation history (--trace); " if trace else "")
+          + "watch it with `vramtop` in another pane", file=sys.stderr)
     sys.stderr.flush()
     # Become the command: signals, the exit status and the PID are the program's own.
     os.execvpe(argv[0], argv, env)  # does not return

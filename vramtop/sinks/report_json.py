@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from vramtop import __version__
+from vramtop.analysis.oom_place import where
 from vramtop.analysis.report import GpuSummary, Report
 from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
 from vramtop.codec import to_dict
@@ -62,6 +63,7 @@ def report_document(report: Report) -> dict[str, Any]:
         ],
         "postmortems": [
             {"time": pm.time, "offset": report.offset(pm.time), "pid": pm.pid, "oom": to_dict(pm.oom),
+             "where": where(pm.oom),
              "lines": list(pm.lines)}
             for pm in report.postmortems
         ],

@@ -13,6 +13,7 @@ from vramtop.analysis.bill import (
     fragmentation_proxy,
     largest_fit,
 )
+from vramtop.analysis.oom_place import allocation_lines, frame_text, module_text, trace_lines
 from vramtop.analysis.postmortem import postmortem_of
 from vramtop.model import AgentDevice, AgentSample, AllocatorStats, GpuSample, OomReport, ProcessSample
 from vramtop.units import clock, fmt_bytes
@@ -163,7 +164,8 @@ def oom_headline(report: OomReport) -> Text:
     t = Text()
     t.append(" OUT OF MEMORY ", style="bold white on red")
     when = clock(report.time)
-    t.append(f" {when} · step {report.step} · {report.phase}: asked for {fmt_bytes(report.requested)} "
+    phase = module_text(report) or report.phase
+    t.append(f" {when} · step {report.step} · {phase}: asked for {fmt_bytes(report.requested)} "
              f"with {fmt_bytes(report.device_free)} free of {fmt_bytes(report.device_limit)}\n", style="bold red")
     return t
 
@@ -177,6 +179,8 @@ def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch
     summary = postmortem_of(report, device, non_pytorch, agent=agent)
     first = Text(summary.first_thing + "\n", style="bold") if summary.first_thing else Text()
     t = Text()
+    if report.frames:  # the program's lines, innermost first
+        t.append("at " + " ← ".join(frame_text(f) for f in report.frames) + "\n", style="bold")
     t.append(f"PyTorch held {fmt_bytes(report.reserved)} (allocated {fmt_bytes(report.allocated)})")
     if report.largest_free_block is not None:
         t.append(f", largest cached free block {fmt_bytes(report.largest_free_block)}")
@@ -189,8 +193,12 @@ def render_oom(report: OomReport, device: AgentDevice | None = None, non_pytorch
     for line in summary.lines:
         if line.startswith("Bill at the failure"):
             t.append("\n" + line)
+    for line in allocation_lines(report):
+        t.append("\n" + line)
     if report.path and show_path:
         t.append(f"\npost-mortem: {report.path}", style="dim")
+        for line in trace_lines(report):
+            t.append("\n" + line, style="dim")
     t.append("\n")
     return first, t
 
