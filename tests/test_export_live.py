@@ -26,31 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 TRAINER_MIB = 39800  # what the fake NVML lists for the training process
 
-TRAINER = textwrap.dedent("""
-    import os, sys, time, torch
-    sys.path.insert(0, os.environ["VRAMTOP_ROOT"])
-    from tests.fakes.fake_cuda import FakeCudaTorch
-    torch.set_num_threads(1)
-    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(2)])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(8, 64)
-    fake = FakeCudaTorch(torch)
-    fake.allocator.set(512 << 20, 1 << 30)
-    from vramtop.agent._runtime import Agent
-    # The fake allocator, and the CPU tensors counted as if they were on the GPU (the census).
-    Agent(interval=0.1, torch=fake, device_type="cpu").start()
-    fake.initialized = True
-    print("READY", flush=True)
-    while True:
-        model(x).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        time.sleep(0.05)
-""")
 
 
 def _env(runtime: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_ROOT": str(REPO), "XDG_RUNTIME_DIR": str(runtime),
+    return {**os.environ, "PYTHONPATH": str(REPO), "XDG_RUNTIME_DIR": str(runtime),
             **extra}
 
 
@@ -105,7 +84,8 @@ def runtime(tmp_path: Path) -> Path:
 @pytest.fixture
 def trainer(runtime: Path) -> Iterator[subprocess.Popen[str]]:
     pytest.importorskip("torch")
-    proc = subprocess.Popen([sys.executable, "-c", TRAINER], env=_env(runtime), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_trainer"], cwd=REPO, env=_env(runtime),
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
     yield proc
     proc.kill()
