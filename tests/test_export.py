@@ -389,3 +389,19 @@ def test_scrapes_from_many_threads_while_samples_arrive_never_fail():
     for t in threads:
         t.join()
     assert not failures
+
+
+def test_many_processes_with_the_agent_on_one_gpu_keep_whole_bills_within_the_bound():
+    base = training_sample()
+    agent = base.agents[0]
+    agents = tuple(replace(agent, pid=20_000 + i, host_pid=None) for i in range(MAX_SERIES_PER_GPU + 8))
+    rows = tuple(ProcessSample(a.pid, UUID0, 34 * GiB + NON_PT, "C", command="python train.py") for a in agents)
+    gpu = replace(base.gpus[0], processes=rows)
+    collector, registry = exporter()
+    collector.take(replace(base, gpus=(gpu, *base.gpus[1:]), agents=agents))
+    m = parsed(scrape(registry))
+    assert len(m["vramtop_torch_memory_allocated_bytes"]) == MAX_SERIES_PER_GPU
+    bills = Counter(labels["pid"] for labels, _ in m["vramtop_bill_bytes"])
+    assert len(bills) == MAX_SERIES_PER_GPU and set(bills.values()) == {8}  # each bill whole
+    dropped = {labels["metric"]: v for labels, v in m["vramtop_export_dropped_series_total"]}
+    assert dropped["vramtop_torch_memory_allocated_bytes"] == 8 and dropped["vramtop_bill_bytes"] == 8 * 8

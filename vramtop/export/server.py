@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import start_http_server
-from prometheus_client.registry import CollectorRegistry
+from typing import TYPE_CHECKING
 
 from vramtop.errors import EXIT_USAGE, VramtopError
+
+if TYPE_CHECKING:  # prometheus_client is imported when serving: `vramtop --help` stays instant
+    from threading import Thread
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.registry import CollectorRegistry
 
 DEFAULT_LISTEN = "127.0.0.1:9400"  # 9400: dcgm-exporter's port, where scrape configs already look
 
@@ -53,6 +55,8 @@ def exposure_warning(address: Address) -> str | None:
 
 def serve(address: Address, registry: CollectorRegistry) -> tuple[WSGIServer, Thread, Address]:
     """Start serving on a daemon thread; the address it is bound to (the port picked, for port 0)."""
+    from prometheus_client import start_http_server
+
     try:
         server, thread = start_http_server(address.port, addr=address.host, registry=registry)
     except OSError as err:

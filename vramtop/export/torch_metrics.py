@@ -55,9 +55,9 @@ class _TorchSeries:
         self.retries = counter("vramtop_torch_alloc_retries",
                                "Allocations that failed, flushed the cache and retried (torch num_alloc_retries).")
         self.ooms = counter("vramtop_torch_ooms", "Out-of-memory errors raised by the allocator (torch num_ooms).")
-        self.bill = gauge("vramtop_bill_bytes",
-                          "Where the process's GPU memory went, by category; the categories sum to the "
-                          "process's NVML figure (docs/exporter.md).", (*TORCH_LABELS, "category"))
+        self.bill = Series("vramtop_bill_bytes", "Where the process's GPU memory went, by category; the "
+                           "categories sum to the process's NVML figure (docs/exporter.md).",
+                           (*TORCH_LABELS, "category"), dropped, subject_labels=len(TORCH_LABELS))
         self.headroom = gauge("vramtop_headroom_bytes",
                               "Bytes left between the projected step peak and the GPU's total (or the "
                               "process's cap); negative: past it.")
