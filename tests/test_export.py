@@ -187,8 +187,18 @@ def test_a_stale_sample_is_served_with_up_zero_and_an_old_frame_counts_as_stale(
     m = parsed(scrape(registry))
     assert m["vramtop_up"] == [({}, 0.0)]
     assert m["vramtop_gpu_memory_used_bytes"]  # the last figures read, still served
-    collector.failed(VramtopError("no driver"))
-    assert collector.failure == "no driver"
+
+
+
+def test_a_source_that_never_answers_is_said_once_and_served_as_up_zero():
+    said: list[str] = []
+    collector = SampleCollector(FrameBuilder(RiskTracker(), Options()), max_age=10, report=said.append)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    for _ in range(3):  # the poller retries every interval
+        collector.failed(VramtopError("NVML did not answer"))
+    assert parsed(scrape(registry))["vramtop_up"] == [({}, 0.0)]
+    assert len(said) == 1 and "NVML did not answer" in said[0]
 
 
 # -- bounds and failures -------------------------------------------------------------------------
@@ -405,3 +415,10 @@ def test_many_processes_with_the_agent_on_one_gpu_keep_whole_bills_within_the_bo
     assert len(bills) == MAX_SERIES_PER_GPU and set(bills.values()) == {8}  # each bill whole
     dropped = {labels["metric"]: v for labels, v in m["vramtop_export_dropped_series_total"]}
     assert dropped["vramtop_torch_memory_allocated_bytes"] == 8 and dropped["vramtop_bill_bytes"] == 8 * 8
+
+
+def test_the_command_refuses_a_bad_listen_address_before_touching_nvml(capsys):
+    from vramtop.cli import main
+
+    assert main(["export", "--listen", "9400"]) == 2
+    assert "--listen wants HOST:PORT" in capsys.readouterr().err

@@ -8,6 +8,7 @@ counts as stale too.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,14 +30,15 @@ class Frame:
 
 
 class SampleCollector(Collector):
-    def __init__(self, builder: FrameBuilder, max_age: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, builder: FrameBuilder, max_age: float, clock: Callable[[], float] = time.monotonic,
+                 report: Callable[[str], None] | None = None) -> None:
         self.builder = builder
         self.max_age = max_age
         self._clock = clock
         self._frame: Frame | None = None
         self._bookkeeping = builder.bookkeeping()
         self.failure: str | None = None  # why there is no sample at all yet
+        self._report = report or (lambda line: print(line, file=sys.stderr, flush=True))
 
     def take(self, sample: Sample) -> None:
         """A sample from the poller (its thread): the analysis and the families, once."""
@@ -44,7 +46,10 @@ class SampleCollector(Collector):
         self.failure = None
 
     def failed(self, error: VramtopError) -> None:
-        """The source failed before it ever produced a sample."""
+        """The source failed before it ever produced a sample: said once (the poller retries
+        every interval), served as ``vramtop_up 0``."""
+        if error.message != self.failure:
+            self._report(f"vramtop: export: {error.message} (serving vramtop_up 0, retrying)")
         self.failure = error.message
 
     def collect(self) -> Iterator[Metric]:
