@@ -46,3 +46,15 @@ def test_the_ui_imports_no_driver_and_no_agent_socket_code(module):
     # presentation helpers live in vramtop.units, the join in vramtop.analysis.join.
     assert not {m for m in modules if m.startswith("vramtop.sinks")}
     assert not modules & {"vramtop.analysis.report", "vramtop.recording"}
+
+
+@pytest.mark.parametrize("module", ["vramtop.export.frame", "vramtop.export.collector", "vramtop.export.server"])
+def test_the_exporter_reads_samples_never_the_driver_or_the_ui(module):
+    assert not top(imported(module)) & {"textual", "rich", "pynvml", "torch"}
+
+
+def test_building_the_command_line_loads_no_exporter_library():
+    # `vramtop --help` builds every subcommand's parser: prometheus_client waits for `export`.
+    code = "import sys, json, vramtop.cli as c; c.build_parser(); print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "prometheus_client" not in top(set(json.loads(out.stdout)))

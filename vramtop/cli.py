@@ -88,6 +88,8 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("record", "vramtop.commands.record", "record GPU memory to a file, headless or around a command"),
     ("demo", "vramtop.commands.demo", "no GPU needed: replay a real H100 training run recorded with vramtop"),
     ("report", "vramtop.commands.report", "summarize a recording: text, JSON, a web page or a PNG timeline"),
+    ("export", "vramtop.commands.export",
+     "serve GPU memory, each process's bill and the warnings to Prometheus (/metrics)"),
 ]
 
 

@@ -100,6 +100,12 @@ class RiskTracker:
             return ()
         return subject_advice(memory.subject, self.thresholds.margin, self.assumptions)
 
+    def subject(self, pid: int, uuid: str) -> Subject | None:
+        """What the rules judged of a process (PID as NVML reports it) on a GPU at the last fresh
+        sample: its projected step peak, its limit, its last consistent non-PyTorch figure."""
+        memory = self._memory.get((pid, uuid))
+        return memory.subject if memory else None
+
     def leak(self, pid: int, uuid: str) -> LeakFit | None:
         """The latest fit of persistent memory for a process on a GPU."""
         memory = self._memory.get((pid, uuid))
