@@ -1,0 +1,79 @@
+"""Fake ranks of a distributed job, for CPU-only tests and screenshots: each one a process that
+runs the agent's real socket server (as bench/monitor_scale.py's fake agents do) and publishes a
+synthetic AgentSample with the launcher's environment torchrun gives its workers. With
+tests/fakes/run_with_fake_nvml.py (FAKE_NVML_SCALE=their PIDs) they are an 8-GPU box running one
+job. Usage: python -m tests.fakes.fake_ranks RANK WORLD PEAK_GIB (XDG_RUNTIME_DIR set)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+GiB = 1 << 30
+REPO = Path(__file__).resolve().parent.parent.parent
+MASTER_PORT = 29500
+
+
+def fake_rank(rank: int, world: int, peak_gib: float) -> None:
+    from vramtop.agent._launch import launch_env
+    from vramtop.agent._server import AgentServer
+    from vramtop.codec import to_dict
+    from vramtop.model import AgentDevice, AgentSample, AllocatorStats, StepPeak, TensorCensus
+    from vramtop.protocol import AGENT_PROTOCOL_MAX, AGENT_PROTOCOL_MIN
+
+    directory = Path(os.environ["XDG_RUNTIME_DIR"]) / "vramtop"
+    started = time.time()
+    beacon = {"pid": os.getpid(), "started": started, "rank": rank,
+              "protocol": [AGENT_PROTOCOL_MIN, AGENT_PROTOCOL_MAX]}
+    server = AgentServer(directory, beacon, lambda request: None)
+    server.start()
+    launch = launch_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                         "LOCAL_WORLD_SIZE": str(world), "TORCHELASTIC_RUN_ID": "none",
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(MASTER_PORT)})
+    census = TensorCensus(parameters_trainable=7 * GiB, parameters_frozen=0, gradients=7 * GiB,
+                          optimizer_state=14 * GiB, time=started, seen="1 optimizer (AdamW); 1 model (Llama)")
+    peak = int(peak_gib * GiB)
+    step = 0
+    while True:
+        step += 1
+        # run_with_fake_nvml's big box lists each rank at 62 GiB: 61.5 reserved + a CUDA context.
+        allocated = 56 * GiB + (step % 17) * (GiB // 16)
+        stats = AllocatorStats(allocated=allocated, reserved=61 * GiB + GiB // 2, active=allocated, requested=allocated,
+                               inactive_split=0, allocated_peak=peak - 2 * GiB, reserved_peak=peak,
+                               num_alloc_retries=0, num_ooms=0)
+        last = StepPeak(step=step, duration=0.25, peak_allocated=peak - 2 * GiB, peak_reserved=peak,
+                        persistent=28 * GiB, exact=True)
+        device = AgentDevice(index=0, uuid=f"GPU-{rank:08x}-0000-0000-0000-000000000000", name="H100",
+                             stats=stats, census=census, last_step=last, peak_step=step)
+        sample = AgentSample(pid=os.getpid(), time=time.time(), torch_version="2.11.0", devices=(device,),
+                             step=step, phase="backward", rank=rank, world_size=world, launch=launch)
+        server.publish({"type": "sample", "sample": to_dict(sample)})
+        time.sleep(0.25)
+
+
+@contextmanager
+def fake_job(runtime: Path, peaks_gib: Sequence[float]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One fake rank per peak (rank i on GPU i), serving in ``runtime`` (a 0700 directory) until
+    the block ends. Their PIDs, as FAKE_NVML_SCALE, give each its GPU in run_with_fake_nvml."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "PYTHONPATH": str(REPO)}
+    ranks = [subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_ranks", str(i), str(len(peaks_gib)),
+                               str(peak)], env=env, cwd=REPO) for i, peak in enumerate(peaks_gib)]
+    try:
+        deadline = time.monotonic() + 30
+        directory = runtime / "vramtop"
+        while time.monotonic() < deadline and not all((directory / f"{p.pid}.sock").exists() for p in ranks):
+            time.sleep(0.05)
+        yield ranks
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    fake_rank(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))
