@@ -2,7 +2,7 @@
 runs the agent's real socket server (as bench/monitor_scale.py's fake agents do) and publishes a
 synthetic AgentSample with the launcher's environment torchrun gives its workers. With
 tests/fakes/run_with_fake_nvml.py (FAKE_NVML_SCALE=their PIDs) they are an 8-GPU box running one
-job. Usage: python -m tests.fakes.fake_ranks RANK WORLD PEAK_GIB (XDG_RUNTIME_DIR set)."""
+job. Usage: python -m tests.fakes.fake_ranks RANK WORLD PEAK_GIB [PORT [GPU]] (XDG_RUNTIME_DIR set)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 MASTER_PORT = 29500
 
 
-def fake_rank(rank: int, world: int, peak_gib: float) -> None:
+def fake_rank(rank: int, world: int, peak_gib: float, port: int = MASTER_PORT, gpu: int | None = None) -> None:
     from vramtop.agent._launch import launch_env
     from vramtop.agent._server import AgentServer
     from vramtop.codec import to_dict
@@ -34,7 +34,7 @@ def fake_rank(rank: int, world: int, peak_gib: float) -> None:
     server.start()
     launch = launch_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                          "LOCAL_WORLD_SIZE": str(world), "TORCHELASTIC_RUN_ID": "none",
-                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(MASTER_PORT)})
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     census = TensorCensus(parameters_trainable=7 * GiB, parameters_frozen=0, gradients=7 * GiB,
                           optimizer_state=14 * GiB, time=started, seen="1 optimizer (AdamW); 1 model (Llama)")
     peak = int(peak_gib * GiB)
@@ -48,8 +48,9 @@ def fake_rank(rank: int, world: int, peak_gib: float) -> None:
                                num_alloc_retries=0, num_ooms=0)
         last = StepPeak(step=step, duration=0.25, peak_allocated=peak - 2 * GiB, peak_reserved=peak,
                         persistent=28 * GiB, exact=True)
-        device = AgentDevice(index=0, uuid=f"GPU-{rank:08x}-0000-0000-0000-000000000000", name="H100",
-                             stats=stats, census=census, last_step=last, peak_step=step)
+        uuid = f"GPU-{rank if gpu is None else gpu:08x}-0000-0000-0000-000000000000"
+        device = AgentDevice(index=0, uuid=uuid, name="H100", stats=stats, census=census, last_step=last,
+                             peak_step=step)
         sample = AgentSample(pid=os.getpid(), time=time.time(), torch_version="2.11.0", devices=(device,),
                              step=step, phase="backward", rank=rank, world_size=world, launch=launch)
         server.publish({"type": "sample", "sample": to_dict(sample)})
@@ -57,12 +58,15 @@ def fake_rank(rank: int, world: int, peak_gib: float) -> None:
 
 
 @contextmanager
-def fake_job(runtime: Path, peaks_gib: Sequence[float]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """One fake rank per peak (rank i on GPU i), serving in ``runtime`` (a 0700 directory) until
-    the block ends. Their PIDs, as FAKE_NVML_SCALE, give each its GPU in run_with_fake_nvml."""
+def fake_job(runtime: Path, peaks_gib: Sequence[float], port: int = MASTER_PORT,
+             first_gpu: int = 0) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One fake rank per peak (rank i on GPU first_gpu + i; the master's port tells jobs apart),
+    serving in ``runtime`` (a 0700 directory) until the block ends. Their PIDs, in GPU order as
+    FAKE_NVML_SCALE, give each its GPU in run_with_fake_nvml."""
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "PYTHONPATH": str(REPO)}
     ranks = [subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_ranks", str(i), str(len(peaks_gib)),
-                               str(peak)], env=env, cwd=REPO) for i, peak in enumerate(peaks_gib)]
+                               str(peak), str(port), str(first_gpu + i)], env=env, cwd=REPO)
+             for i, peak in enumerate(peaks_gib)]
     try:
         deadline = time.monotonic() + 30
         directory = runtime / "vramtop"
@@ -76,4 +80,5 @@ def fake_job(runtime: Path, peaks_gib: Sequence[float]) -> Iterator[list[subproc
 
 
 if __name__ == "__main__":
-    fake_rank(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))
+    rank, world, peak, *rest = sys.argv[1:]
+    fake_rank(int(rank), int(world), float(peak), *(int(v) for v in rest))
