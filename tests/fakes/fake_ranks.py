@@ -79,6 +79,68 @@ def fake_job(runtime: Path, peaks_gib: Sequence[float], port: int = MASTER_PORT,
             process.wait()
 
 
+def job_documents(count: int = 6, peaks_gib: Sequence[float] = (62, 62, 62, 68, 62, 63, 62, 62),
+                  start: float = 1_780_000_000.0) -> list[dict[str, object]]:
+    """``vramtop --once --json`` documents of a made-up 8-GPU box running one torchrun job, a
+    second apart, for the screenshot of the rank view (no multi-GPU recording exists yet)."""
+    from vramtop.agent._launch import launch_env
+    from vramtop.model import (
+        AgentDevice,
+        AgentSample,
+        AllocatorStats,
+        GpuSample,
+        HostSample,
+        ProcessSample,
+        Sample,
+        StepPeak,
+        TensorCensus,
+    )
+    from vramtop.protocol import sample_document
+
+    total, mib = 81559 << 20, 1 << 20
+    docs = []
+    for i in range(count):
+        t = start + i
+        gpus, agents = [], []
+        for rank, peak_gib in enumerate(peaks_gib):
+            uuid, pid = f"GPU-{rank:08x}-5a1e-4f00-9d2c-000000000000", 41000 + rank
+            peak = int(peak_gib * GiB)
+            reserved = peak - GiB + (i % 3) * 256 * mib
+            allocated = reserved - 3 * GiB + (i * 7 + rank) % 11 * 128 * mib
+            used = reserved + 512 * mib
+            row = ProcessSample(pid, uuid, used, "C", name="python", user="alice", host_rss=6 * GiB,
+                                command="python train.py --model llama-3-8b --fsdp --micro-batch 4")
+            gpus.append(GpuSample(index=rank, uuid=uuid, name="NVIDIA H100 80GB HBM3", memory_total=total,
+                                  memory_used=used + 200 * mib, memory_free=total - used - 200 * mib - 480 * mib,
+                                  memory_reserved=480 * mib, utilization_gpu=96, utilization_memory=58,
+                                  temperature=61, power_usage=598_000, power_limit=700_000, processes=(row,)))
+            env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(len(peaks_gib)),
+                   "LOCAL_WORLD_SIZE": str(len(peaks_gib)), "TORCHELASTIC_RUN_ID": "none",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+            stats = AllocatorStats(allocated=allocated, reserved=reserved, active=allocated, requested=allocated,
+                                   inactive_split=0, allocated_peak=peak - 2 * GiB, reserved_peak=peak,
+                                   num_alloc_retries=0, num_ooms=0)
+            step = 1200 + 2 * i
+            census = TensorCensus(parameters_trainable=2 * GiB, parameters_frozen=0, gradients=2 * GiB,
+                                  optimizer_state=4 * GiB, time=t, seen="1 optimizer (AdamW); 1 model (FSDP)")
+            device = AgentDevice(index=0, uuid=uuid, name="NVIDIA H100 80GB HBM3", stats=stats, census=census,
+                                 last_step=StepPeak(step=step, duration=0.5, peak_allocated=peak - 2 * GiB,
+                                                    peak_reserved=peak, persistent=9 * GiB, exact=True),
+                                 peak_step=step)
+            agents.append(AgentSample(pid=pid, time=t, torch_version="2.9.0", devices=(device,), step=step,
+                                      phase="backward", rank=rank, world_size=len(peaks_gib), host_pid=pid,
+                                      launch=launch_env(env, parent_pid=40990), autocast=True))
+        host = HostSample("gpu-node-7", 2015 * GiB, 412 * GiB)
+        docs.append(sample_document(Sample(time=t, host=host, gpus=tuple(gpus), agents=tuple(agents),
+                                           driver_version="580.95.05", cuda_driver_version="13.0")))
+    return docs
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--documents"]:
+        import json
+
+        print(json.dumps(job_documents()))
+        raise SystemExit(0)
     rank, world, peak, *rest = sys.argv[1:]
     fake_rank(int(rank), int(world), float(peak), *(int(v) for v in rest))
