@@ -70,6 +70,7 @@ class GpuSample:
     mig_devices: tuple[MigDeviceSample, ...] = ()
     processes: tuple[ProcessSample, ...] = ()
     error: str | None = None  # set when this GPU could not be read (e.g. fell off the bus)
+    host: str | None = None  # another host's GPU, read from its exporter (read-only); None: this host's
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def _header(sample: Sample) -> str:
 
 
 def _gpu_lines(gpu: GpuSample) -> list[str]:
-    title = f"GPU {gpu.index}  {gpu.name}  {gpu.uuid}"
+    title = f"GPU {gpu.index}  {gpu.name}  {gpu.uuid}" if not gpu.host else f"GPU {gpu.index} @{gpu.host}  {gpu.uuid}"
     if gpu.error:
         return [title, f"  ! {gpu.error}"]
     pct = percent(gpu.memory_used, gpu.memory_total)

@@ -335,6 +335,10 @@ class VramtopApp(App[None]):
             return
         uuid, _, pid_text = key.rpartition(":")
         gpu = self.sample.gpu(uuid)
+        if gpu is not None and gpu.host:
+            self.notify(f"PID {pid_text} runs on {gpu.host}: another host's processes are shown, never signalled",
+                        severity="error")
+            return
         proc = next((p for p in gpu.processes if p.pid == int(pid_text)), None) if gpu else None
         if proc is None:
             return
