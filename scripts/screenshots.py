@@ -7,9 +7,10 @@ are shown in time order; the earlier ones build the sparkline history. For each 
 writes ``OUT/NAME-<width>x<height>.svg``. A recording gives up to two moments: NAME, shortly after
 the first warning (or its last sample with an agent), and NAME-oom, its last sample with an
 agent if a process ran out of memory (the post-mortem), plus NAME-report.svg, the timeline
-`vramtop report` draws. The monitor is rendered off-screen, fed the samples
-in order, exactly as the live poller would deliver them. Times are shown in UTC (``--tz``) so
-that the output does not depend on where it is rendered.
+`vramtop report` draws. Samples whose last one shows a distributed job (two ranks or more) also
+give NAME-ranks-<width>x<height>.svg: the rank view, as the `r` key opens it. The monitor is
+rendered off-screen, fed the samples in order, exactly as the live poller would deliver them.
+Times are shown in UTC (``--tz``) so that the output does not depend on where it is rendered.
 
     python scripts/screenshots.py                       # screenshots/data/*.json -> screenshots/
     python scripts/screenshots.py --data DIR --out DIR --size 100x30
@@ -126,7 +127,14 @@ def report_svg(path: Path) -> str:
     return render_svg(panels(recording, report), report)
 
 
-async def render(samples: Sequence[Sample], size: tuple[int, int], title: str) -> str:
+def has_job(samples: Sequence[Sample]) -> bool:
+    """The last sample shows a distributed job of two ranks or more (the rank view has something)."""
+    from vramtop.analysis.jobs import jobs
+
+    return bool(samples) and any(len(j.ranks) >= 2 for j in jobs(samples[-1]))
+
+
+async def render(samples: Sequence[Sample], size: tuple[int, int], title: str, press: Sequence[str] = ()) -> str:
     from vramtop.ui.app import SampleArrived, VramtopApp
     from vramtop.ui.replay import replay_interval
 
@@ -136,6 +144,8 @@ async def render(samples: Sequence[Sample], size: tuple[int, int], title: str) -
             # One at a time: a newer SampleArrived replaces an unprocessed one.
             app.post_message(SampleArrived(sample))
             await pilot.pause()
+        if press:
+            await pilot.press(*press)
         await pilot.wait_for_scheduled_animations()
         await pilot.pause()
         return app.export_screenshot(title=title)
@@ -186,9 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             target = args.out / f"{path.name.split('.')[0]}-report.svg"
             target.write_text(report_svg(path))
             print(target)
-    for name, samples in inputs:
+    views = [(name, samples, ()) for name, samples in inputs]
+    views += [(f"{name}-ranks", samples, ("r",)) for name, samples in inputs if has_job(samples)]
+    for name, samples, press in views:
         for width, height in args.size or SIZES:
-            svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}"))
+            svg = asyncio.run(render(samples, (width, height), title=f"vramtop — {name}", press=press))
             target = args.out / f"{name}-{width}x{height}.svg"
             target.write_text(svg)
             print(target)

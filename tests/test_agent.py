@@ -197,8 +197,35 @@ def test_the_world_size_comes_from_the_process_group(agent, fake_torch, tmp_path
         model = make_model()
         train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2)
         assert wait_for(lambda: (s := agent._answers.latest) and s.world_size) == 1
+        assert agent._answers.latest.rank == 0  # no RANK in the environment: the process group's
     finally:
         dist.destroy_process_group()
+
+
+def test_the_monitor_gets_the_launchers_environment_read_when_the_agent_starts(agent_dir, fake_torch,
+                                                                             monkeypatch):
+    # What torchrun sets in each worker: the monitor puts the ranks of one job together with it.
+    env = {"RANK": "3", "LOCAL_RANK": "3", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8",
+           "TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
+    a.start()
+    source = AgentSource(agent_dir)
+    try:
+        fake_torch.initialized = True
+        (sample,) = wait_for(lambda: source.poll())
+        monkeypatch.setenv("RANK", "5")  # read once: a later change is not the launcher's
+        launch = sample.launch
+        assert launch is not None and sample.rank == 3
+        assert (launch.rank, launch.local_rank, launch.world_size, launch.local_world_size) == (3, 3, 8, 8)
+        assert (launch.run_id, launch.master, launch.parent_pid) == ("none", "127.0.0.1:29500", os.getppid())
+        time.sleep(0.1)
+        assert source.poll()[0].rank == 3
+        assert json.loads((agent_dir / f"{os.getpid()}.json").read_text())["rank"] == 3
+    finally:
+        source.close()
+        a.stop()
 
 
 def test_frozen_parameters_are_found_through_the_model_and_tied_weights_count_once(agent, fake_torch):

@@ -100,3 +100,23 @@ def test_a_file_that_is_not_a_sample_is_named_in_a_clear_error(tmp_path):
 def test_no_data_points_to_the_capture_instructions(tmp_path):
     result = run("--data", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 1 and "screenshots/data/README.md" in result.stderr
+
+
+def test_a_distributed_job_also_gets_the_rank_view_at_both_sizes(tmp_path):
+    from tests.fakes.fake_ranks import job_documents
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "job.json").write_text(json.dumps(job_documents(count=2)))
+    result = run("--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{name}-{size}.svg" for name in ("job", "job-ranks") for size in ("160x48", "80x24")]
+    narrow = svg_lines((out / "job-ranks-80x24.svg").read_text())
+    ranks = [line for line in narrow if line.lstrip().startswith("rank ")]
+    assert len(ranks) == 8 and "◀" in ranks[3] and all(len(line) <= 80 for line in narrow)
+    wide = "\n".join(svg_lines((out / "job-ranks-160x48.svg").read_text()))
+    assert "◀ nearest OOM" in wide and "master 127.0.0.1:29500" in wide
+    folded = svg_lines((out / "job-80x24.svg").read_text())
+    assert not any(line.lstrip().startswith("rank ") for line in folded)
+    assert any("8 ranks" in line and "r: ranks" in line for line in folded)

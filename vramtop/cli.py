@@ -30,6 +30,7 @@ examples:
   vramtop --once               one text summary, like nvidia-smi
   vramtop --once --json        one JSON document (schema vramtop.sample, version 1)
   vramtop --gpu 0,GPU-3f2a     only these GPUs (index or UUID prefix)
+  vramtop --remote node2:9400  this host's GPUs and node2's, read from its `vramtop export`
 
 exit codes: 0 ok, 1 error, 2 usage, 3 no NVIDIA driver, 4 no GPU, 5 NVML failed
 """
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one summary and exit (no terminal UI)")
     parser.add_argument("--json", action="store_true",
                         help="with --once: print a JSON document instead of text")
+    parser.add_argument("--remote", action="append", metavar="HOST:PORT",
+                        help="also show another host's GPUs, read from its `vramtop export` endpoint; "
+                             "repeatable; read-only (its processes are never signalled)")
     if SUBCOMMANDS:
         commands = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, module, summary in SUBCOMMANDS:

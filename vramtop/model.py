@@ -70,6 +70,7 @@ class GpuSample:
     mig_devices: tuple[MigDeviceSample, ...] = ()
     processes: tuple[ProcessSample, ...] = ()
     error: str | None = None  # set when this GPU could not be read (e.g. fell off the bus)
+    host: str | None = None  # another host's GPU, read from its exporter (read-only); None: this host's
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,21 @@ class OomReport:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """What a distributed launcher (torchrun, accelerate, DeepSpeed's launcher) put in the
+    process's environment, read once when the agent starts: the ranks of one job share ``run_id``
+    and ``master``, and the ranks on one node their launcher (``parent_pid``)."""
+
+    rank: int | None = None  # RANK
+    local_rank: int | None = None  # LOCAL_RANK: the rank's place on its node
+    world_size: int | None = None  # WORLD_SIZE
+    local_world_size: int | None = None  # LOCAL_WORLD_SIZE: ranks on this node
+    run_id: str | None = None  # TORCHELASTIC_RUN_ID (torchrun's --rdzv-id; "none" when not given)
+    master: str | None = None  # MASTER_ADDR:MASTER_PORT, the job's rendezvous
+    parent_pid: int | None = None  # the launcher: the process's parent, in its own PID namespace
+
+
+@dataclass(frozen=True)
 class AgentSample:
     """What the in-process agent reports about its own process."""
 
@@ -265,6 +281,7 @@ class AgentSample:
     world_size: int | None = None  # torch.distributed world size, once the process group exists
     checkpointing: bool | None = None  # a model says gradient checkpointing is on (Transformers'
     # is_gradient_checkpointing); None: no model says either way
+    launch: Launch | None = None  # the launcher's environment; None from older agents
 
 
 @dataclass(frozen=True)

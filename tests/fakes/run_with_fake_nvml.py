@@ -23,7 +23,8 @@ def big_box(agent_pids: list[int], per_gpu: int = 8) -> FakeNvml:
 
 def main() -> int:
     scale = [int(p) for p in os.environ.get("FAKE_NVML_SCALE", "").split(",") if p]
-    fake = big_box(scale) if scale else two_gpu_box()
+    # FAKE_NVML_PER_GPU=1: each big-box GPU has its agent's process only (a job's box to itself).
+    fake = big_box(scale, int(os.environ.get("FAKE_NVML_PER_GPU", "8"))) if scale else two_gpu_box()
     # FAKE_NVML_PIDS=1,2: the busy GPU's compute processes (a soak's real training process).
     pids = [int(p) for p in os.environ.get("FAKE_NVML_PIDS", "").split(",") if p]
     if pids:

@@ -34,6 +34,7 @@ class CensusSchedule:
         self.cost = 0.0  # seconds the last one took
         self.gap = 1.0
         self.world_size: int | None = None
+        self.rank: int | None = None  # torch.distributed's, for programs that pass it to init_process_group
         self.checkpointing: bool | None = None
         self._trainable: list[weakref.ref[Any]] | None = None  # from the last census
 
@@ -49,6 +50,7 @@ class CensusSchedule:
             self._trainable = [weakref.ref(p) for p in parameters_of(self._optimizers, self._models)
                                if p.requires_grad]
             self.world_size = ts.world_size(torch)
+            self.rank = ts.rank(torch)
             self.checkpointing = ts.checkpointing(self._models)  # Transformers walks its modules
         except RuntimeError:  # a dict changed size while the program was building its model
             return

@@ -34,7 +34,7 @@ from typing import Any
 
 from vramtop import __version__, protocol
 from vramtop.codec import to_dict
-from vramtop.model import AgentSample, OomReport
+from vramtop.model import AgentSample, Launch, OomReport
 
 from . import _torchstats as ts
 from ._answers import Answers
@@ -43,6 +43,7 @@ from ._census import take_census
 from ._census_schedule import CensusSchedule
 from ._devices import DeviceTable
 from ._discovery import ModelDiscovery
+from ._launch import launch_env
 from ._oom import PostMortems, oom_observer, oom_report
 from ._peaks import ClosedStep
 from ._phases import StepPhases
@@ -92,6 +93,7 @@ class Agent:
         self._phases: StepPhases | None = None
         self._hooks: list[Any] = []
         self._pid_namespace = _pid_namespace()
+        self._launch: Launch | None = None  # read when it starts serving (a forked child reads its own)
         self.last_oom: OomReport | None = None
         self._thread = threading.Thread(target=self._run, name="vramtop-agent", daemon=True)
 
@@ -185,6 +187,7 @@ class Agent:
 
     def _activate(self, torch: Any) -> None:
         self._torch = torch
+        self._launch = launch_env()
         optim = _optim_module(torch)
         self._phases = StepPhases(self._read_counters, self._census.trainable_parameters,
                                   self._devices.counted, self._step_measured, torch, self._device_type,
@@ -210,7 +213,7 @@ class Agent:
             "pid": self.pid,
             "started": time.time(),
             "argv": [a[:200] for a in sys.argv[:16]],
-            "rank": _env_int("RANK"),
+            "rank": self._launch.rank if self._launch else None,
             "torch": str(getattr(self._torch, "__version__", "?")),
             "devices": [d.uuid for d in self._devices.states.values()],
         }
@@ -350,7 +353,7 @@ class Agent:
             devices=self._sampler.read(torch, devices),
             step=self.step,
             phase=phase,
-            rank=_env_int("RANK"),
+            rank=self._launch.rank if self._launch and self._launch.rank is not None else self._census.rank,
             expandable_segments=ts.expandable_segments(self._sampler.snapshot),
             error=self.error,
             last_oom=self.last_oom,
@@ -358,6 +361,7 @@ class Agent:
             autocast=self._discovery.autocast,
             world_size=self._census.world_size,
             checkpointing=self._census.checkpointing,
+            launch=self._launch,
         )
         self._answers.latest = sample
         if self._server is not None:
@@ -379,8 +383,3 @@ def _pid_namespace() -> int | None:
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value and value.isdigit() else None

@@ -254,3 +254,14 @@ def world_size(torch: Any) -> int | None:
         return int(dist.get_world_size())
     except Exception:
         return None
+
+
+def rank(torch: Any) -> int | None:
+    """torch.distributed's rank of this process, once the program has created its process group."""
+    try:
+        dist = getattr(torch, "distributed", None)
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return None
+        return int(dist.get_rank())
+    except Exception:
+        return None

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vramtop.analysis.report_jobs import JobSummary, job_summaries
 from vramtop.analysis.report_postmortems import PostMortemSeen, postmortems
 from vramtop.analysis.report_processes import ProcessSummary, process_summaries
 from vramtop.analysis.risk import warnings_over
@@ -66,6 +67,7 @@ class Report:
     end_reason: str | None  # None: no end record
     gpus: tuple[GpuSummary, ...] = ()
     processes: tuple[ProcessSummary, ...] = ()
+    jobs: tuple[JobSummary, ...] = ()  # distributed jobs of two ranks or more
     events: tuple[Event, ...] = ()  # as recorded, including the recorder's own warning events
     warnings: tuple[WarningSeen, ...] = ()
     postmortems: tuple[PostMortemSeen, ...] = ()
@@ -118,6 +120,7 @@ def summarize(recording: Recording, gpus: Sequence[str] | None = None,
         end_reason=recording.end.reason if recording.end else None,
         gpus=tuple(_gpu_summaries(recording, fresh, gpus)),
         processes=tuple(process_summaries(fresh, gpus)),
+        jobs=tuple(job_summaries(fresh, gpus)),
         events=recording.events,
         warnings=tuple(_warnings(recording.samples_with_events(), gpus, thresholds)),
         postmortems=tuple(postmortems(fresh, recording.events, gpus, thresholds)),

@@ -40,6 +40,7 @@ examples:
   vramtop record --duration 2h --gpu 0,1   two GPUs for two hours
   vramtop record -- python train.py        around a command; exits with its exit code
   vramtop record --pid 4242                one running process (its rows and agent) until it exits
+  vramtop record --pid 4242 --job          every rank of 4242's distributed job, until 4242 exits
 
 The file is JSON Lines (schema vramtop.recording, version 1), readable while it is written.
 """
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", type=int, metavar="PID",
                         help="record only this running process (the GPUs' totals, its own rows and its "
                              "agent) until it exits")
+    parser.add_argument("--job", action="store_true",
+                        help="with --pid: every rank of that process's distributed job (torchrun, "
+                             "accelerate, DeepSpeed), not only that one")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="run CMD with VRAMTOP_AGENT=1, record until it exits, "
                              "exit with its exit code")
@@ -79,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if args.cmd and not command:
         raise VramtopError("nothing to run after --", EXIT_USAGE)
+    if args.job and args.pid is None:
+        raise VramtopError("--job needs --pid: the rank whose job to record (without --pid every "
+                           "process is recorded, every rank included)", EXIT_USAGE)
     watched = _watched_command(args.pid, command)
     path, compress = output_paths(args.output, command or watched, compress=XZ_SUFFIX if args.compress else "",
                                   force=args.force)
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         first = reader.read()
         reader.deadline = deadline
         if args.pid is not None:
-            first = only_process(first, args.pid)
+            first = only_process(first, args.pid, args.job)
             _check_uses_gpu(first, args.pid)
         header = header_record(first, interval=args.interval, command=command or watched or None, pid=args.pid)
         recorder = Recorder(path, header, overwrite=args.force)
@@ -109,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         from vramtop.analysis.risk import RiskTracker
 
         session = RecordingSession(reader, recorder, interval=args.interval, duration=args.duration,
-                                   compress=compress, risk=RiskTracker(thresholds_from(args)), pid=args.pid)
+                                   compress=compress, risk=RiskTracker(thresholds_from(args)), pid=args.pid,
+                                   job=args.job)
         try:
             return session.run(first, command)
         finally:

@@ -8,12 +8,13 @@ from vramtop.commands.options import need_terminal, thresholds_from
 from vramtop.errors import EXIT_OK
 from vramtop.sources.monitor import monitor_source
 from vramtop.sources.poller import open_in_background
+from vramtop.sources.remote import with_remotes
 
 
 def run(args: argparse.Namespace) -> int:
     need_terminal("the live monitor", "`vramtop --once` (or `--once --json`) prints one summary")
     # NVML for every process; the allocator bill for those that run the vramtop agent.
-    source = monitor_source(args.gpu)
+    source = with_remotes(monitor_source(args.gpu), args.remote)
     opened = open_in_background(source)  # NVML starts while Textual is imported: a sooner first frame
     from vramtop.ui.app import VramtopApp
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from vramtop import __version__
+from vramtop.analysis.jobs import job_to_dict, jobs, summary
 from vramtop.analysis.join import join
 from vramtop.analysis.risk import RiskWarning, warning_to_dict
 from vramtop.codec import finite_only
@@ -27,6 +28,7 @@ def render_json(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
         if len(rows) == 1:
             agent_doc["host_pid"] = rows.pop()
     doc["warnings"] = [warning_to_dict(w) for w in warnings]
+    doc["jobs"] = [job_to_dict(j) for j in jobs(sample)]
     return json.dumps(finite_only(doc), indent=2, allow_nan=False)
 
 
@@ -37,9 +39,22 @@ def render_text(sample: Sample, warnings: Sequence[RiskWarning] = ()) -> str:
     for gpu in sample.gpus:
         lines.extend(_gpu_lines(gpu))
         lines.extend(_agent_lines(sample, gpu))
+    lines.extend(job_lines(sample))
     for w in warnings:
         lines.append(f"{w.level.upper()}: {w.title} — {w.sentence} → {w.action}")
     return "\n".join(lines)
+
+
+def job_lines(sample: Sample) -> list[str]:
+    """Each distributed job: its summary, then a line per rank."""
+    lines = []
+    for job in jobs(sample):
+        lines.append(summary(job))
+        for r in job.ranks:
+            lines.append(f"  rank {r.rank:>3}  GPU {r.gpu_index if r.gpu_index is not None else '?':>2}  "
+                         f"PID {r.pid:>7}  peak {fmt_bytes(r.peak):>9}  headroom {fmt_bytes(r.headroom):>9}  "
+                         f"step {r.step}")
+    return lines
 
 
 def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
@@ -76,7 +91,7 @@ def _header(sample: Sample) -> str:
 
 
 def _gpu_lines(gpu: GpuSample) -> list[str]:
-    title = f"GPU {gpu.index}  {gpu.name}  {gpu.uuid}"
+    title = f"GPU {gpu.index}  {gpu.name}  {gpu.uuid}" if not gpu.host else f"GPU {gpu.index} @{gpu.host}  {gpu.uuid}"
     if gpu.error:
         return [title, f"  ! {gpu.error}"]
     pct = percent(gpu.memory_used, gpu.memory_total)

@@ -28,14 +28,23 @@ SETTLE_S = 1.0  # after the command ends, how long its agents' last frames may t
 WarningKey = tuple[str, str, int | None]
 
 
-def only_process(sample: Sample, pid: int) -> Sample:
-    """``sample`` with the GPUs' own figures, and only this process's rows, agent and events."""
-    gpus = tuple(replace(g, processes=tuple(p for p in g.processes if p.pid == pid)) for g in sample.gpus)
+def only_process(sample: Sample, pid: int, job: bool = False) -> Sample:
+    """``sample`` with the GPUs' own figures, and only this process's rows, agent and events; with
+    ``job``, those of every rank of its distributed job (analysis/jobs.py) too."""
     from vramtop.analysis.join import join
 
-    matched = {id(m.agent) for m in join(sample).of_process(pid)}
-    agents = tuple(a for a in sample.agents if id(a) in matched)
-    events = tuple(e for e in sample.events if e.pid == pid)
+    pids = {pid}
+    if job:
+        from vramtop.analysis.jobs import job_with, jobs
+
+        found = job_with(jobs(sample), pid)
+        if found is not None:
+            pids.update(r.pid for r in found.ranks)
+    gpus = tuple(replace(g, processes=tuple(p for p in g.processes if p.pid in pids)) for g in sample.gpus)
+    matches = [m for p in pids for m in join(sample).of_process(p)]
+    agents = tuple(a for a in sample.agents if any(m.agent is a for m in matches))
+    # An event names the process as its agent knows it (its own PID namespace).
+    events = tuple(e for e in sample.events if e.pid in pids or any(e.pid == m.agent.pid for m in matches))
     return replace(sample, gpus=gpus, agents=agents, events=events)
 
 
@@ -78,9 +87,10 @@ class RecordingSession:
 
     def __init__(self, reader: DeadlineReader, recorder: Recorder, *, interval: float,
                  duration: float | None, compress: str, risk: RiskTracker | None = None,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, job: bool = False) -> None:
         self.reader = reader
         self.pid = pid  # --pid: only this process, until it exits
+        self.job = job  # --job: and every rank of its distributed job
         self.recorder = recorder
         self.warnings = WarningEvents(risk) if risk is not None else None
         self.interval = interval
@@ -158,7 +168,7 @@ class RecordingSession:
         if sample.stale:  # the last good data again: record it at the time it stood in
             sample = replace(sample, time=time.time())
         if self.pid is not None:
-            sample = only_process(sample, self.pid)
+            sample = only_process(sample, self.pid, self.job)
         # Events go into the file as event records of their own, not inside the sample.
         self._write(self.recorder.write_sample, replace(sample, events=()))
         self._pids.update(a.pid for a in sample.agents)

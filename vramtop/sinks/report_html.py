@@ -11,6 +11,7 @@ from html import escape
 from vramtop import __version__
 from vramtop.analysis.report import Report
 from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
+from vramtop.sinks.report_jobs import jobs_html
 from vramtop.sinks.report_svg_style import CATEGORY_COLOURS
 from vramtop.sinks.report_text import MAX_PROBLEMS, fmt_duration, fmt_offset, fmt_time
 from vramtop.sinks.report_words import event_label, logged_events, peak_note, problems
@@ -58,6 +59,7 @@ def render_html(report: Report, svg: str) -> str:
         "</div>",
         *_gpus(report),
         *_processes(report),
+        *jobs_html(report),
         *(line for p in report.processes if p.agent is not None for line in _agent(report, p, p.agent)),
         *_warnings(report),
         *_events(report),

@@ -16,6 +16,7 @@ from vramtop.analysis.oom_place import where
 from vramtop.analysis.report import GpuSummary, Report
 from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
 from vramtop.codec import to_dict
+from vramtop.sinks.report_jobs import jobs_json
 from vramtop.sinks.report_words import event_label, peak_note, problems
 from vramtop.units import mib
 
@@ -51,6 +52,7 @@ def report_document(report: Report) -> dict[str, Any]:
         },
         "gpus": [_gpu(report, g) for g in report.gpus],
         "processes": [_process(report, p) for p in report.processes],
+        "jobs": jobs_json(report),
         "events": [
             {"time": e.time, "offset": report.offset(e.time), "kind": e.kind, "pid": e.pid,
              "label": event_label(e), "data": e.data}

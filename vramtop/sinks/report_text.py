@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vramtop.analysis.report import GpuSummary, Report
 from vramtop.analysis.report_processes import AgentSummary, PeakBill, ProcessSummary
+from vramtop.sinks.report_jobs import jobs_text
 from vramtop.sinks.report_words import event_label, logged_events, peak_note, problems
 from vramtop.units import clock, fmt_mib, mib, percent
 
@@ -22,6 +23,7 @@ def render_text(report: Report) -> str:
         lines.extend(_gpu(report, gpu))
     lines.append("")
     lines.extend(_processes(report))
+    lines.extend(jobs_text(report))
     for proc in report.processes:
         if proc.agent is not None:
             lines.append("")

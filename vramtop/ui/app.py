@@ -15,6 +15,7 @@ from textual.message import Message
 
 from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
+from vramtop.analysis.jobs import jobs
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
@@ -26,6 +27,7 @@ from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.keys import KeyBar
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
+from vramtop.ui.widgets.ranks import RankView
 from vramtop.ui.widgets.warnings import WarningList, render_warning_details
 from vramtop.units import clock, fmt_bytes
 
@@ -69,6 +71,8 @@ class VramtopApp(App[None]):
         Binding("s", "cycle_sort", "Sort"),
         Binding("g", "next_gpu", "GPU"),
         Binding("G", "all_gpus", "All GPUs", show=False),
+        # Shown in the help and in the job's header line, which appears only with a job.
+        Binding("r", "toggle_ranks", "Ranks", show=False),
         Binding("t", "signal('SIGTERM')", "Term"),
         Binding("k", "signal('SIGKILL')", "Kill"),
         # The process table has the focus (arrows select); these scroll the details below it.
@@ -97,6 +101,7 @@ class VramtopApp(App[None]):
         self.sort = SORT_NAMES[0]
         self.gpu_filter: str | None = None  # a GPU UUID, or None for all
         self.narrow = False
+        self.ranks_expanded = False  # the rank view of a distributed job, in place of the GPU list
         self.failure: str | None = None
         # What the details show: the sample (compared by identity: comparing samples costs more
         # than drawing), the selected row, the layout.
@@ -106,6 +111,7 @@ class VramtopApp(App[None]):
         yield Panel(id="status")
         yield Panel(id="banner")
         yield GpuList(id="gpus")
+        yield RankView(id="ranks")
         yield WarningList(id="warnings")
         yield ProcessTable(id="procs")
         with VerticalScroll(id="detail-box"):
@@ -190,8 +196,14 @@ class VramtopApp(App[None]):
         if sample is None:
             self.query_one(GpuList).waiting()
             return
+        found = jobs(sample)
+        ranks = self.query_one(RankView)
+        ranks.show(found, self.ranks_expanded, self.narrow)
+        gpu_list = self.query_one(GpuList)
+        # The rank lines name each rank's GPU and its peak: the GPU list makes room for them.
+        gpu_list.display = not (self.ranks_expanded and ranks.display)
         gpus = tuple(g for g in sample.gpus if self.gpu_filter in (None, g.uuid))
-        self.query_one(GpuList).show(gpus, self.history, self.narrow, self.gpu_filter)
+        gpu_list.show(gpus, self.history, self.narrow, self.gpu_filter)
         shown = tuple(w for w in self.warnings if self.gpu_filter in (None, w.gpu_uuid))
         self.query_one(WarningList).show(shown, self.narrow)
         table = self.query_one(ProcessTable)
@@ -304,6 +316,14 @@ class VramtopApp(App[None]):
         self.gpu_filter = uuids[position] if position < len(uuids) else None
         self.render_view()
 
+    def action_toggle_ranks(self) -> None:
+        """The ranks of a distributed job, a line each (the GPU list gives way), or folded back."""
+        if self.sample is None or not any(len(j.ranks) >= 2 for j in jobs(self.sample)):
+            self.notify("no distributed job here: no agent reports two ranks of one job", severity="warning")
+            return
+        self.ranks_expanded = not self.ranks_expanded
+        self.render_view()
+
     def action_all_gpus(self) -> None:
         self.gpu_filter = None
         self.render_view()
@@ -315,6 +335,10 @@ class VramtopApp(App[None]):
             return
         uuid, _, pid_text = key.rpartition(":")
         gpu = self.sample.gpu(uuid)
+        if gpu is not None and gpu.host:
+            self.notify(f"PID {pid_text} runs on {gpu.host}: another host's processes are shown, never signalled",
+                        severity="error")
+            return
         proc = next((p for p in gpu.processes if p.pid == int(pid_text)), None) if gpu else None
         if proc is None:
             return

@@ -22,6 +22,8 @@ HELP = """\
   space, p   pause / resume the display (sampling goes on)
   s          sort processes: GPU memory, host RSS, PID, user
   g          the next GPU only (its processes); G: all GPUs
+  r          a distributed job's ranks, a line each (GPU, peak, headroom,
+               step; nearest OOM ◀, highest peak ▲); r again folds them
   ↑ ↓        select a process; its details show below the table
   PgDn PgUp  scroll those details (a long bill, post-mortem, advice)
   W          every warning in full: numbers and action (Esc closes)

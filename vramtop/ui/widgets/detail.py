@@ -38,7 +38,8 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     if match is not None:
         t.append_text(_with_agent(sample, match.agent, match.device, first, width, narrow, advice, live))
     else:
-        t.append_text(_without_agent(first, live))
+        gpu = sample.gpu(first.gpu_uuid)
+        t.append_text(_without_agent(first, live, gpu.host if gpu else None))
     return t
 
 
@@ -76,11 +77,14 @@ def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: 
     return t
 
 
-def _without_agent(first: ProcessSample, live: bool) -> Text:
+def _without_agent(first: ProcessSample, live: bool, host: str | None = None) -> Text:
     """Who the process is as far as NVML and the host can tell, and why there is no bill."""
     t = Text("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
-    if first.visibility == NOT_VISIBLE:
+    if host is not None:
+        t.append(f"\nA process on {host}, read from its exporter (--remote): shown, never signalled; "
+                 f"vramtop on {host} shows its bill.", style="dim")
+    elif first.visibility == NOT_VISIBLE:
         t.append("\nNVML reports host PIDs; run vramtop on the host, or share the host PID namespace "
                  "(docker --pid=host) to see who this is.", style="dim")
     elif first.visibility == MISMATCH:

@@ -86,6 +86,8 @@ def render_gpu(gpu: GpuSample, history: list[int], width: int, narrow: bool, sel
     name = gpu.name.removeprefix("NVIDIA ") if narrow else gpu.name
     title = Text()
     title.append(f"{marker}{gpu.index} ", style="bold reverse" if selected else "bold")
+    if gpu.host:  # another host's GPU (--remote): its host first, its name is not published
+        title.append(f"@{gpu.host}", style="bold magenta")
     title.append(name, style="bold cyan")
     if not narrow:
         title.append(f"  {gpu.uuid[:12]}", style="dim")

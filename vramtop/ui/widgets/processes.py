@@ -53,6 +53,7 @@ class ProcessTable(DataTable[Any]):
         self._layout_width = 0  # the table width the columns were laid out for
         self._last: tuple[Sample, str | None, str, bool] | None = None
         self._totals: dict[str, int | None] = {}
+        self._hosts: dict[str, str] = {}  # another host's GPUs (--remote), by UUID: their host
         self._agents: dict[tuple[str, int], AgentDevice] = {}  # (GPU UUID, host PID), from the join
         self._shown: list[tuple[str, tuple[Any, ...]]] | None = None
         self.focus_pid: int | None = None  # `vramtop attach PID`: start on this process
@@ -62,6 +63,7 @@ class ProcessTable(DataTable[Any]):
         self._last = (sample, gpu, sort, narrow)
         selected = self.selected_key()
         self._totals = {g.uuid: g.memory_total for g in sample.gpus}
+        self._hosts = {g.uuid: g.host for g in sample.gpus if g.host}
         self._agents = {m.key: m.device for m in join(sample).matches if m.key is not None}
         rows = visible_processes(sample, gpu, sort)
         content = [(row_key(p), tuple(self._cells(i, p, narrow))) for i, p in rows]
@@ -145,6 +147,8 @@ class ProcessTable(DataTable[Any]):
         pid = Text(f"{AGENT_MARK}{p.pid}", style="bold green") if agent else Text(f" {p.pid}")
         gpu_mem = Text("N/A" if p.used_memory is None else f"{mib(p.used_memory)} MiB", justify="right")
         label = process_label(p)
+        if p.gpu_uuid in self._hosts:  # its PID is another host's: say where, before anything else
+            label = f"[{self._hosts[p.gpu_uuid]}] {label}"
         command = Text(label, style="italic yellow" if p.visibility in (NOT_VISIBLE, MISMATCH) else "")
         user = (p.user or "?")[: 8 if narrow else 12]
         rss = Text(fmt_bytes(p.host_rss), justify="right")

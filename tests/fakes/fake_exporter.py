@@ -1,0 +1,56 @@
+"""A fake `vramtop export` endpoint for CPU-only tests of `vramtop --remote`: a page in the
+Prometheus text format with the metric names issue #16 gives the exporter, served over HTTP on
+loopback from a thread."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+MiB = 1 << 20
+
+
+def exporter_page(hostname: str = "node2", gpus: int = 2, used_mib: int = 30000) -> str:
+    """Each GPU 81559 MiB with ``used_mib`` used, one process on it (PID 7000 + index)."""
+    lines = ["# HELP vramtop_gpu_memory_used_bytes GPU memory used (nvidia-smi memory.used)",
+             "# TYPE vramtop_gpu_memory_used_bytes gauge"]
+    for i in range(gpus):
+        labels = f'gpu="{i}",uuid="GPU-remote-{i:04d}",hostname="{hostname}"'
+        total, used, reserved = 81559 * MiB, (used_mib + i) * MiB, 480 * MiB
+        lines += [f"vramtop_gpu_memory_used_bytes{{{labels}}} {used}",
+                  f"vramtop_gpu_memory_total_bytes{{{labels}}} {total}",
+                  f"vramtop_gpu_memory_free_bytes{{{labels}}} {total - used - reserved}",
+                  f"vramtop_gpu_memory_reserved_bytes{{{labels}}} {reserved}",
+                  f'vramtop_process_gpu_memory_bytes{{gpu="{i}",uuid="GPU-remote-{i:04d}",pid="{7000 + i}",'
+                  f'command="python train.py --name \\"run {i}\\"",user="bob"}} {(used_mib - 500) * MiB}',
+                  f'vramtop_torch_memory_allocated_bytes{{gpu="{i}",pid="{7000 + i}",rank="{i}"}} {20000 * MiB}']
+    lines.append("vramtop_up 1")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def serve(page: str) -> Iterator[str]:
+    """Serve ``page`` at http://127.0.0.1:PORT/metrics until the block ends; yields HOST:PORT."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = page.encode()
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
