@@ -52,3 +52,24 @@ def test_a_style_change_repaints_rows_drawn_before_it() -> None:
     content = bill("3.0 GiB", "forward")
     assert asyncio.run(drawn(content, alert=True)) == asyncio.run(drawn(Text(), content, alert=True))
     assert asyncio.run(drawn(content, alert=True)) != asyncio.run(drawn(content, alert=False))
+
+
+async def heights(*steps: tuple[str, bool]) -> list[int]:
+    """The panel's height after each (content, held) redraw."""
+    app = PanelApp()
+    out = []
+    async with app.run_test(size=(60, 20)) as pilot:
+        panel = app.query_one(Panel)
+        for content, held in steps:
+            panel.hold_rows(held)
+            panel.redraw(Text(content))
+            await pilot.pause()
+            out.append(panel.size.height)
+    return out
+
+
+def test_a_held_panel_does_not_shrink_until_released() -> None:
+    long, short = "a\nb\nc\nd", "a\nb"
+    assert asyncio.run(heights((long, False), (short, False))) == [4, 2]
+    assert asyncio.run(heights((long, False), (short, True), (long + "\ne", True), (short, True), (short, False))) \
+        == [4, 4, 5, 5, 2]

@@ -35,6 +35,8 @@ class Panel(Widget):
     _wrapped_for = 0  # the width the rows were wrapped for
     _strips: list[Strip | None] | None = None  # each row as drawn; None: not drawn since it changed
     _strips_for: tuple[int, VisualStyle] | None = None  # the width and style they were drawn with
+    _hold = False  # keep the row count from shrinking (see hold_rows)
+    _held_rows = 0  # the rows last drawn
 
     DEFAULT_CSS = "Panel { height: auto; }"
 
@@ -49,6 +51,15 @@ class Panel(Widget):
         self._content_for = render
         self._width = self.size.width
         self._put(render(max(self._width, MIN_WIDTH)))
+
+    def hold_rows(self, hold: bool) -> None:
+        """While held, the panel never gets shorter: missing rows at the end are blank. A panel
+        whose row count wavers from sample to sample (the bill's advice, rewrapped as its
+        figures change) would otherwise cost a layout of the whole screen each time, the
+        largest single cost of a sample with a job on screen."""
+        if self._hold and not hold:
+            self._drawn = None  # the next redraw drops the blank rows, even of the same content
+        self._hold = hold
 
     def on_resize(self) -> None:
         if self._content_for is not None and self.size.width != self._width:
@@ -67,6 +78,12 @@ class Panel(Widget):
         # screen (which costs more than drawing) is asked for only when that changes.
         width = self._wrapped_for = self.content_size.width
         wrapped = _wrapped(content, width)
+        count = wrapped.plain.count("\n") + 1
+        if self._hold and count < self._held_rows:
+            wrapped = wrapped.copy()
+            wrapped.append("\n" * (self._held_rows - count))
+        else:
+            self._held_rows = count
         before, rows = self._rows, wrapped.split("\n", allow_blank=True) if width > 0 else None
         self._text, self._rows = wrapped, (list(rows) if rows is not None else None)
         if before is None or self._rows is None or len(before) != len(self._rows):
