@@ -38,7 +38,8 @@ class Panel(Widget):
     _hold = False  # keep the row count from shrinking (see hold_rows)
     _held_rows = 0  # the rows last drawn
 
-    DEFAULT_CSS = "Panel { height: auto; }"
+    # The rows are wrapped here already (see _put): Textual need not look for places to wrap them.
+    DEFAULT_CSS = "Panel { height: auto; text-wrap: nowrap; }"
 
     def render(self) -> Text:
         return self._text
