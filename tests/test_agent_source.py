@@ -41,8 +41,8 @@ def test_only_the_newest_sample_is_decoded_and_an_unchanged_one_is_the_same_obje
     try:
         source = AgentSource(tmp_path / "vramtop")
         source.poll()
-        publish(server, 1)
-        wait_for(lambda: [a.step for a in source.poll()] == [1])
+        # Until the server has taken the connection in, what it publishes goes to nobody.
+        wait_for(lambda: publish(server, 1) or [a.step for a in source.poll()] == [1])
         decoded: list[object] = []
         real = agent_source.from_dict
         monkeypatch.setattr(agent_source, "from_dict", lambda cls, data: decoded.append(data) or real(cls, data))
@@ -63,10 +63,9 @@ def test_a_malformed_sample_ends_the_connection_with_a_reason(tmp_path):
     try:
         source = AgentSource(tmp_path / "vramtop")
         source.poll()
-        publish(server, 1)
-        wait_for(lambda: source.poll())
-        server.publish({"type": "sample", "sample": {"pid": "not a number"}})
-        problems = wait_for(lambda: source.poll() == () and source.visible_problems())
+        wait_for(lambda: publish(server, 1) or source.poll())
+        bad = {"type": "sample", "sample": {"pid": "not a number"}}
+        problems = wait_for(lambda: server.publish(bad) or (source.poll() == () and source.visible_problems()))
         assert any("malformed data from the agent" in p for p in problems)
     finally:
         server.stop()
