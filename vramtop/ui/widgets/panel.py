@@ -92,11 +92,10 @@ class Panel(Widget):
             self.refresh(layout=True)
             return
         changed = [y for y, (old, new) in enumerate(zip(before, self._rows, strict=True)) if old != new]
-        if changed:
-            strips = self._strips
+        if changed and self._strips is not None:
             for y in changed:
-                if strips is not None:
-                    strips[y] = None
+                self._strips[y] = None
+        if changed:
             self.refresh(*(Region(0, y, width, 1) for y in changed))
 
     def render_line(self, y: int) -> Strip:
