@@ -4,8 +4,8 @@ real TUI (FakeNvml, one agent server replaying the demo's GPT-2 samples at 4 Hz,
 
     python bench/profile_monitor.py [--interval 0.2] [--seconds 30] [--sort tottime] [--lines 40]
 
-Prints the top of the profile (every thread's time lands in the main thread's profile only for
-the main thread: the poller thread is profiled separately with ``threading.setprofile``).
+Prints the top of one profile of every thread: the main one and, from their start, the others
+(the poller, the agent readers; ``threading.setprofile``), added together.
 """
 
 from __future__ import annotations
