@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "vramtop.bench.monitor_cpu"
+FLOOR = "textual floor"  # bench/textual_floor.py: one Static in a minimal Textual app
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -351,12 +352,14 @@ def pump(children: list[Child], timeout: float) -> None:
 
 @dataclass
 class Tool:
-    name: str  # "vramtop" or "nvitop"
+    name: str  # "vramtop", "nvitop" or "textual floor"
     base: list[str]
     marker: re.Pattern[bytes]
     version: str | None = None
 
     def live(self, interval: float) -> list[str]:
+        if self.name == FLOOR:
+            return list(self.base)
         if self.name == "vramtop":
             return [*self.base, "-i", fmt_num(interval)]
         return [*self.base, "-m", "full", "--interval", fmt_num(interval)]
@@ -829,6 +832,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="command that runs vramtop (default: %(default)s)")
     p.add_argument("--nvitop", default=shlex.join([sys.executable, "-m", "nvitop"]),
                    help="command that runs nvitop (default: %(default)s)")
+    p.add_argument("--skip-floor", action="store_true",
+                   help="leave out the first-frame row of a minimal Textual app (bench/textual_floor.py)")
     p.add_argument("--skip-nvitop", action="store_true", help="measure vramtop only")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="CPU window per live monitor, seconds (default: 60)")
@@ -963,7 +968,9 @@ def _main(args: argparse.Namespace, settings: Settings) -> int:
     if "once" in phases:
         report["once"] = measure_once(tools, args, settings)
     if "frame" in phases:
-        report["first_frame"] = measure_first_frame(tools, args, settings)
+        floor = Tool(FLOOR, [sys.executable, str(REPO_ROOT / "bench" / "textual_floor.py")], vramtop.marker)
+        frame_tools = tools if args.skip_floor else [*tools, floor]
+        report["first_frame"] = measure_first_frame(frame_tools, args, settings)
     if "cpu" in phases:
         report["cpu"] = []
         for scenario in args.scenario_list:

@@ -153,6 +153,16 @@ def test_shared_options_work_before_and_after_the_command_name():
     assert parser.parse_args(["attach", "1", "--margin", "20"]).margin == 20.0
 
 
+def test_the_live_monitor_imports_no_other_command():
+    code = ("import sys; from vramtop.cli import build_parser; build_parser(sys.argv[1:]); "
+            "print(sorted(m for m in ('vramtop.recording', 'vramtop.commands.record') if m in sys.modules))")
+    alone = subprocess.run([sys.executable, "-c", code, "-i", "1"], capture_output=True, text=True, timeout=60)
+    recording = subprocess.run([sys.executable, "-c", code, "record", "-o", "x"], capture_output=True, text=True,
+                               timeout=60)
+    assert alone.stdout.strip() == "[]"
+    assert recording.stdout.strip() == "['vramtop.commands.record', 'vramtop.recording']"
+
+
 # -- what a new user trips over ------------------------------------------------------------------
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vramtop", "demo",

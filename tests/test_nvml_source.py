@@ -222,3 +222,18 @@ def test_reads_from_another_thread_work():
     t.start()
     t.join()
     assert out[0].gpus[0].memory_used == fake.gpus[0].used
+
+
+def test_the_first_read_starts_as_soon_as_the_source_is_open_and_is_the_one_read_returns():
+    fake = two_gpu_box()
+    reader = DeadlineReader(source(fake), deadline=5)
+    reader.open_in_background()()
+    deadline = time.monotonic() + 5
+    while fake.calls["nvmlDeviceGetMemoryInfo"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 2  # both GPUs read before anyone asked
+    first = reader.read()
+    assert not first.stale and fake.calls["nvmlDeviceGetMemoryInfo"] == 2  # that read, not another
+    reader.read()
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 4
+

@@ -11,7 +11,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from vramtop import __version__
 from vramtop.commands.options import bounded
@@ -98,7 +98,10 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 RECORDED = {"report", "replay", "demo"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands_used: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``commands_used`` (the words of argv), only the subcommands
+    named there get their own options, so only their modules are imported (the live monitor
+    starts sooner without the recorder's and the reports')."""
     shared = _source_options()
     parser = argparse.ArgumentParser(
         prog="vramtop",
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub = commands.add_parser(name, help=summary, description=summary,
                                       parents=[_source_options(defaults=False, interval=name not in RECORDED)])
             sub.set_defaults(module=module)
-            importlib.import_module(module).add_arguments(sub)
+            if commands_used is None or name in commands_used:
+                importlib.import_module(module).add_arguments(sub)
     return parser
 
 
@@ -136,8 +140,9 @@ def _negative_values_joined(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_negative_values_joined(sys.argv[1:] if argv is None else argv))
+    words = _negative_values_joined(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(commands_used=words)
+    args = parser.parse_args(words)
     try:
         module = getattr(args, "module", None)
         if module is None:

@@ -56,7 +56,10 @@ class AgentConnection:
     def __init__(self, path: Path, pid: int) -> None:
         self.path = path
         self.pid = pid
-        self.latest: AgentSample | None = None
+        # The newest sample as it came off the wire, numbered; it is decoded only when read: an
+        # agent sends 4 a second, a monitor at 1 s reads one of them. Tuples swap atomically.
+        self._wire: tuple[int, Any] = (0, None)
+        self._decoded: tuple[int, AgentSample | None] = (0, None)
         self.events: deque[dict[str, Any]] = deque(maxlen=256)
         self.error: str | None = None
         self.closed = threading.Event()
@@ -83,6 +86,19 @@ class AgentConnection:
         self._sock = sock
         threading.Thread(target=self._read_loop, name=f"vramtop-agent-{self.pid}", daemon=True).start()
 
+    @property
+    def latest(self) -> AgentSample | None:
+        number, raw = self._wire
+        if number != self._decoded[0]:
+            sample = self._decoded[1]
+            try:
+                sample = from_dict(AgentSample, raw)
+            except DecodeError as err:  # as if the reader had found it: the connection ends
+                self.error = f"malformed data from the agent of PID {self.pid}: {err}"
+                self.close()
+            self._decoded = (number, sample)
+        return self._decoded[1]
+
     def close(self) -> None:
         self.closed.set()
         if self._sock is not None:
@@ -106,7 +122,7 @@ class AgentConnection:
                         check_hello(message)
                         greeted = True
                     elif message["type"] == "sample":
-                        self.latest = from_dict(AgentSample, message.get("sample"))
+                        self._wire = (self._wire[0] + 1, message.get("sample"))
                     elif message["type"] == "event":
                         self.events.append(message)
                     elif message["type"] == "error":

@@ -40,8 +40,12 @@ def open_in_background(source: Source, deadline: float | None = None) -> Callabl
     """Start ``source.open()`` on a worker thread now; the function returned waits for it (within
     ``deadline`` seconds of the start) and raises what it raised. Meanwhile the caller can do
     other start-up work: NVML's initialisation and Textual's import overlap."""
+    return _waiter(_Call(source.open), deadline)
+
+
+def _waiter(call: _Call, deadline: float | None) -> Callable[[], None]:
+    """Waits for ``call`` (an open) within ``deadline`` seconds of its start; raises what it raised."""
     deadline = OPEN_DEADLINE_S if deadline is None else deadline
-    call = _Call(source.open)
 
     def wait() -> None:
         if not call.done.wait(max(0.0, deadline - (time.monotonic() - call.started))):
@@ -81,6 +85,16 @@ class DeadlineReader:
         self.deadline = deadline
         self._pending: _Call | None = None
         self._last: Sample | None = None
+
+    def open_in_background(self, deadline: float | None = None) -> Callable[[], None]:
+        """:func:`open_in_background`, and once the source is open its first read starts at once
+        on another worker: the first sample is read while the UI starts, not after."""
+
+        def open_then_read() -> None:
+            self.source.open()
+            self._pending = _Call(self.source.read)  # before the waiter returns: read() finds it
+
+        return _waiter(_Call(open_then_read), deadline)
 
     def read(self) -> Sample:
         """A fresh sample; or the last one marked stale; or VramtopError if there never was one."""

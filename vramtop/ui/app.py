@@ -83,13 +83,15 @@ class VramtopApp(App[None]):
 
     def __init__(self, source: Source, *, interval: float = 1.0, deadline: float = 5.0,
                  poll: bool = True, focus_pid: int | None = None, notice: str | None = None,
-                 thresholds: Thresholds | None = None, **kwargs: Any) -> None:
+                 thresholds: Thresholds | None = None, reader: DeadlineReader | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.risk = RiskTracker(thresholds)
         self.warnings: tuple[RiskWarning, ...] = ()
         self.focus_pid = focus_pid  # `vramtop attach PID`
         self.notice = notice  # a standing message, e.g. how to enable the agent
         self._source = source
+        self._reader = reader  # one that may have a read under way already (the first sample)
         self.interval = interval
         self._deadline = deadline
         self._poll = poll
@@ -125,7 +127,7 @@ class VramtopApp(App[None]):
         self.render_view()
         if self._poll:
             self._poller = Poller(
-                DeadlineReader(self._source, self._deadline),
+                self._reader or DeadlineReader(self._source, self._deadline),
                 self.interval,
                 deliver=lambda s: void(self.post_message(SampleArrived(s))),
                 on_error=lambda e: void(self.post_message(SourceFailed(e.message))),

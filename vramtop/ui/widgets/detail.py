@@ -100,9 +100,15 @@ def _without_agent(first: ProcessSample, live: bool, host: str | None = None) ->
 
 
 class ProcessDetail(Panel):
+    _shown_for: tuple[str | None, int, bool] | None = None  # the process and layout last shown
+
     def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = (),
              live: bool = True) -> None:
         width = max(self.size.width - 2, 40)  # minus the padding
         found = key is not None and bool(join(sample).of_process(int(key.rpartition(":")[2])))
         self.set_class(bool(found), "agent")
+        # The same process in the same layout keeps its rows: its advice comes and goes.
+        shown_for = (key, width, narrow)
+        self.hold_rows(shown_for == self._shown_for)
+        self._shown_for = shown_for
         self.redraw(render_detail(sample, key, width, narrow, advice, live))

@@ -8,6 +8,9 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Span, Text
 from textual.geometry import Region
+from textual.strip import Strip
+from textual.style import Style as VisualStyle
+from textual.visual import Visual, visualize
 from textual.widget import Widget
 
 MIN_WIDTH = 40  # what a panel is laid out for before it knows its width
@@ -17,7 +20,8 @@ class Panel(Widget):
     """Every sample re-renders the whole view; an unchanged panel is not redrawn, and in a changed
     one only the changed lines are repainted, so the terminal gets bytes only for what changed
     (this is most of what keeps the monitor's CPU low with a training job on screen: its bill's
-    figures change with every sample, its labels and layout do not).
+    figures change with every sample, its labels and layout do not). A repainted row is also the
+    only one turned into a Strip again: Textual would re-render the whole text for any change.
 
     Content laid out for the panel's width goes through :meth:`redraw_for_width`, which draws it
     again when the width changes: the first sample can arrive before the first layout, and a
@@ -29,8 +33,13 @@ class Panel(Widget):
     _rows: list[Text] | None = None  # the drawn content, one Text per row; None: not laid out yet
     _text: Text = Text()  # what render() shows
     _wrapped_for = 0  # the width the rows were wrapped for
+    _strips: list[Strip | None] | None = None  # each row as drawn; None: not drawn since it changed
+    _strips_for: tuple[int, VisualStyle] | None = None  # the width and style they were drawn with
+    _hold = False  # keep the row count from shrinking (see hold_rows)
+    _held_rows = 0  # the rows last drawn
 
-    DEFAULT_CSS = "Panel { height: auto; }"
+    # The rows are wrapped here already (see _put): Textual need not look for places to wrap them.
+    DEFAULT_CSS = "Panel { height: auto; text-wrap: nowrap; }"
 
     def render(self) -> Text:
         return self._text
@@ -43,6 +52,15 @@ class Panel(Widget):
         self._content_for = render
         self._width = self.size.width
         self._put(render(max(self._width, MIN_WIDTH)))
+
+    def hold_rows(self, hold: bool) -> None:
+        """While held, the panel never gets shorter: missing rows at the end are blank. A panel
+        whose row count wavers from sample to sample (the bill's advice, rewrapped as its
+        figures change) would otherwise cost a layout of the whole screen each time, the
+        largest single cost of a sample with a job on screen."""
+        if self._hold and not hold:
+            self._drawn = None  # the next redraw drops the blank rows, even of the same content
+        self._hold = hold
 
     def on_resize(self) -> None:
         if self._content_for is not None and self.size.width != self._width:
@@ -61,15 +79,40 @@ class Panel(Widget):
         # screen (which costs more than drawing) is asked for only when that changes.
         width = self._wrapped_for = self.content_size.width
         wrapped = _wrapped(content, width)
+        count = wrapped.plain.count("\n") + 1
+        if self._hold and count < self._held_rows:
+            wrapped = wrapped.copy()
+            wrapped.append("\n" * (self._held_rows - count))
+        else:
+            self._held_rows = count
         before, rows = self._rows, wrapped.split("\n", allow_blank=True) if width > 0 else None
         self._text, self._rows = wrapped, (list(rows) if rows is not None else None)
         if before is None or self._rows is None or len(before) != len(self._rows):
+            self._strips = None
             self.refresh(layout=True)
             return
-        changed = [Region(0, y, width, 1) for y, (old, new) in enumerate(zip(before, self._rows, strict=True))
-                   if old != new]
+        changed = [y for y, (old, new) in enumerate(zip(before, self._rows, strict=True)) if old != new]
+        if changed and self._strips is not None:
+            for y in changed:
+                self._strips[y] = None
         if changed:
-            self.refresh(*changed)
+            self.refresh(*(Region(0, y, width, 1) for y in changed))
+
+    def render_line(self, y: int) -> Strip:
+        rows = self._rows
+        if rows is None or not 0 <= y < len(rows) or self.text_selection is not None:
+            return super().render_line(y)
+        drawn_for = (self.size.width, self.visual_style)
+        strips = self._strips
+        if strips is None or self._strips_for != drawn_for:
+            strips = self._strips = [None] * len(rows)
+            self._strips_for = drawn_for
+        strip = strips[y]
+        if strip is None:
+            # The row as Textual would draw it as part of the whole text (the rows fit the width).
+            drawn = Visual.to_strips(self, visualize(self, rows[y], markup=False), drawn_for[0], 1, drawn_for[1])
+            strip = strips[y] = drawn[0]
+        return strip
 
 
 _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only measures; never prints
