@@ -235,6 +235,8 @@ class AgentSample:
     world_size: int | None = None  # torch.distributed world size, once the process group exists
     checkpointing: bool | None = None  # a model says gradient checkpointing is on (Transformers'
     # is_gradient_checkpointing); None: no model says either way
+    attached: bool = False  # started late by ``vramtop attach``: models and optimizers are found
+    # from then on, so the categories come with the first optimizer step after the attach
 
 
 @dataclass(frozen=True)
