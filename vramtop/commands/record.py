@@ -40,6 +40,7 @@ examples:
   vramtop record --duration 2h --gpu 0,1   two GPUs for two hours
   vramtop record -- python train.py        around a command; exits with its exit code
   vramtop record --pid 4242                one running process (its rows and agent) until it exits
+  vramtop record --pid 4242 --inject       ... starting the agent inside it first (see vramtop attach)
 
 The file is JSON Lines (schema vramtop.recording, version 1), readable while it is written.
 """
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", type=int, metavar="PID",
                         help="record only this running process (the GPUs' totals, its own rows and its "
                              "agent) until it exits")
+    parser.add_argument("--inject", action="store_true",
+                        help="with --pid: start the agent inside that running Python process first (Linux "
+                             "x86_64, ptrace), so its bill is recorded too")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="run CMD with VRAMTOP_AGENT=1, record until it exits, "
                              "exit with its exit code")
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cmd and not command:
         raise VramtopError("nothing to run after --", EXIT_USAGE)
     watched = _watched_command(args.pid, command)
+    if args.inject and args.pid is None:
+        raise VramtopError("--inject starts the agent in the process --pid names: give --pid", EXIT_USAGE)
     path, compress = output_paths(args.output, command or watched, compress=XZ_SUFFIX if args.compress else "",
                                   force=args.force)
 
@@ -101,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if args.pid is not None:
             first = only_process(first, args.pid)
             _check_uses_gpu(first, args.pid)
+            if args.inject:
+                _inject(args.pid)
         header = header_record(first, interval=args.interval, command=command or watched or None, pid=args.pid)
         recorder = Recorder(path, header, overwrite=args.force)
         print(f"vramtop: recording to {path}"
@@ -133,6 +141,18 @@ def _watched_command(pid: int | None, command: Sequence[str]) -> list[str]:
         raise VramtopError(f"no process with PID {pid}", EXIT_USAGE) from None
     except psutil.Error:
         return []  # someone else's process: its command line may be hidden
+
+
+def _inject(pid: int) -> None:
+    """Start the agent in ``pid`` unless it runs one; the recorder finds it at its next rescan."""
+    from vramtop.commands.attaching import start_agent_in
+    from vramtop.inject import agent_serving
+    from vramtop.protocol import runtime_dir
+
+    if agent_serving(pid, runtime_dir()):
+        return
+    notice = start_agent_in(pid, ask=False)
+    print(f"vramtop: {notice or f'agent started in PID {pid}'}", file=sys.stderr)
 
 
 def _check_uses_gpu(only: Sample, pid: int) -> None:

@@ -12,14 +12,14 @@ SystemExit would end the program. A Ctrl-C that lands in it is passed on to the 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from pathlib import Path
 
 from vramtop.protocol import socket_path
 
-from .errors import AttachError, AttachTimeout, TargetExited
+from ._target import process_ended
+from .errors import AgentNotYet, AttachError, TargetExited
 
 _SOURCE = '''
 def attach(home, directory, interval):
@@ -97,7 +97,7 @@ def wait_for_agent(pid: int, directory: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     outcome = ""
     while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
+        if process_ended(pid, settle=0):
             raise TargetExited(pid)
         outcome = _read(marker) or outcome
         if outcome.startswith("failed"):
@@ -110,13 +110,11 @@ def wait_for_agent(pid: int, directory: Path, timeout: float) -> None:
         time.sleep(0.05)
     _remove(marker)
     if not outcome:
-        raise AttachTimeout(
-            f"PID {pid} has not run the agent's start within {timeout:g} s: its main thread has not returned to "
-            "Python since (a long C or CUDA call, or a wait); it starts when it does: run `vramtop attach "
-            f"{pid}` again later (it is never started twice)")
-    raise AttachTimeout(
-        f"the agent runs in PID {pid} but serves nothing yet: it waits for the program to use CUDA through "
-        "torch (a process that never does has no allocator to bill)")
+        raise AgentNotYet(f"PID {pid} has not run the agent's start within {timeout:g} s: its main thread has not "
+                          "returned to Python since (a long C or CUDA call, or a wait); it starts when it does, "
+                          "never twice")
+    raise AgentNotYet(f"the agent runs in PID {pid} but serves nothing yet: it waits for the program to use CUDA "
+                      "through torch")
 
 
 def _read(path: Path) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from ._target import process_ended
 from .errors import TargetExited
 
 PTRACE_CONT = 7
@@ -43,9 +46,13 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-_libc.ptrace.restype = ctypes.c_long
+@functools.cache
+def _ptrace_function() -> Any:
+    """libc's ptrace, loaded on first use (importing this module costs nothing anywhere)."""
+    function = ctypes.CDLL(None, use_errno=True).ptrace
+    function.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    function.restype = ctypes.c_long
+    return function
 
 
 def ptrace(request: int, pid: int, addr: int | None = None, data: object = None) -> None:
@@ -53,9 +60,9 @@ def ptrace(request: int, pid: int, addr: int | None = None, data: object = None)
     process that no longer exists)."""
     ctypes.set_errno(0)
     arg = ctypes.byref(data) if isinstance(data, ctypes.Structure) else data
-    if _libc.ptrace(request, pid, addr, arg) == -1:
+    if _ptrace_function()(request, pid, addr, arg) == -1:
         err = ctypes.get_errno()
-        if err == errno.ESRCH and not os.path.exists(f"/proc/{pid}"):
+        if err == errno.ESRCH and process_ended(pid):
             raise TargetExited(pid)
         raise OSError(err, os.strerror(err))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -133,3 +134,19 @@ def process_state(pid: int) -> ProcessState:
     argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
     return ProcessState(name=fields.get("Name", "?").strip(), uid=int(fields["Uid"].split()[0]),
                         state=fields.get("State", "?").strip()[:1], command=" ".join(argv) or "?")
+
+
+def process_ended(pid: int, settle: float = 0.1) -> bool:
+    """Gone, or dying: a process killed while it was stopped takes a moment to become a zombie."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in (b"Z", b"X", b"x"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)

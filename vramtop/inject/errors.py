@@ -19,3 +19,7 @@ class TargetExited(AttachError):
 
 class AttachTimeout(AttachError):
     """The process did not stop, or the call into it did not return, in time (it was released)."""
+
+
+class AgentNotYet(AttachTimeout):
+    """The start is queued (or the agent runs) but it serves nothing yet; it comes up by itself."""

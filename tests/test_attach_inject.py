@@ -1,0 +1,235 @@
+"""`vramtop attach PID` starting the agent inside a running Python process (vramtop.inject).
+
+Real ptrace on real processes: each target is a Python child started with a clean environment
+(no VRAMTOP_*, no PYTHONPATH), which fakes only CUDA (FakeCudaTorch, loaded by file location, so
+vramtop is not imported) and runs a CPU torch loop. The injector, the bootstrap, the agent and
+its socket are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vramtop.inject import AttachRefused, TargetExited, attach_agent, inspect_target
+from vramtop.inject.errors import AgentNotYet
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+                                reason="the injector is for Linux on x86_64")
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_CUDA = REPO / "tests" / "fakes" / "fake_cuda.py"
+
+# A training loop that has never heard of vramtop. argv: steps, seconds to pause per step.
+TRAIN = textwrap.dedent("""
+    import importlib.util, sys, time
+    print("vramtop imported:", "vramtop" in sys.modules, flush=True)
+    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
+    fake_cuda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake_cuda)
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.arange(32.0).reshape(4, 8) / 32
+
+    def step():
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # torch's lazy imports happen with the real torch; then only CUDA is faked
+    fake = fake_cuda.FakeCudaTorch(torch)
+    fake.allocator.set(123 << 20, 256 << 20)
+    sys.modules["torch"] = fake
+    fake.initialized = True  # as if the program had moved its model to the GPU
+    print("ready", flush=True)
+    for _ in range(int(sys.argv[1])):
+        step()
+        time.sleep(float(sys.argv[2]))
+    print("result", repr(model.weight.detach().sum().item()), flush=True)
+    agent = sys.modules.get("vramtop.agent")
+    print("agent", agent is not None and agent.current() is not None, flush=True)
+    print("from", getattr(sys.modules.get("vramtop"), "__file__", None), flush=True)
+""").format(fake=str(FAKE_CUDA))
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
+
+
+def start(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tempfile.gettempdir())
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("ready"):
+            return proc
+    raise AssertionError(f"the child never got ready: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def finish(proc: subprocess.Popen[str]) -> dict[str, str]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d / "vramtop"
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_attach_starts_the_agent_in_a_training_loop_that_goes_on_to_the_same_result(runtime, procs):
+    """GIVEN a CPU torch loop started without vramtop WHEN attached THEN a monitor gets its
+    samples and steps, the loop ends with the result it computes alone, a second attach is refused."""
+    pytest.importorskip("torch")
+    from vramtop.sources.agent import AgentSource
+
+    alone = start([sys.executable, "-c", TRAIN, "400", "0"])
+    expected = finish(alone)["result"]
+
+    proc = start([sys.executable, "-c", TRAIN, "400", "0.02"])
+    procs.append(proc)
+    attached = attach_agent(proc.pid, runtime, interval=0.05)
+    assert attached.version == sys.version_info[:2] and attached.note is None
+
+    source = AgentSource(runtime)
+    try:
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline and not any(s.step > 0 for s in seen):
+            seen.extend(source.poll(wait=0.2))
+        assert seen, "no sample from the attached agent"
+        latest = seen[-1]
+        assert latest.pid == proc.pid and latest.attached
+        assert latest.devices[0].stats.allocated == 123 << 20
+        assert latest.step > 0, "no optimizer step reported after the attach"
+        # (The census counts CUDA tensors: this loop's are on the CPU, so none are billed here.)
+    finally:
+        source.close()
+
+    with pytest.raises(AttachRefused, match="already runs the vramtop agent"):
+        attach_agent(proc.pid, runtime)
+
+    report = finish(proc)
+    assert report["result"] == expected
+    assert report["agent"] == "True"
+    assert report["from"].startswith(str(REPO / "vramtop"))  # vramtop's own installation
+
+
+def test_a_second_injection_while_the_first_agent_waits_starts_nothing_twice(runtime, procs):
+    """The agent waits for CUDA (no socket yet): attaching again queues the bootstrap, which sees
+    the running agent and says so; the caller is told the agent waits."""
+    program = "import time\nprint('ready', flush=True)\nfor _ in range(600): time.sleep(0.01)\n"
+    proc = start([sys.executable, "-c", program])
+    procs.append(proc)
+    for _ in range(2):
+        with pytest.raises(AgentNotYet, match="waits for the program to use CUDA"):
+            attach_agent(proc.pid, runtime, wait=3)
+    proc.kill()
+    assert "agent not started" not in proc.communicate()[1]
+
+
+def test_a_main_thread_in_a_long_sleep_delays_the_start_and_its_sleep_is_not_cut_short(runtime, procs):
+    program = TRAIN.replace('print("ready", flush=True)',
+                            'print("ready", flush=True)\nt = time.monotonic(); time.sleep(4); '
+                            'print("slept", round(time.monotonic() - t, 1), flush=True)')
+    proc = start([sys.executable, "-c", program, "150", "0.02"])
+    procs.append(proc)
+    with pytest.raises(AgentNotYet, match="main thread has not returned to Python"):
+        attach_agent(proc.pid, runtime, wait=1.5)
+    from vramtop.inject import wait_for_agent
+
+    wait_for_agent(proc.pid, runtime, 20)  # it comes up by itself once the sleep returns
+    report = finish(proc)
+    assert float(report["slept"]) >= 3.9
+    assert report["agent"] == "True"
+
+
+def test_a_process_that_exits_during_the_attach(runtime, procs):
+    program = "import time\nprint('ready', flush=True)\ntime.sleep(1.0)\n"
+    proc = start([sys.executable, "-c", program])
+    procs.append(proc)
+    with pytest.raises(TargetExited, match=f"PID {proc.pid} exited during the attach"):
+        attach_agent(proc.pid, runtime, wait=10)
+
+
+def test_a_process_killed_while_it_is_stopped_for_the_injection(procs):
+    from vramtop.inject._remote import Tracee
+
+    proc = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
+    procs.append(proc)
+    with pytest.raises(TargetExited), Tracee(proc.pid, timeout=5) as tracee:
+        os.kill(proc.pid, signal.SIGKILL)
+        tracee.call(0x1000)
+
+
+def test_a_process_that_is_not_python_is_refused(runtime, procs):
+    sleep = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(AttachRefused, match=r"\(sleep\) is not a Python process"):
+            attach_agent(sleep.pid, runtime)
+    finally:
+        sleep.kill()
+        sleep.wait()
+
+
+def test_a_stopped_process_is_refused_and_left_stopped(runtime, procs):
+    proc = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
+    procs.append(proc)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.1)
+        with pytest.raises(AttachRefused, match=f"kill -CONT {proc.pid}"):
+            attach_agent(proc.pid, runtime)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("scope", ["3"])
+def test_ptrace_disabled_by_yama_is_refused(runtime, procs, tmp_path, scope):
+    scope_file = tmp_path / "ptrace_scope"
+    scope_file.write_text(scope + "\n")
+    proc = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
+    procs.append(proc)
+    with pytest.raises(AttachRefused, match="disabled on this machine until it reboots"):
+        attach_agent(proc.pid, runtime, scope_file=scope_file)
+    for allowed in ("0", "garbage"):
+        scope_file.write_text(allowed)
+        inspect_target(proc.pid, runtime, scope_file=scope_file)  # no refusal
+
+
+def test_the_real_yama_setting_where_the_machine_has_one(runtime, procs):
+    real = Path("/proc/sys/kernel/yama/ptrace_scope")
+    if not real.exists():
+        pytest.skip("this kernel has no Yama")
+    proc = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
+    procs.append(proc)
+    if real.read_text().strip() == "3":
+        with pytest.raises(AttachRefused, match="ptrace_scope=3"):
+            inspect_target(proc.pid, runtime)
+    else:
+        inspect_target(proc.pid, runtime)  # our own child: allowed under 0, 1 and (as root) 2
