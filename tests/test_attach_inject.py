@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,3 +234,147 @@ def test_the_real_yama_setting_where_the_machine_has_one(runtime, procs):
             inspect_target(proc.pid, runtime)
     else:
         inspect_target(proc.pid, runtime)  # our own child: allowed under 0, 1 and (as root) 2
+
+
+AS_ANOTHER_USER = textwrap.dedent("""
+    import subprocess, sys, tempfile
+    from pathlib import Path
+    from vramtop.inject import AttachRefused, inspect_target
+    from vramtop.inject._remote import Tracee
+    directory = Path(tempfile.mkdtemp()) / "vramtop"
+
+    def outcome(action):
+        try:
+            action()
+            return "allowed"
+        except AttachRefused as err:
+            return str(err)
+
+    root_pid = int(sys.argv[1])
+    print("OWNER:", outcome(lambda: inspect_target(root_pid, directory)))
+    print("KERNEL:", outcome(lambda: Tracee(root_pid, 5).__enter__()))
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    for scope in "0123":
+        path = directory.parent / ("scope" + scope)
+        path.write_text(scope)
+        print("SCOPE" + scope + ":", outcome(lambda: inspect_target(own.pid, directory, scope_file=path)))
+    own.kill()
+""")
+
+
+def python_for(uid: int) -> str | None:
+    """An interpreter that ``uid`` may run with vramtop importable (this one may live in a
+    directory only root can read)."""
+    for candidate in (sys.executable, shutil.which("python3", path=os.defpath) or ""):
+        try:
+            probe = subprocess.run([candidate, "-c", "import vramtop.inject"], user=uid, cwd="/",
+                                   env={**clean_env(), "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
+    """Run as ``nobody`` (a real second user, without CAP_SYS_PTRACE) against root's process."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second user's process needs root")
+    try:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("no user 'nobody' here")
+    python = python_for(nobody)
+    if python is None:
+        pytest.skip("no Python that user 'nobody' may run with vramtop importable")
+    target = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
+    procs.append(target)
+    result = subprocess.run([python, "-c", AS_ANOTHER_USER, str(target.pid)], user=nobody, cwd="/",
+                            env={**clean_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    said = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert said["OWNER"].startswith(f"PID {target.pid} (python") and "belongs to root, not to you" in said["OWNER"]
+    assert "sudo -u root vramtop attach" in said["OWNER"]
+    assert said["KERNEL"].startswith(f"the kernel refused to trace PID {target.pid} (EPERM)")
+    assert said["SCOPE0"] == "allowed"
+    assert "only a parent may trace" in said["SCOPE1"] and "ptrace_scope=0" in said["SCOPE1"]
+    assert "needs CAP_SYS_PTRACE" in said["SCOPE2"]
+    assert "until it reboots" in said["SCOPE3"]
+
+
+# A target without torch (other interpreters here have none): a fake CUDA allocator on a bare
+# namespace is all the agent needs to serve.
+BARE = textwrap.dedent("""
+    import importlib.util, sys, time, types
+    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
+    fake_cuda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake_cuda)
+    fake = fake_cuda.FakeCudaTorch(types.SimpleNamespace(__version__="0-fake"))
+    fake.allocator.set(77 << 20, 128 << 20)
+    sys.modules["torch"] = fake
+    fake.initialized = True
+    print("ready", flush=True)
+    total = 0
+    for i in range(1500):
+        total += sum(range(i))
+        time.sleep(0.002)
+    print("result", total, flush=True)
+    print("agent", sys.modules.get("vramtop.agent") is not None, flush=True)
+""").format(fake=str(FAKE_CUDA))
+
+
+def other_interpreters() -> list[tuple[str, tuple[int, int]]]:
+    """Python 3.10+ interpreters on PATH (and pyenv's) other than this one: another minor version,
+    or another build such as a distribution's statically linked python3."""
+    mine = os.path.realpath(sys.executable)
+    found: dict[str, tuple[int, int]] = {}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    directories = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", *map(str, pyenv.glob("3.*/bin"))]
+    for name in ("python3.10", "python3.11", "python3.12", "python3.13", "python3"):
+        for directory in directories:
+            path = shutil.which(name, path=directory)
+            if not path:
+                continue
+            try:
+                probe = subprocess.run([path, "-c", "import sys, os; print(os.path.realpath(sys.executable)); "
+                                        "print(*sys.version_info[:2])"], capture_output=True, text=True,
+                                       timeout=30, env=clean_env())
+            except OSError:
+                continue
+            lines = probe.stdout.split("\n")
+            if probe.returncode != 0 or len(lines) < 2 or lines[0] == mine:
+                continue
+            major, minor = map(int, lines[1].split())
+            if (major, minor) >= (3, 10):
+                found.setdefault(lines[0], (major, minor))
+    return sorted(found.items())
+
+
+def test_targets_on_other_pythons(runtime, procs):
+    from vramtop.sources.agent import AgentSource
+
+    interpreters = other_interpreters()
+    if not interpreters:
+        pytest.skip("no other Python 3.10+ interpreter on this machine")
+    for python, version in interpreters:
+        proc = start([python, "-c", BARE])
+        procs.append(proc)
+        attached = attach_agent(proc.pid, runtime, interval=0.05)
+        assert attached.version == version, python
+        if version != sys.version_info[:2]:
+            assert attached.note and f"runs Python {version[0]}.{version[1]}" in attached.note
+        source = AgentSource(runtime, pids={proc.pid})
+        try:
+            deadline = time.monotonic() + 20
+            samples: tuple = ()
+            while time.monotonic() < deadline and not samples:
+                samples = source.poll(wait=0.2)
+            assert samples and samples[0].devices[0].stats.allocated == 77 << 20, python
+        finally:
+            source.close()
+        report = finish(proc)
+        assert int(report["result"]) == sum(i * (i - 1) // 2 for i in range(1500)), python
+        assert report["agent"] == "True", python

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 
 from . import _ptrace as pt
+from ._policy import refusal_for_errno
 from ._ptrace import Registers
 from .errors import AttachError, AttachTimeout, TargetExited
 
@@ -43,7 +44,10 @@ class Tracee:
         self.memory: pt.Memory | None = None
 
     def __enter__(self) -> Tracee:
-        pt.ptrace(pt.PTRACE_SEIZE, self.pid, None, None)
+        try:
+            pt.ptrace(pt.PTRACE_SEIZE, self.pid, None, None)
+        except OSError as err:
+            raise refusal_for_errno(self.pid, err) from None
         try:
             pt.ptrace(pt.PTRACE_INTERRUPT, self.pid, None, None)
             self._wait_for(lambda stop: stop.interrupt, "stop")
