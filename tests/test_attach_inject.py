@@ -14,94 +14,27 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.attach_targets import (  # noqa: F401 - fixtures
+    FAKE_CUDA,
+    REPO,
+    TRAIN,
+    clean_env,
+    finish,
+    procs_fixture,
+    runtime_fixture,
+    start,
+)
 from vramtop.inject import AttachRefused, TargetExited, attach_agent, inspect_target
 from vramtop.inject.errors import AgentNotYet
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64",
                                 reason="the injector is for Linux on x86_64")
-
-REPO = Path(__file__).resolve().parent.parent
-FAKE_CUDA = REPO / "tests" / "fakes" / "fake_cuda.py"
-
-# A training loop that has never heard of vramtop. argv: steps, seconds to pause per step.
-TRAIN = textwrap.dedent("""
-    import importlib.util, sys, time
-    print("vramtop imported:", "vramtop" in sys.modules, flush=True)
-    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
-    fake_cuda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fake_cuda)
-    import torch
-    torch.manual_seed(0)
-    model = torch.nn.Linear(8, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.arange(32.0).reshape(4, 8) / 32
-
-    def step():
-        model(x).pow(2).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    step()  # torch's lazy imports happen with the real torch; then only CUDA is faked
-    fake = fake_cuda.FakeCudaTorch(torch)
-    fake.allocator.set(123 << 20, 256 << 20)
-    sys.modules["torch"] = fake
-    fake.initialized = True  # as if the program had moved its model to the GPU
-    print("ready", flush=True)
-    for _ in range(int(sys.argv[1])):
-        step()
-        time.sleep(float(sys.argv[2]))
-    print("result", repr(model.weight.detach().sum().item()), flush=True)
-    agent = sys.modules.get("vramtop.agent")
-    print("agent", agent is not None and agent.current() is not None, flush=True)
-    print("from", getattr(sys.modules.get("vramtop"), "__file__", None), flush=True)
-""").format(fake=str(FAKE_CUDA))
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
-
-
-def start(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tempfile.gettempdir())
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("ready"):
-            return proc
-    raise AssertionError(f"the child never got ready: {proc.stderr.read() if proc.stderr else ''}")
-
-
-def finish(proc: subprocess.Popen[str]) -> dict[str, str]:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-
-@pytest.fixture
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "xdg"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
-    return d / "vramtop"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
 
 def test_attach_starts_the_agent_in_a_training_loop_that_goes_on_to_the_same_result(runtime, procs):
     """GIVEN a CPU torch loop started without vramtop WHEN attached THEN a monitor gets its
@@ -237,7 +170,7 @@ def test_the_real_yama_setting_where_the_machine_has_one(runtime, procs):
 
 
 AS_ANOTHER_USER = textwrap.dedent("""
-    import subprocess, sys, tempfile
+    import os, subprocess, sys, tempfile
     from pathlib import Path
     from vramtop.inject import AttachRefused, inspect_target
     from vramtop.inject._remote import Tracee
@@ -253,12 +186,18 @@ AS_ANOTHER_USER = textwrap.dedent("""
     root_pid = int(sys.argv[1])
     print("OWNER:", outcome(lambda: inspect_target(root_pid, directory)))
     print("KERNEL:", outcome(lambda: Tracee(root_pid, 5).__enter__()))
-    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # A process of ours that is not our descendant (its parent exited): what ptrace_scope=1 forbids.
+    spawn = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], "
+             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    orphan = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True).stdout)
     for scope in "0123":
         path = directory.parent / ("scope" + scope)
         path.write_text(scope)
-        print("SCOPE" + scope + ":", outcome(lambda: inspect_target(own.pid, directory, scope_file=path)))
-    own.kill()
+        print("SCOPE" + scope + ":", outcome(lambda: inspect_target(orphan, directory, scope_file=path)))
+        print("CHILD" + scope + ":", outcome(lambda: inspect_target(child.pid, directory, scope_file=path)))
+    child.kill()
+    os.kill(orphan, 9)
 """)
 
 
@@ -301,8 +240,10 @@ def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
     assert said["KERNEL"].startswith(f"the kernel refused to trace PID {target.pid} (EPERM)")
     assert said["SCOPE0"] == "allowed"
     assert "only a parent may trace" in said["SCOPE1"] and "ptrace_scope=0" in said["SCOPE1"]
+    assert said["CHILD0"] == said["CHILD1"] == "allowed"  # under 1, a descendant may be traced
     assert "needs CAP_SYS_PTRACE" in said["SCOPE2"]
-    assert "until it reboots" in said["SCOPE3"]
+    assert "needs CAP_SYS_PTRACE" in said["CHILD2"]
+    assert "until it reboots" in said["SCOPE3"] and "until it reboots" in said["CHILD3"]
 
 
 # A target without torch (other interpreters here have none): a fake CUDA allocator on a bare

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
             hint = enable_hint(pid)
         elif not has_agent:
             try:
-                hint = start_agent_in(pid, ask=not args.yes)
+                hint = start_agent_in(pid, ask=not args.yes,
+                                      instead=f"`vramtop attach --no-inject {pid}` shows NVML's view")
             except Declined:
                 hint = enable_hint(pid)
 

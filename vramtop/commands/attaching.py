@@ -10,13 +10,12 @@ from vramtop.errors import EXIT_FAILURE, VramtopError
 # How long the CLI waits for the agent's socket once the start is queued. Past it the agent still
 # comes up by itself (once the main thread runs Python again) and the monitor finds it then.
 AGENT_WAIT_S = 15.0
-NO_INJECT = "`vramtop attach --no-inject PID` shows NVML's view without it"
 
 
-def start_agent_in(pid: int, ask: bool, interval: float | None = None) -> str | None:
+def start_agent_in(pid: int, ask: bool, instead: str, interval: float | None = None) -> str | None:
     """Start the agent in ``pid`` (asking first when ``ask``). Returns a standing notice for the
-    monitor (None when there is nothing to say); VramtopError with the reason when it was not
-    started. A declined question raises ``Declined``."""
+    monitor (None when there is nothing to say); VramtopError with the reason and ``instead``
+    (what works without the agent) when it was not started. A declined question raises ``Declined``."""
     from vramtop.inject import AttachError, AttachRefused, AttachTimeout, attach_agent, inspect_target
     from vramtop.inject.errors import AgentNotYet
     from vramtop.protocol import runtime_dir
@@ -31,7 +30,7 @@ def start_agent_in(pid: int, ask: bool, interval: float | None = None) -> str | 
     except AgentNotYet as err:
         return f"{err}; its bill appears here then"
     except AttachRefused as err:
-        raise VramtopError(f"{err} ({NO_INJECT.replace('PID', str(pid))})", EXIT_FAILURE) from None
+        raise VramtopError(f"{err} ({instead})", EXIT_FAILURE) from None
     except (AttachTimeout, AttachError) as err:
         raise VramtopError(f"attach failed: {err}; PID {pid} was left as it was", EXIT_FAILURE) from None
     return target.note

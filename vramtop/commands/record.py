@@ -151,7 +151,8 @@ def _inject(pid: int) -> None:
 
     if agent_serving(pid, runtime_dir()):
         return
-    notice = start_agent_in(pid, ask=False)
+    notice = start_agent_in(pid, ask=False, instead=f"`vramtop record --pid {pid}` without --inject records "
+                                                    "NVML's view")
     print(f"vramtop: {notice or f'agent started in PID {pid}'}", file=sys.stderr)
 
 

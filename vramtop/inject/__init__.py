@@ -73,7 +73,7 @@ def _inspect(pid: int, directory: Path, scope_file: Path | None) -> tuple[Attach
     check_process(pid, state)
     if agent_serving(pid, directory):
         raise AttachRefused(f"PID {pid} ({state.name}) already runs the vramtop agent: nothing to attach")
-    check_ptrace_scope(scope_file)
+    check_ptrace_scope(pid, scope_file)
     maps = read_maps(pid)
     python = find_python(pid, maps, state.name)
     return Attached(pid, state.name, state.command, python.version), python, maps

@@ -26,7 +26,7 @@ def check_machine() -> None:
                             f"{sys.platform} on {platform.machine()}): {RESTART}")
 
 
-def check_ptrace_scope(scope_file: Path | None = None) -> None:
+def check_ptrace_scope(pid: int, scope_file: Path | None = None) -> None:
     """Yama's ptrace_scope: 0 lets a user trace their own processes; 1 only descendants,
     2 only with CAP_SYS_PTRACE, 3 nobody. No file: no Yama, ordinary rules."""
     try:
@@ -40,9 +40,24 @@ def check_ptrace_scope(scope_file: Path | None = None) -> None:
     if scope == 2 and not privileged:
         raise AttachRefused("ptrace needs CAP_SYS_PTRACE here (kernel.yama.ptrace_scope=2): run "
                             "`sudo vramtop attach PID`, or " + RESTART)
-    if scope == 1 and not privileged:
+    if scope == 1 and not privileged and not _descends_from_me(pid):
         raise AttachRefused("only a parent may trace a process here (kernel.yama.ptrace_scope=1): run as root "
                             "or `sudo sysctl kernel.yama.ptrace_scope=0`")
+
+
+def _descends_from_me(pid: int) -> bool:
+    me = os.getpid()
+    for _ in range(1024):  # a bound, should /proc change under us
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            pid = int(stat.rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 def has_cap_sys_ptrace() -> bool:
