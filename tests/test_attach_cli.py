@@ -4,6 +4,7 @@ vramtop, real injection (see tests/test_attach_inject.py for the target)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -112,3 +113,18 @@ def test_record_inject_records_the_bill_of_a_running_process(runtime, procs, tmp
     agent = samples[-1].agents[0]
     assert agent.attached and agent.devices[0].stats.allocated == 123 << 20
     assert proc.poll() is None
+
+
+def test_bench_attach_step_time_runs_on_the_cpu(runtime, tmp_path):
+    """The benchmark's structure, never its speed."""
+    pytest.importorskip("torch")
+    out = tmp_path / "attach.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "attach_step_time.py"), "--device", "cpu",
+                             "--before", "2", "--after", "3", "--settle", "0.5", "--width", "64",
+                             "--json-out", str(out)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime.parent)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["steps"]["before"] > 0 and report["steps"]["after"] > 0
+    assert report["median_step_ms"]["before"] > 0 and report["attach_until_serving_s"] > 0
+    assert "not a GPU figure" in report["note"]
