@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,19 +109,25 @@ def measure(device: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.width), str(args.depth), str(args.batch)]
     target = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
     assert target.stdout is not None
+    lines: list[str] = []
     try:
         if target.stdout.readline().strip() != "ready":
             raise SystemExit("the training loop did not start")
+        # Read as it comes: a full pipe would block the loop's main thread in write(), and the
+        # agent's start waits for that thread to run Python again.
+        reader = threading.Thread(target=lambda: lines.extend(target.stdout or ()), daemon=True)
+        reader.start()
         time.sleep(args.before)
         attach_started = time.perf_counter()
         attach_agent(target.pid, runtime_dir())
         attach_done = time.perf_counter()
-        out, _ = target.communicate(timeout=args.after + 120)
+        target.wait(timeout=args.after + 120)
+        reader.join(timeout=10)
     finally:
         if target.poll() is None:
             target.kill()
             target.wait()
-    steps = [(float(s), float(d)) for kind, s, d in (line.split() for line in out.splitlines()) if kind == "step"]
+    steps = [(float(s), float(d)) for kind, s, d in (line.split() for line in lines) if kind == "step"]
     return summarise(steps, attach_started, attach_done, args.settle, device)
 
 
