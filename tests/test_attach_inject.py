@@ -319,3 +319,16 @@ def test_targets_on_other_pythons(runtime, procs):
         report = finish(proc)
         assert int(report["result"]) == sum(i * (i - 1) // 2 for i in range(1500)), python
         assert report["agent"] == "True", python
+
+
+def test_a_python_without_the_needed_symbols_is_refused(runtime, tmp_path):
+    """A program named like Python that exports no C API (as a static, stripped build would)."""
+    fake_python = tmp_path / "python3"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake_python)
+    proc = subprocess.Popen([str(fake_python), "30"])
+    try:
+        with pytest.raises(AttachRefused, match="does not export Py_AddPendingCall and PyRun_SimpleString"):
+            attach_agent(proc.pid, runtime)
+    finally:
+        proc.kill()
+        proc.wait()
