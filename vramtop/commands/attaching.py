@@ -32,7 +32,7 @@ def start_agent_in(pid: int, ask: bool, instead: str, interval: float | None = N
     except AttachRefused as err:
         raise VramtopError(f"{err} ({instead})", EXIT_FAILURE) from None
     except (AttachTimeout, AttachError) as err:
-        raise VramtopError(f"attach failed: {err}; PID {pid} was left as it was", EXIT_FAILURE) from None
+        raise VramtopError(f"attach failed: {err}", EXIT_FAILURE) from None
     return target.note
 
 

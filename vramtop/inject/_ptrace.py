@@ -130,15 +130,30 @@ class Memory:
     """The target's memory, through /proc/PID/mem (the tracer may read and write it)."""
 
     def __init__(self, pid: int) -> None:
+        self.pid = pid
         self._fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
 
     def read(self, address: int, size: int) -> bytes:
-        return os.pread(self._fd, size, address)
+        try:
+            return os.pread(self._fd, size, address)
+        except OSError:
+            self._check_alive()
+            raise
 
     def write(self, address: int, data: bytes) -> None:
-        if os.pwrite(self._fd, data, address) != len(data):
+        try:
+            written = os.pwrite(self._fd, data, address)
+        except OSError:
+            self._check_alive()
+            raise
+        if written != len(data):
+            self._check_alive()
             raise OSError(errno.EIO, f"short write at {address:#x}")
+
+    def _check_alive(self) -> None:
+        """A process that died meanwhile has no memory left: say that, not EIO."""
+        if process_ended(self.pid):
+            raise TargetExited(self.pid)
 
     def close(self) -> None:
         os.close(self._fd)
-

@@ -118,8 +118,11 @@ class Tracee:
         while True:
             stop = pt.wait_stop(self.pid, self.timeout)
             if stop is None:
-                doing = "stop" if what == "stop" else f"return from the {what}"
-                raise AttachTimeout(f"PID {self.pid} did not {doing} within {self.timeout:g} s")
+                if what == "stop":
+                    raise AttachTimeout(f"PID {self.pid} did not stop within {self.timeout:g} s; it was released "
+                                        "unchanged")
+                raise AttachTimeout(f"PID {self.pid} did not return from the {what} within {self.timeout:g} s; it "
+                                    "was stopped again, restored and released")
             if stop.exited:
                 self._gone = True
                 raise TargetExited(self.pid)

@@ -136,7 +136,7 @@ def process_state(pid: int) -> ProcessState:
                         state=fields.get("State", "?").strip()[:1], command=" ".join(argv) or "?")
 
 
-def process_ended(pid: int, settle: float = 0.1) -> bool:
+def process_ended(pid: int, settle: float = 0.5) -> bool:
     """Gone, or dying: a process killed while it was stopped takes a moment to become a zombie."""
     deadline = time.monotonic() + settle
     while True:
