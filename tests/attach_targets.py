@@ -8,6 +8,7 @@ import os
 import subprocess
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,11 @@ def procs_fixture() -> Iterator[list[subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def exec_done(proc: subprocess.Popen, program: str) -> None:
+    """Wait until the child runs ``program`` (right after fork it is still this Python)."""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/comm").read_text().strip() != program:
+        assert time.monotonic() < deadline, f"{program} did not start"
+        time.sleep(0.01)

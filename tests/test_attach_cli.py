@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.attach_targets import TRAIN, procs_fixture, runtime_fixture, start  # noqa: F401 - fixtures
+from tests.attach_targets import TRAIN, exec_done, procs_fixture, runtime_fixture, start  # noqa: F401 - fixtures
 from tests.test_tui_tmux import SESSION, Tmux
 from vramtop.errors import EXIT_USAGE
 
@@ -76,6 +76,7 @@ def test_attach_answered_no_shows_nvml_and_how_to_get_the_bill(runtime, procs, t
 
 def test_record_inject_refuses_a_process_that_is_not_python_in_one_line(runtime, tmp_path):
     sleep = subprocess.Popen(["sleep", "30"])
+    exec_done(sleep, "sleep")
     try:
         result = subprocess.run([sys.executable, "-m", "tests.fakes.run_with_fake_nvml", "record", "--pid",
                                  str(sleep.pid), "--inject", "-o", str(tmp_path / "r.jsonl")],

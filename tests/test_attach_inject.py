@@ -25,6 +25,7 @@ from tests.attach_targets import (  # noqa: F401 - fixtures
     REPO,
     TRAIN,
     clean_env,
+    exec_done,
     finish,
     procs_fixture,
     runtime_fixture,
@@ -123,6 +124,7 @@ def test_a_process_killed_while_it_is_stopped_for_the_injection(procs):
 
 def test_a_process_that_is_not_python_is_refused(runtime, procs):
     sleep = subprocess.Popen(["sleep", "30"])
+    exec_done(sleep, "sleep")
     try:
         with pytest.raises(AttachRefused, match=r"\(sleep\) is not a Python process"):
             attach_agent(sleep.pid, runtime)
@@ -326,6 +328,7 @@ def test_a_python_without_the_needed_symbols_is_refused(runtime, tmp_path):
     fake_python = tmp_path / "python3"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", fake_python)
     proc = subprocess.Popen([str(fake_python), "30"])
+    exec_done(proc, "python3")
     try:
         with pytest.raises(AttachRefused, match="does not export Py_AddPendingCall and PyRun_SimpleString"):
             attach_agent(proc.pid, runtime)
