@@ -335,3 +335,9 @@ def test_a_python_without_the_needed_symbols_is_refused(runtime, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_another_architecture_is_refused_before_anything_is_read(runtime, monkeypatch):
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(AttachRefused, match=r"needs Linux on x86_64 \(this is linux on aarch64\)"):
+        attach_agent(os.getpid(), runtime)
