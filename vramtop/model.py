@@ -282,6 +282,8 @@ class AgentSample:
     checkpointing: bool | None = None  # a model says gradient checkpointing is on (Transformers'
     # is_gradient_checkpointing); None: no model says either way
     launch: Launch | None = None  # the launcher's environment; None from older agents
+    attached: bool = False  # started late by ``vramtop attach``: models and optimizers are found
+    # from then on, so the categories come with the first optimizer step after the attach
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ _lock = threading.Lock()
 _agent: Agent | None = None
 
 
-def start(interval: float | None = None, directory: str | os.PathLike[str] | None = None) -> bool:
-    """Start the agent once per process. Returns True if it is (now) running.
+def start(interval: float | None = None, directory: str | os.PathLike[str] | None = None,
+          attached: bool = False) -> bool:
+    """Start the agent once per process. Returns True if it is (now) running. ``attached``:
+    started by ``vramtop attach`` in a program that has been running without it.
 
     Never raises: a failure to start is reported as False, and the program goes on.
     """
@@ -37,7 +39,8 @@ def start(interval: float | None = None, directory: str | os.PathLike[str] | Non
                 return True
             if interval is None:
                 interval = float(os.environ.get("VRAMTOP_AGENT_INTERVAL", DEFAULT_INTERVAL))
-            _agent = Agent(interval=max(0.01, interval), directory=Path(directory) if directory else None)
+            _agent = Agent(interval=max(0.01, interval), directory=Path(directory) if directory else None,
+                           attached=attached)
             _agent.start()
             return True
     except Exception:

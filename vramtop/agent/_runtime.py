@@ -61,8 +61,9 @@ OOM_FLUSH = 0.2
 
 class Agent:
     def __init__(self, interval: float = DEFAULT_INTERVAL, directory: Path | None = None,
-                 torch: Any = None, device_type: str = "cuda") -> None:
+                 torch: Any = None, device_type: str = "cuda", attached: bool = False) -> None:
         self.interval = interval
+        self.attached = attached  # started in a running program: it saw none of the steps before
         # Allocator snapshots give the largest free block (exact fragmentation); without them
         # fragmentation is the inactive-split proxy. VRAMTOP_AGENT_SNAPSHOTS=0 turns them off.
         snapshots = os.environ.get("VRAMTOP_AGENT_SNAPSHOTS", "1") != "0"
@@ -362,6 +363,7 @@ class Agent:
             world_size=self._census.world_size,
             checkpointing=self._census.checkpointing,
             launch=self._launch,
+            attached=self.attached,
         )
         self._answers.latest = sample
         if self._server is not None:

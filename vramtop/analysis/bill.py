@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vramtop.model import AgentDevice, AllocatorStats, PeakBill
+from vramtop.model import AgentDevice, AgentSample, AllocatorStats, PeakBill
 
 # Compact names of the categories, for narrow terminals and one-line summaries.
 SHORT_NAMES = {
@@ -148,6 +148,14 @@ def _measured_peak(peak: PeakBill, stats: AllocatorStats, total: int | None) -> 
         step=peak.step if peak.allocated >= allocated else None,
         estimate=not peak.measured or peak.allocated < allocated,
     )
+
+
+def not_counted_yet(agent: AgentSample) -> str:
+    """Why a bill has no counted categories yet, in the words of how its agent started."""
+    if agent.attached:
+        return ("Attached late: parameters, gradients and optimizer state are counted from the next "
+                "optimizer step (a model alone, at its next forward call).")
+    return "No parameters counted yet (no optimizer step or model seen)."
 
 
 def non_pytorch_of(stats: AllocatorStats, nvml_used: int | None, gpu_used: int | None = None) -> int | None:

@@ -41,6 +41,7 @@ examples:
   vramtop record -- python train.py        around a command; exits with its exit code
   vramtop record --pid 4242                one running process (its rows and agent) until it exits
   vramtop record --pid 4242 --job          every rank of 4242's distributed job, until 4242 exits
+  vramtop record --pid 4242 --inject       one running process, starting the agent inside it first (see attach)
 
 The file is JSON Lines (schema vramtop.recording, version 1), readable while it is written.
 """
@@ -72,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", action="store_true",
                         help="with --pid: every rank of that process's distributed job (torchrun, "
                              "accelerate, DeepSpeed), not only that one")
+    parser.add_argument("--inject", action="store_true",
+                        help="with --pid: start the agent inside that running Python process first (Linux "
+                             "x86_64, ptrace), so its bill is recorded too")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="run CMD with VRAMTOP_AGENT=1, record until it exits, "
                              "exit with its exit code")
@@ -87,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise VramtopError("--job needs --pid: the rank whose job to record (without --pid every "
                            "process is recorded, every rank included)", EXIT_USAGE)
     watched = _watched_command(args.pid, command)
+    if args.inject and args.pid is None:
+        raise VramtopError("--inject starts the agent in the process --pid names: give --pid", EXIT_USAGE)
     path, compress = output_paths(args.output, command or watched, compress=XZ_SUFFIX if args.compress else "",
                                   force=args.force)
 
@@ -108,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         if args.pid is not None:
             first = only_process(first, args.pid, args.job)
             _check_uses_gpu(first, args.pid)
+            if args.inject:
+                _inject(args.pid)
         header = header_record(first, interval=args.interval, command=command or watched or None, pid=args.pid)
         recorder = Recorder(path, header, overwrite=args.force)
         print(f"vramtop: recording to {path}"
@@ -141,6 +149,19 @@ def _watched_command(pid: int | None, command: Sequence[str]) -> list[str]:
         raise VramtopError(f"no process with PID {pid}", EXIT_USAGE) from None
     except psutil.Error:
         return []  # someone else's process: its command line may be hidden
+
+
+def _inject(pid: int) -> None:
+    """Start the agent in ``pid`` unless it runs one; the recorder finds it at its next rescan."""
+    from vramtop.commands.attaching import start_agent_in
+    from vramtop.inject import agent_serving
+    from vramtop.protocol import runtime_dir
+
+    if agent_serving(pid, runtime_dir()):
+        return
+    notice = start_agent_in(pid, ask=False, instead=f"`vramtop record --pid {pid}` without --inject records "
+                                                    "NVML's view")
+    print(f"vramtop: {notice or f'agent started in PID {pid}'}", file=sys.stderr)
 
 
 def _check_uses_gpu(only: Sample, pid: int) -> None:

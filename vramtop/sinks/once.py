@@ -59,7 +59,7 @@ def job_lines(sample: Sample) -> list[str]:
 
 def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
     """The allocator and the bill of each process on this GPU that runs the agent."""
-    from vramtop.analysis.bill import SHORT_NAMES, bill_now
+    from vramtop.analysis.bill import SHORT_NAMES, bill_now, not_counted_yet
     from vramtop.analysis.report_processes import find_agent
 
     lines = []
@@ -75,6 +75,8 @@ def _agent_lines(sample: Sample, gpu: GpuSample) -> list[str]:
                      f"step {agent.step}")
         lines.append("    bill: " + ", ".join(f"{SHORT_NAMES[name]} {fmt_bytes(value)}"
                                              for name, value in bill.categories()))
+        if device.census is None:
+            lines.append("    " + not_counted_yet(agent))
     return lines
 
 

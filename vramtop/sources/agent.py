@@ -311,8 +311,9 @@ def _reused(directory: Path, pid: int) -> bool:
 
 
 def remove_stale(directory: Path, pid: int) -> None:
-    """Delete the socket and beacon of an agent whose process is gone."""
-    for suffix in (".sock", ".json"):
+    """Delete the socket and beacon of an agent whose process is gone (and the word a
+    ``vramtop attach`` bootstrap left for an attach that stopped waiting)."""
+    for suffix in (".sock", ".json", ".attach"):
         with contextlib.suppress(OSError):
             (directory / f"{pid}{suffix}").unlink()
 

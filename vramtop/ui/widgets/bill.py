@@ -12,6 +12,7 @@ from vramtop.analysis.bill import (
     fragmentation,
     fragmentation_proxy,
     largest_fit,
+    not_counted_yet,
 )
 from vramtop.analysis.oom_place import allocation_lines, frame_text, module_text, trace_lines
 from vramtop.analysis.postmortem import postmortem_of
@@ -71,7 +72,7 @@ def render_agent(agent: AgentSample, device: AgentDevice, proc: ProcessSample, g
     out.append_text(_bill_cells(now, peak) if narrow else _bill_table(now, peak))
     census = device.census
     note = "* derived: allocated minus the counted categories. "
-    note += f"Seen: {census.seen}" if census else "No parameters counted yet (no optimizer step or model seen)."
+    note += f"Seen: {census.seen}" if census else not_counted_yet(agent)
     out.append(note, style="dim")
     return out
 
