@@ -69,7 +69,7 @@ def test_attach_to_a_plainly_started_gpt2_job_shows_its_bill(tmp_path):
                 steps.append((int(n), float(at), float(took)))
             if rec.poll() is not None:
                 break
-        out, err = rec.communicate(timeout=60)
+        _, err = rec.communicate(timeout=60)
         assert rec.returncode == 0, err[-3000:]
         once = subprocess.run([sys.executable, "-m", "vramtop", "--once", "--json"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)

@@ -53,18 +53,31 @@ def test_monitor_shows_the_bill_of_a_training_run(env, tmux, tmp_path):
 
 
 def test_attach_to_a_process_without_the_agent_says_how_to_enable_it(env, tmux, tmp_path):
+    # A program that never heard of vramtop (its main thread wakes every 50 ms: the agent starts there).
     holder = subprocess.Popen([sys.executable, "-c", "import time, torch; x = torch.ones(1 << 28, device='cuda');"
-                               "print('READY', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+                               "print('READY', flush=True)\nfor _ in range(2400): time.sleep(0.05)"],
+                              stdout=subprocess.PIPE, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "READY"
         time.sleep(0.5)
         tmux.start(["env", f"XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']}", f"PYTHONPATH={env['PYTHONPATH']}",
-                    sys.executable, "-m", "vramtop", "attach", str(holder.pid)], 160, 48, tmp_path / "status")
+                    sys.executable, "-m", "vramtop", "attach", "--no-inject", str(holder.pid)], 160, 48,
+                   tmp_path / "status")
         screen = tmux.wait_for(lambda s: f"No vramtop agent in PID {holder.pid}" in s and str(holder.pid) in s,
                                "the attach notice", timeout=30)
         print(screen)
         tmux("send-keys", "-t", SESSION, "q")
         assert tmux.wait_for_exit() == 0
+        # Now with the agent started inside it: its allocator figures, and what it cannot see yet.
+        tmux.start(["env", f"XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']}", f"PYTHONPATH={env['PYTHONPATH']}",
+                    sys.executable, "-m", "vramtop", "attach", "--yes", str(holder.pid)], 160, 48,
+                   tmp_path / "status2")
+        screen = tmux.wait_for(lambda s: "Attached late" in s, "the attached agent's bill", timeout=60)
+        print(screen)
+        tmux("send-keys", "-t", SESSION, "q")
+        assert tmux.wait_for_exit() == 0
+        assert holder.poll() is None, "the attach ended the program"
     finally:
         holder.kill()
         holder.wait()
