@@ -70,6 +70,7 @@ def test_attach_to_a_process_without_the_agent_says_how_to_enable_it(env, tmux, 
         tmux("send-keys", "-t", SESSION, "q")
         assert tmux.wait_for_exit() == 0
         # Now with the agent started inside it: its allocator figures, and what it cannot see yet.
+        tmux.kill_server()  # the first session stays on exit (remain-on-exit)
         tmux.start(["env", f"XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']}", f"PYTHONPATH={env['PYTHONPATH']}",
                     sys.executable, "-m", "vramtop", "attach", "--yes", str(holder.pid)], 160, 48,
                    tmp_path / "status2")
