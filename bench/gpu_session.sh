@@ -6,12 +6,15 @@ set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 else
     export PYTHONPATH=$PWD:${PYTHONPATH:-}
 fi
 export PYTHONUNBUFFERED=1
+# Bytecode as an installation has it: the GPU machine sets PYTHONDONTWRITEBYTECODE, and without
+# this every start-up figure would include compiling Textual and vramtop from source.
+python3 -m compileall -q vramtop /tmp/site >/dev/null 2>&1
 steps=${*:-stress costs overhead tests record monitor}
 summary=$OUT/summary.md
 {
