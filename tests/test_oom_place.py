@@ -127,8 +127,9 @@ def running(tmp_path, monkeypatch):
 def train_step(model, opt):
     loss = model(torch.randn(4, 16)).pow(2).mean()
     loss.backward()  # THE PROGRAM WAITS HERE IN BACKWARD
-    opt.step()
-    opt.zero_grad()
+    if opt is not None:
+        opt.step()
+        opt.zero_grad()
 
 
 def the_post_mortem(agent):
@@ -224,7 +225,10 @@ def test_trace_keeps_the_allocation_history_and_names_the_largest_allocations(tm
     agent.start()
     try:
         wait_for(lambda: agent.active)
+        assert fake.history.calls == []  # not from the agent's thread: from the training thread's first call
+        train_step(CausalLM(), None)
         assert fake.history.calls == [{"enabled": "all", "context": "all", "stacks": "python", "max_entries": 5000}]
+        fake._inductor  # noqa: B018  the program imports it (its first optimizer imports torch._dynamo, which does)
         # With the history on, the sampler's snapshots leave its entries out.
         wait_for(lambda: fake.allocator.snapshot_args)
         assert set(fake.allocator.snapshot_args) == {((0, 0, False),)}
@@ -247,6 +251,65 @@ def test_trace_keeps_the_allocation_history_and_names_the_largest_allocations(tm
                and f"python -m torch.cuda._memory_viz trace_plot {pickled} -o" in line for line in summary)
 
 
+def test_with_the_history_on_the_agents_thread_never_makes_torch_import(tmp_path, monkeypatch):
+    # On a GPU, --trace broke the program: the sampler's snapshots, read from the agent's thread,
+    # held the history's Python stacks, and PyTorch looks up torch._inductor (importing it) to read
+    # them; that import raced the program's own import of torch._dynamo (its first AdamW) and
+    # handed the program a half-initialised torch._inductor.utils.
+    monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 * MiB, 128 * MiB)
+    fake.history.stacks = {64 * MiB: [{"filename": "/home/me/train.py", "line": 17, "name": "load_batch"}]}
+    fake.initialized = True
+    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        wait_for(lambda: agent.active)
+        model = CausalLM()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            train_step(model, opt)
+        time.sleep(1.2)  # a snapshot is due every second
+        assert fake.lazy_imports == []  # nobody imported torch._inductor: the agent waited
+        assert fake.history.on and set(fake.history.threads) == {threading.get_ident()}
+        fake._inductor  # noqa: B018  now the program imports it, on its own thread
+        wait_for(lambda: ((0, 0, False),) in fake.allocator.snapshot_args)  # the snapshots resume
+        train_step(model, opt)
+    finally:
+        agent.stop()
+    assert fake.lazy_imports == [("_inductor", threading.get_ident())]
+    assert set(fake.history.threads) == {threading.get_ident()}  # turned off from the program's thread too
+
+
+def test_an_oom_before_the_history_is_on_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 * MiB, 128 * MiB)
+    fake.initialized = True
+    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        wait_for(lambda: agent.active)
+        fake.oom_observers[0](0, 2 << 30, 80 << 30, 1 << 20)  # the program's model never ran
+        report, summary = the_post_mortem(agent)
+    finally:
+        agent.stop()
+    assert fake.history.calls == [] and report.trace_path is None
+    note = "No allocation history (--trace): it was not on yet: it starts at the training thread's first model call"
+    assert any(line.startswith(note) for line in summary), summary
+
+
+def test_reading_the_historys_stacks_waits_for_the_programs_import_of_inductor():
+    # The premise of the rule above, on the real torch: the attribute appears only once the
+    # program's import has finished, and asking never imports.
+    code = ("import sys, torch; from vramtop.agent._torchstats import stacks_readable; "
+            "before = stacks_readable(torch), 'torch._inductor' in sys.modules; "
+            "import torch._inductor; print(before, stacks_readable(torch))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.stdout.split("\n")[0] == "(False, False) True", result.stderr[-2000:]
+
+
 def test_trace_that_cannot_start_says_why_in_the_post_mortem(tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
     fake = FakeCudaTorch(torch)
@@ -257,6 +320,7 @@ def test_trace_that_cannot_start_says_why_in_the_post_mortem(tmp_path, monkeypat
     agent.start()
     try:
         wait_for(lambda: agent.active)
+        train_step(CausalLM(), None)
         fake.oom_observers[0](0, 2 << 30, 80 << 30, 1 << 20)
         report, summary = the_post_mortem(agent)
     finally:
