@@ -182,6 +182,44 @@ def test_an_oom_in_backward_names_the_node_the_nearest_module_and_the_backward_c
     assert where(first).startswith("backward near model.layers.2.mlp.up (Linear; running OomInBackwardBackward)")
 
 
+def first_report(agent):
+    reports = [from_dict(OomReport, json.loads(p.read_text())["report"])
+               for p in sorted(agent.directory.glob("oom-*.json"))]
+    return min(reports, key=lambda r: r.time)
+
+
+def test_an_oom_in_a_backward_on_another_thread_still_names_the_nearest_module(running):
+    # On a GPU the autograd engine runs the backward on a thread of its own, not the one that
+    # called the forward (and found the model).
+    agent, fake = running
+    model = CausalLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt)
+    OomInBackward.fail = fake.oom_observers[0]
+    loss = model(torch.randn(4, 16)).pow(2).mean()
+    engine = threading.Thread(target=loss.backward)
+    engine.start(); engine.join()  # noqa: E702
+    first = first_report(agent)
+    assert (first.autograd_node, first.module, first.module_near, first.place_note) == (
+        "OomInBackwardBackward", "model.layers.2.mlp.up", True, None)
+
+
+def test_a_backward_whose_module_is_not_found_says_why(running):
+    # The GPU run said only "module not known": the post-mortem now says what the lookup met.
+    agent, fake = running
+    model = CausalLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt)  # the agent finds the model
+    loose = torch.nn.Parameter(torch.randn(4, 16))  # a parameter of no model
+    OomInBackward.fail = fake.oom_observers[0]
+    OomInBackward.apply(loose * 2).sum().backward()
+    report, summary = the_post_mortem(agent)
+    assert (report.autograd_node, report.module) == ("OomInBackwardBackward", None)
+    why = "none of the 1 nearest parameters is in the models found (CausalLM)"
+    assert report.place_note == why
+    assert f"backward (running OomInBackwardBackward; module not known: {why})" in summary[0]
+
+
 def test_an_oom_on_a_thread_without_python_takes_the_programs_line_from_the_training_thread(running):
     # On a GPU the autograd engine's threads run no Python: the observer is all their stack.
     agent, fake = running
