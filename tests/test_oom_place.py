@@ -319,6 +319,18 @@ def test_with_the_history_on_the_agents_thread_never_makes_torch_import(tmp_path
     assert set(fake.history.threads) == {threading.get_ident()}  # turned off from the program's thread too
 
 
+def test_a_history_the_program_turned_on_itself_is_not_read_from_the_agents_thread_either(running):
+    _agent, fake = running  # no --trace
+    fake.history.stacks = {64 * MiB: [{"filename": "/home/me/train.py", "line": 17, "name": "load_batch"}]}
+    fake.cuda.memory._record_memory_history(enabled="all", stacks="python")  # the program's own
+    taken = len(fake.allocator.snapshot_args)
+    time.sleep(1.2)  # a snapshot is due every second
+    assert fake.lazy_imports == [] and len(fake.allocator.snapshot_args) == taken
+    fake._inductor  # noqa: B018  the program imports it
+    wait_for(lambda: len(fake.allocator.snapshot_args) > taken)
+    assert fake.lazy_imports == [("_inductor", threading.get_ident())]
+
+
 def test_an_oom_before_the_history_is_on_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
     fake = FakeCudaTorch(torch)

@@ -152,6 +152,7 @@ class FakeCudaTorch:
             getattr(torch, "_C", None),
             _cuda_memoryStats=self.allocator.stats,
             _cuda_memorySnapshot=self._memory_snapshot,
+            _cuda_isHistoryEnabled=lambda: self.history.on,
             _cuda_attach_out_of_memory_observer=self.oom_observers.append,
         )
 

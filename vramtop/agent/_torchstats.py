@@ -150,9 +150,9 @@ class SnapshotSummary:
 def take_snapshot(torch: Any, live_blocks: int = 0, light: bool = False) -> SnapshotSummary | None:
     """Walk the allocator's segments (no stack traces are kept). ``light``: the allocation
     history is on (``--trace``); ask for the segments without its trace entries, which a full
-    snapshot would turn into Python objects each time, and take none until its stacks can be
-    read without an import (stacks_readable)."""
-    if light and not stacks_readable(torch):
+    snapshot would turn into Python objects each time. With the history on (ours or the
+    program's) none is taken until its stacks can be read without an import (stacks_readable)."""
+    if (light or history_on(torch)) and not stacks_readable(torch):
         return None
     started = time.perf_counter()
     fn = getattr(torch._C, "_cuda_memorySnapshot", None)
@@ -202,6 +202,16 @@ def stacks_readable(torch: Any) -> bool:
     try:
         return "_inductor" in vars(torch)
     except TypeError:
+        return False
+
+
+def history_on(torch: Any) -> bool:
+    """Whether the allocation history records stacks (the program may turn it on itself);
+    False where this torch cannot say."""
+    fn = getattr(torch._C, "_cuda_isHistoryEnabled", None)
+    try:
+        return bool(fn()) if fn is not None else False
+    except Exception:
         return False
 
 
