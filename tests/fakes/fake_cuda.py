@@ -175,7 +175,8 @@ class FakeCudaTorch:
             # As torch's module __getattr__ does: the first access imports the submodule, then
             # the finished import sets it as an attribute.
             self.lazy_imports.append((name, threading.get_ident()))
-            module = SimpleNamespace(__name__=f"torch.{name}")
+            # The real one where the real torch has it already (the program's torch._dynamo).
+            module = vars(self._torch).get(name) or SimpleNamespace(__name__=f"torch.{name}")
             setattr(self, name, module)
             return module
         return getattr(self._torch, name)
