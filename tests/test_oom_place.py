@@ -401,3 +401,16 @@ def test_the_trace_cost_benchmark_says_there_is_nothing_to_measure_without_cuda(
     bench = Path(__file__).resolve().parent.parent / "bench" / "trace_cost.py"
     result = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("no CUDA: nothing to measure"), result.stderr
+
+
+def test_the_largest_allocations_named_are_those_the_history_saw_allocated():
+    # The history starts at the first model call: the weights moved to the GPU before it have no stack.
+    from vramtop.agent._trace import largest_allocations
+
+    line = {"filename": "/home/me/train.py", "line": 9, "name": "step"}
+    blocks = [{"size": 512 * MiB, "state": "active_allocated", "frames": []},
+              {"size": 64 * MiB, "state": "active_allocated", "frames": [line]},
+              {"size": 1024 * MiB, "state": "inactive", "frames": []}]
+    named = largest_allocations({"segments": [{"device": 0, "blocks": blocks}]}, 0, CodeKinds(torch))
+    assert [(a.size, a.frames) for a in named] == [(64 * MiB, (CodeFrame("/home/me/train.py", 9, "step"),)),
+                                                   (512 * MiB, ())]
