@@ -89,7 +89,7 @@ def in_a_layer(backward: bool) -> int:
     """Three good steps, then model.layers.2.mlp asks for twice the GPU in its forward (or, with
     ``backward``, in the backward of that MLP)."""
     torch.zeros(1, device="cuda")  # the program starts CUDA ...
-    time.sleep(1.0)  # ... and an agent sees it within 0.1 s: what follows is in its allocation history
+    time.sleep(1.0)  # ... and an agent sees it within 0.1 s (--trace: the history starts at the first forward)
     model = CausalLM().cuda()
     optimizer = torch.optim.AdamW(model.parameters())
     x = torch.randn(64, 1024, device="cuda")

@@ -177,7 +177,7 @@ def test_record_around_a_command_keeps_its_agent_samples_and_oom_events(runtime,
 def test_run_trace_turns_on_the_allocation_history_in_the_agent(runtime):
     pytest.importorskip("torch")
     program = textwrap.dedent("""
-        import sys, time, torch
+        import sys, threading, time, torch
         from tests.fakes.fake_cuda import FakeCudaTorch
         import vramtop.agent as agent
         fake = FakeCudaTorch(torch)
@@ -187,12 +187,15 @@ def test_run_trace_turns_on_the_allocation_history_in_the_agent(runtime):
         deadline = time.time() + 20
         while time.time() < deadline and not (agent.current() and agent.current().active):
             time.sleep(0.05)
+        torch.nn.Linear(2, 2)(torch.zeros(1, 2))  # the history starts at the first model call, on this thread
         print("HISTORY", fake.history.calls)
+        print("FROM THE PROGRAM'S THREAD", set(fake.history.threads) <= {threading.get_ident()})
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_TRACE": "9"}
     result = vramtop("run", "--trace", "--trace-entries", "777", "--", sys.executable, "-c", program, env=env)
     assert result.returncode == 0, result.stderr
     assert "HISTORY [{'enabled': 'all', 'context': 'all', 'stacks': 'python', 'max_entries': 777}]" in result.stdout
+    assert "FROM THE PROGRAM'S THREAD True" in result.stdout
     assert "allocation history (--trace)" in result.stderr
     # Off by default, even under an outer command's --trace.
     result = vramtop("run", "--", sys.executable, "-c", program, env=env)

@@ -127,8 +127,9 @@ def running(tmp_path, monkeypatch):
 def train_step(model, opt):
     loss = model(torch.randn(4, 16)).pow(2).mean()
     loss.backward()  # THE PROGRAM WAITS HERE IN BACKWARD
-    opt.step()
-    opt.zero_grad()
+    if opt is not None:
+        opt.step()
+        opt.zero_grad()
 
 
 def the_post_mortem(agent):
@@ -181,6 +182,44 @@ def test_an_oom_in_backward_names_the_node_the_nearest_module_and_the_backward_c
     assert where(first).startswith("backward near model.layers.2.mlp.up (Linear; running OomInBackwardBackward)")
 
 
+def first_report(agent):
+    reports = [from_dict(OomReport, json.loads(p.read_text())["report"])
+               for p in sorted(agent.directory.glob("oom-*.json"))]
+    return min(reports, key=lambda r: r.time)
+
+
+def test_an_oom_in_a_backward_on_another_thread_still_names_the_nearest_module(running):
+    # On a GPU the autograd engine runs the backward on a thread of its own, not the one that
+    # called the forward (and found the model).
+    agent, fake = running
+    model = CausalLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt)
+    OomInBackward.fail = fake.oom_observers[0]
+    loss = model(torch.randn(4, 16)).pow(2).mean()
+    engine = threading.Thread(target=loss.backward)
+    engine.start(); engine.join()  # noqa: E702
+    first = first_report(agent)
+    assert (first.autograd_node, first.module, first.module_near, first.place_note) == (
+        "OomInBackwardBackward", "model.layers.2.mlp.up", True, None)
+
+
+def test_a_backward_whose_module_is_not_found_says_why(running):
+    # The GPU run said only "module not known": the post-mortem now says what the lookup met.
+    agent, fake = running
+    model = CausalLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt)  # the agent finds the model
+    loose = torch.nn.Parameter(torch.randn(4, 16))  # a parameter of no model
+    OomInBackward.fail = fake.oom_observers[0]
+    OomInBackward.apply(loose * 2).sum().backward()
+    report, summary = the_post_mortem(agent)
+    assert (report.autograd_node, report.module) == ("OomInBackwardBackward", None)
+    why = "none of the 1 nearest parameters is in the models found (CausalLM)"
+    assert report.place_note == why
+    assert f"backward (running OomInBackwardBackward; module not known: {why})" in summary[0]
+
+
 def test_an_oom_on_a_thread_without_python_takes_the_programs_line_from_the_training_thread(running):
     # On a GPU the autograd engine's threads run no Python: the observer is all their stack.
     agent, fake = running
@@ -224,7 +263,10 @@ def test_trace_keeps_the_allocation_history_and_names_the_largest_allocations(tm
     agent.start()
     try:
         wait_for(lambda: agent.active)
+        assert fake.history.calls == []  # not from the agent's thread: from the training thread's first call
+        train_step(CausalLM(), None)
         assert fake.history.calls == [{"enabled": "all", "context": "all", "stacks": "python", "max_entries": 5000}]
+        fake._inductor  # noqa: B018  the program imports it (its first optimizer imports torch._dynamo, which does)
         # With the history on, the sampler's snapshots leave its entries out.
         wait_for(lambda: fake.allocator.snapshot_args)
         assert set(fake.allocator.snapshot_args) == {((0, 0, False),)}
@@ -247,6 +289,77 @@ def test_trace_keeps_the_allocation_history_and_names_the_largest_allocations(tm
                and f"python -m torch.cuda._memory_viz trace_plot {pickled} -o" in line for line in summary)
 
 
+def test_with_the_history_on_the_agents_thread_never_makes_torch_import(tmp_path, monkeypatch):
+    # On a GPU, --trace broke the program: the sampler's snapshots, read from the agent's thread,
+    # held the history's Python stacks, and PyTorch looks up torch._inductor (importing it) to read
+    # them; that import raced the program's own import of torch._dynamo (its first AdamW) and
+    # handed the program a half-initialised torch._inductor.utils.
+    monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 * MiB, 128 * MiB)
+    fake.history.stacks = {64 * MiB: [{"filename": "/home/me/train.py", "line": 17, "name": "load_batch"}]}
+    fake.initialized = True
+    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        wait_for(lambda: agent.active)
+        model = CausalLM()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            train_step(model, opt)
+        time.sleep(1.2)  # a snapshot is due every second
+        assert fake.lazy_imports == []  # nobody imported torch._inductor: the agent waited
+        assert fake.history.on and set(fake.history.threads) == {threading.get_ident()}
+        fake._inductor  # noqa: B018  now the program imports it, on its own thread
+        wait_for(lambda: ((0, 0, False),) in fake.allocator.snapshot_args)  # the snapshots resume
+        train_step(model, opt)
+    finally:
+        agent.stop()
+    assert fake.lazy_imports == [("_inductor", threading.get_ident())]
+    assert set(fake.history.threads) == {threading.get_ident()}  # turned off from the program's thread too
+
+
+def test_a_history_the_program_turned_on_itself_is_not_read_from_the_agents_thread_either(running):
+    _agent, fake = running  # no --trace
+    fake.history.stacks = {64 * MiB: [{"filename": "/home/me/train.py", "line": 17, "name": "load_batch"}]}
+    fake.cuda.memory._record_memory_history(enabled="all", stacks="python")  # the program's own
+    taken = len(fake.allocator.snapshot_args)
+    time.sleep(1.2)  # a snapshot is due every second
+    assert fake.lazy_imports == [] and len(fake.allocator.snapshot_args) == taken
+    fake._inductor  # noqa: B018  the program imports it
+    wait_for(lambda: len(fake.allocator.snapshot_args) > taken)
+    assert fake.lazy_imports == [("_inductor", threading.get_ident())]
+
+
+def test_an_oom_before_the_history_is_on_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 * MiB, 128 * MiB)
+    fake.initialized = True
+    agent = Agent(interval=0.02, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        wait_for(lambda: agent.active)
+        fake.oom_observers[0](0, 2 << 30, 80 << 30, 1 << 20)  # the program's model never ran
+        report, summary = the_post_mortem(agent)
+    finally:
+        agent.stop()
+    assert fake.history.calls == [] and report.trace_path is None
+    note = "No allocation history (--trace): it was not on yet: it starts at the training thread's first model call"
+    assert any(line.startswith(note) for line in summary), summary
+
+
+def test_reading_the_historys_stacks_waits_for_the_programs_import_of_inductor():
+    # The premise of the rule above, on the real torch: the attribute appears only once the
+    # program's import has finished, and asking never imports.
+    code = ("import sys, torch; from vramtop.agent._torchstats import stacks_readable; "
+            "before = stacks_readable(torch), 'torch._inductor' in sys.modules; "
+            "import torch._inductor; print(before, stacks_readable(torch))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.stdout.split("\n")[0] == "(False, False) True", result.stderr[-2000:]
+
+
 def test_trace_that_cannot_start_says_why_in_the_post_mortem(tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMTOP_AGENT_TRACE", "5000")
     fake = FakeCudaTorch(torch)
@@ -257,6 +370,7 @@ def test_trace_that_cannot_start_says_why_in_the_post_mortem(tmp_path, monkeypat
     agent.start()
     try:
         wait_for(lambda: agent.active)
+        train_step(CausalLM(), None)
         fake.oom_observers[0](0, 2 << 30, 80 << 30, 1 << 20)
         report, summary = the_post_mortem(agent)
     finally:
@@ -287,3 +401,16 @@ def test_the_trace_cost_benchmark_says_there_is_nothing_to_measure_without_cuda(
     bench = Path(__file__).resolve().parent.parent / "bench" / "trace_cost.py"
     result = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("no CUDA: nothing to measure"), result.stderr
+
+
+def test_the_largest_allocations_named_are_those_the_history_saw_allocated():
+    # The history starts at the first model call: the weights moved to the GPU before it have no stack.
+    from vramtop.agent._trace import largest_allocations
+
+    line = {"filename": "/home/me/train.py", "line": 9, "name": "step"}
+    blocks = [{"size": 512 * MiB, "state": "active_allocated", "frames": []},
+              {"size": 64 * MiB, "state": "active_allocated", "frames": [line]},
+              {"size": 1024 * MiB, "state": "inactive", "frames": []}]
+    named = largest_allocations({"segments": [{"device": 0, "blocks": blocks}]}, 0, CodeKinds(torch))
+    assert [(a.size, a.frames) for a in named] == [(64 * MiB, (CodeFrame("/home/me/train.py", 9, "step"),)),
+                                                   (512 * MiB, ())]

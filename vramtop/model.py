@@ -238,6 +238,7 @@ class OomReport:
     module_near: bool = False  # True: backward ran no module code; ``module`` owns the parameter
     # nearest (in the autograd graph) to the node that failed, not necessarily the failing code
     autograd_node: str | None = None  # in backward, the node running ("MmBackward0")
+    place_note: str | None = None  # in backward, why no module was found, when none was
     frames: tuple[CodeFrame, ...] = ()  # the innermost frames outside torch, vramtop and the
     # standard library, innermost first; the program's own innermost line is always among them
     largest_allocations: tuple[LiveAllocation, ...] = ()  # with ``vramtop run --trace``: by stack

@@ -13,6 +13,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+# Submodules torch imports on first access (its module __getattr__): _dynamo, _inductor, ...
+LAZY_MODULES = ("_dynamo", "_inductor", "_export", "onnx")
 FORBIDDEN = ("reset_peak_memory_stats", "reset_accumulated_memory_stats", "empty_cache", "synchronize",
              "set_per_process_memory_fraction", "init", "set_device", "_lazy_init")
 
@@ -74,18 +76,29 @@ class FakeCudaAllocator:
 
 class FakeMemoryHistory:
     """``torch.cuda.memory``'s allocation history, faked: remembers how it was turned on and
-    off; ``_snapshot`` gives the allocator's blocks with the stacks in ``stacks`` (block size ->
-    frames, innermost first, as PyTorch records them) and a trace of those allocations."""
+    off, and from which threads; ``_snapshot`` gives the allocator's blocks with the stacks in
+    ``stacks`` (block size -> frames, innermost first, as PyTorch records them) and a trace of
+    those allocations. Reading stacks calls ``symbolize`` first, as PyTorch's symbolizer looks
+    up ``torch._inductor`` (importing it) before it turns stacks into text."""
 
-    def __init__(self, allocator: FakeCudaAllocator) -> None:
+    def __init__(self, allocator: FakeCudaAllocator, symbolize: Any = None) -> None:
         self.allocator = allocator
+        self.symbolize = symbolize
         self.calls: list[dict[str, Any]] = []
+        self.threads: list[int] = []  # the thread of each call
         self.stacks: dict[int, list[dict[str, Any]]] = {}
+
+    @property
+    def on(self) -> bool:
+        return bool(self.calls) and self.calls[-1]["enabled"] is not None
 
     def _record_memory_history(self, enabled: Any = "all", **kwargs: Any) -> None:
         self.calls.append({"enabled": enabled, **kwargs})
+        self.threads.append(threading.get_ident())
 
     def _snapshot(self, device: Any = None) -> dict[str, Any]:
+        if self.stacks and self.symbolize is not None:
+            self.symbolize()
         blocks = [{"size": size, "requested_size": size, "state": "active_allocated", "frames": frames}
                   for size, frames in self.stacks.items()]
         blocks += [{"size": b, "requested_size": 0, "state": "inactive", "frames": []}
@@ -129,7 +142,8 @@ class FakeCudaTorch:
                 name="Fake GPU", uuid="c597915a-9fc3-3bb6-c3bc-f3d5a34ccdee", total_memory=80 << 30),
             memory_stats=lambda device=None: {},
         )
-        self.history = FakeMemoryHistory(self.allocator)
+        self.lazy_imports: list[tuple[str, int]] = []  # (submodule, thread) of each first access
+        self.history = FakeMemoryHistory(self.allocator, self._symbolize)
         cuda.memory = self.history
         for name in FORBIDDEN:
             setattr(cuda, name, self._forbidden(name))
@@ -137,9 +151,19 @@ class FakeCudaTorch:
         self._C = FakeC(
             getattr(torch, "_C", None),
             _cuda_memoryStats=self.allocator.stats,
-            _cuda_memorySnapshot=self.allocator.snapshot,
+            _cuda_memorySnapshot=self._memory_snapshot,
+            _cuda_isHistoryEnabled=lambda: self.history.on,
             _cuda_attach_out_of_memory_observer=self.oom_observers.append,
         )
+
+    def _symbolize(self) -> None:
+        hasattr(self, "_inductor")  # what PyTorch's symbolizer does before reading Python stacks
+
+    def _memory_snapshot(self, *args: Any) -> dict[str, Any]:
+        # With the history on, the blocks carry the stacks that allocated them.
+        if self.history.on and self.history.stacks:
+            self._symbolize()
+        return self.allocator.snapshot(*args)
 
     def _forbidden(self, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> None:
@@ -147,4 +171,12 @@ class FakeCudaTorch:
         return call
 
     def __getattr__(self, name: str) -> Any:
+        if name in LAZY_MODULES:
+            # As torch's module __getattr__ does: the first access imports the submodule, then
+            # the finished import sets it as an attribute.
+            self.lazy_imports.append((name, threading.get_ident()))
+            # The real one where the real torch has it already (the program's torch._dynamo).
+            module = vars(self._torch).get(name) or SimpleNamespace(__name__=f"torch.{name}")
+            setattr(self, name, module)
+            return module
         return getattr(self._torch, name)

@@ -196,8 +196,9 @@ def test_trace_saves_an_allocation_history_that_pytorchs_memory_viz_reads(env):
     assert {"segments", "device_traces"} <= set(snapshot)
     assert "<html" in memory_viz.trace_plot(snapshot).lower()  # what `_memory_viz trace_plot FILE` writes
     assert memory_viz.segsum(snapshot)
-    # The largest live blocks are named by the program's lines that allocated them (the model's
-    # parameters and AdamW's state, allocated in oom_scenarios.py).
+    # The largest live blocks are named by the program's lines that allocated them (AdamW's
+    # state, allocated in oom_scenarios.py's optimizer.step(): the history is turned on on the
+    # training thread at the model's first call, after its parameters were allocated).
     assert oom["largest_allocations"] and any(
         Path(f["file"]).name == "oom_scenarios.py" for a in oom["largest_allocations"] for f in a["frames"])
     assert any(line.startswith(f"Allocation history saved: {oom['trace_path']}") for line in doc["summary"])

@@ -77,6 +77,7 @@ def oom_report(torch: Any, device: int, requested: int, device_limit: int, devic
         module_class=place.module_class,
         module_near=place.module_near,
         autograd_node=place.node,
+        place_note=place.note,
         frames=place.frames,
     )
 

@@ -49,6 +49,7 @@ class Place:
     module_class: str | None = None
     module_near: bool = False
     node: str | None = None
+    note: str | None = None  # in backward, why no module was found (for whoever reads the report)
 
 
 class CodeKinds:
@@ -159,8 +160,9 @@ def forward_module(chain: list[Any]) -> tuple[str, str] | None:
     return None
 
 
-def nearest_parameters(node: Any) -> list[Any]:
-    """Parameters reached from ``node`` towards the leaves of the autograd graph, nearest first."""
+def nearest_parameters(node: Any) -> tuple[list[Any], int]:
+    """Parameters reached from ``node`` towards the leaves of the autograd graph, nearest first;
+    and how many nodes the walk met."""
     found: list[Any] = []
     queue = deque([node])
     seen = {id(node)}
@@ -174,14 +176,17 @@ def nearest_parameters(node: Any) -> list[Any]:
             if nxt is not None and id(nxt) not in seen:
                 seen.add(id(nxt))
                 queue.append(nxt)
-    return found
+    return found, len(seen)
 
 
-def backward_module(node: Any, models: list[Any]) -> tuple[str, str] | None:
-    """(qualified name, class) of the module owning the parameter nearest to ``node``."""
-    parameters = nearest_parameters(node)
+def backward_module(node: Any, models: list[Any]) -> tuple[tuple[str, str] | None, str | None]:
+    """((qualified name, class) of the module owning the parameter nearest to ``node``, None),
+    or (None, why not)."""
+    parameters, walked = nearest_parameters(node)
     if not parameters:
-        return None
+        return None, f"no parameter reached from the node ({walked} nodes walked)"
+    if not models:
+        return None, "no model found yet"
     wanted = {id(p) for p in parameters}
     owners: dict[int, tuple[str, Any]] = {}
     for root in models:
@@ -194,8 +199,9 @@ def backward_module(node: Any, models: list[Any]) -> tuple[str, str] | None:
     for p in parameters:
         owner = owners.get(id(p))
         if owner is not None:
-            return owner[0][:MAX_TEXT], type(owner[1]).__name__[:MAX_TEXT]
-    return None
+            return (owner[0][:MAX_TEXT], type(owner[1]).__name__[:MAX_TEXT]), None
+    names = ", ".join(sorted({type(m).__name__ for m in models}))
+    return None, f"none of the {len(parameters)} nearest parameters is in the models found ({names})"[:MAX_TEXT]
 
 
 def place_of_oom(torch: Any, models: list[Any], train_thread: int | None) -> Place:
@@ -208,14 +214,16 @@ def place_of_oom(torch: Any, models: list[Any], train_thread: int | None) -> Pla
         named = _quietly(forward_module, chain) if chain else None
         node = _current_node(torch)
         near = False
+        note = None
         if named is None and node is not None:
-            named = _quietly(backward_module, node, models)
+            named, note = _backward_module(node, models)
             near = named is not None
         if node is not None or not frames:
             # On an autograd engine's thread (a GPU's backward): its own Python, if any (a custom
             # Function, a hook), then where the program waits in backward() on its own thread.
             frames = joined(frames, user_frames(_other_thread(train_thread), kinds))
-        return Place(frames, named[0] if named else None, named[1] if named else None, near, _node_name(node))
+        return Place(frames, named[0] if named else None, named[1] if named else None, near, _node_name(node),
+                     note)
     except Exception:
         return Place()
 
@@ -236,6 +244,14 @@ def _quietly(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except Exception:
         return None
+
+
+def _backward_module(node: Any, models: list[Any]) -> tuple[tuple[str, str] | None, str | None]:
+    """backward_module, with what went wrong kept when it raises (the place is still worth having)."""
+    try:
+        return backward_module(node, models)
+    except Exception as err:
+        return None, f"the lookup failed: {type(err).__name__}: {err}"[:MAX_TEXT]
 
 
 def _current_node(torch: Any) -> Any:

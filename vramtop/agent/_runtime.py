@@ -12,6 +12,13 @@ use, never synchronises, resets peaks, empties the cache or changes allocator se
 code never raises into the program; the only work on the training thread is a few
 microseconds in the optimizer-step hook; it stops in forked children and outlives monitors.
 
+The agent's thread never imports, nor makes torch import: a first import of a module from a
+second thread races the program's own imports, and Python's deadlock avoidance can then hand
+the program a half-initialised module (torch imports torch._dynamo and torch._inductor lazily,
+on first access). So the agent's thread only reads what the program has imported, and any call
+that could import (turning ``--trace``'s allocation history on, reading its stacks) runs on the
+training thread or waits until the program has imported what it needs.
+
 This module keeps the life cycle (waiting for CUDA, starting, stopping, forks) and the wiring of
 the optimizer-step hook; each job it wires lives in a module of its own: the devices in use
 (_devices.py), model discovery (_discovery.py), the step's phases (_phases.py) and their
@@ -50,7 +57,7 @@ from ._phases import StepPhases
 from ._sampler import DeviceSampler, sample_until_stopped
 from ._server import AgentServer
 from ._stack import inspect_thread
-from ._trace import entries_from_env, start_history, stop_history, with_history
+from ._trace import NOT_YET, entries_from_env, start_history, stop_history, with_history
 
 DEFAULT_INTERVAL = 0.25  # seconds between samples
 CUDA_WAIT = 0.1  # seconds between checks for the program's CUDA initialisation (~1 us each)
@@ -86,7 +93,8 @@ class Agent:
         self._boundaries = StepBoundaries()
         # ``vramtop run --trace``: PyTorch's allocation history, for the OOM post-mortem.
         self._trace_entries = entries_from_env()
-        self._trace_problem: str | None = None  # why the history could not be turned on
+        self._trace_problem: str | None = NOT_YET  # why there is no history (None: it is on)
+        self._history_started = False
         self._sampler = DeviceSampler(snapshots, light=self._trace_entries is not None)
         self._answers = Answers()
         self._post_mortems = PostMortems(self.directory)
@@ -116,7 +124,7 @@ class Agent:
         if self._phases is not None:
             self._phases.remove()
         oom_observer.handler = None
-        if self._trace_entries is not None and self._torch is not None:
+        if self._history_started:
             stop_history(self._torch)
         if self._server is not None:
             self._server.stop()
@@ -199,8 +207,6 @@ class Agent:
             self._hooks.append(register(self._after_optimizer_step))
         self._discovery.attach(torch)
         oom_observer.attach(torch, self._on_oom)
-        if self._trace_entries is not None:
-            self._trace_problem = start_history(torch, self._trace_entries)
         self._rescan_devices(force=True)
         server = AgentServer(self.directory, self._beacon(), self._answers.respond)
         server.start()  # refuses an unsafe directory: the agent then never serves (see _run)
@@ -230,7 +236,14 @@ class Agent:
 
     # -- hooks on the training thread: microseconds, never raise ---------------------------
 
+    def _start_history_here(self) -> None:
+        """``--trace``: turn the allocation history on, once, from the training thread (see _trace.py)."""
+        if self._trace_entries is not None and not self._history_started:
+            self._history_started = True
+            self._trace_problem = start_history(self._torch, self._trace_entries)
+
     def _model_found(self, model: Any) -> None:
+        self._start_history_here()
         if self._phases is not None:
             # Its own forward hooks take over from its next call; this call's pre-hook list is
             # already fixed, so tell the phases here.
@@ -255,6 +268,7 @@ class Agent:
                 self._remove_inert_hooks()
                 return
             self.step += 1
+            self._start_history_here()
             self._discovery.after_step()
             new_optimizer = optimizer not in self._optimizers
             if new_optimizer:

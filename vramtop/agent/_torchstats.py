@@ -150,7 +150,10 @@ class SnapshotSummary:
 def take_snapshot(torch: Any, live_blocks: int = 0, light: bool = False) -> SnapshotSummary | None:
     """Walk the allocator's segments (no stack traces are kept). ``light``: the allocation
     history is on (``--trace``); ask for the segments without its trace entries, which a full
-    snapshot would turn into Python objects each time."""
+    snapshot would turn into Python objects each time. With the history on (ours or the
+    program's) none is taken until its stacks can be read without an import (stacks_readable)."""
+    if (light or history_on(torch)) and not stacks_readable(torch):
+        return None
     started = time.perf_counter()
     fn = getattr(torch._C, "_cuda_memorySnapshot", None)
     try:
@@ -187,6 +190,29 @@ def take_snapshot(torch: Any, live_blocks: int = 0, light: bool = False) -> Snap
                               time.perf_counter() - started)
     summary.largest_live = {d: sorted(sizes, reverse=True)[:live_blocks] for d, sizes in live.items()}
     return summary
+
+
+def stacks_readable(torch: Any) -> bool:
+    """Whether a snapshot holding the allocation history's Python stacks can be taken without
+    importing anything. PyTorch turns those stacks into text with ``hasattr(torch, "_inductor")``,
+    which imports torch._inductor on first access (some 800 modules, torch._dynamo among them):
+    from another thread, that import races the program's own (its first optimizer imports
+    torch._dynamo) and hands one of them a half-initialised module. torch sets the attribute
+    only once the program's import of it has finished."""
+    try:
+        return "_inductor" in vars(torch)
+    except TypeError:
+        return False
+
+
+def history_on(torch: Any) -> bool:
+    """Whether the allocation history records stacks (the program may turn it on itself);
+    False where this torch cannot say."""
+    fn = getattr(torch._C, "_cuda_isHistoryEnabled", None)
+    try:
+        return bool(fn()) if fn is not None else False
+    except Exception:
+        return False
 
 
 def _light_snapshot(fn: Any) -> Any:

@@ -1,11 +1,14 @@
 """``vramtop run --trace``: PyTorch's allocation history, and at an OOM its snapshot.
 
 Off by default. When ``VRAMTOP_AGENT_TRACE`` holds a number of entries, the agent turns on
-``torch.cuda.memory._record_memory_history`` once the program has initialised CUDA (Python
-stacks only: C++ frames cost more to collect). At an OOM the post-mortem names the largest
-live blocks by the stack that allocated them, and the snapshot is saved beside the post-mortem
-file, as ``torch.cuda.memory._dump_snapshot`` saves it (a pickle that PyTorch's memory_viz
-opens). The agent writes that pickle; nothing in vramtop ever reads one.
+``torch.cuda.memory._record_memory_history`` (Python stacks only: C++ frames cost more to
+collect) on the training thread, at its first model call or optimizer step: PyTorch registers
+part of the history (its record_function annotations) for the calling thread only. Its stacks
+are read only once that cannot make torch import anything (_torchstats.stacks_readable). At an
+OOM the post-mortem names the largest live blocks by the stack that allocated them, and the
+snapshot is saved beside the post-mortem file, as ``torch.cuda.memory._dump_snapshot`` saves it
+(a pickle that PyTorch's memory_viz opens). The agent writes that pickle; nothing in vramtop
+ever reads one.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from vramtop.model import CodeFrame, LiveAllocation, OomReport
 from vramtop.protocol import AGENT_TRACE_ENV
 
 from ._place import CodeKinds, pick_frames
+from ._torchstats import stacks_readable
 
 LARGEST = 5  # live blocks named
 FRAMES = 3  # frames kept per block
 KEEP = 4  # history files kept in the directory (each can be large); older ones are removed
+# Why an OOM has no history when it came before the training thread turned it on.
+NOT_YET = "it was not on yet: it starts at the training thread's first model call or optimizer step"
 
 
 def entries_from_env(environ: Any = os.environ) -> int | None:
@@ -65,6 +71,9 @@ def save_history(torch: Any, device: int, postmortem: str | None,
     snapshot_fn = getattr(getattr(getattr(torch, "cuda", None), "memory", None), "_snapshot", None)
     if snapshot_fn is None:
         return (), None, "this torch cannot take an allocation snapshot (torch.cuda.memory._snapshot)"
+    if not stacks_readable(torch):
+        return (), None, ("its stacks were not read: PyTorch would import torch._inductor to read them, "
+                          "and the program had not imported it")
     try:
         snapshot = snapshot_fn()
     except Exception as err:
@@ -88,7 +97,8 @@ def with_history(torch: Any, report: OomReport, problem: str | None) -> OomRepor
 
 
 def largest_allocations(snapshot: Any, device: int, kinds: CodeKinds) -> tuple[LiveAllocation, ...]:
-    """The biggest allocated blocks of ``device`` in a snapshot, with their frames outside torch."""
+    """The biggest allocated blocks of ``device`` in a snapshot, with their frames outside torch;
+    those the history saw allocated first (blocks allocated before it was on have no stack)."""
     blocks = []
     for segment in snapshot.get("segments", ()) if isinstance(snapshot, dict) else ():
         if int(segment.get("device", 0)) != device:
@@ -96,7 +106,7 @@ def largest_allocations(snapshot: Any, device: int, kinds: CodeKinds) -> tuple[L
         for block in segment.get("blocks", ()):
             if block.get("state") == "active_allocated":
                 blocks.append(block)
-    blocks.sort(key=lambda b: int(b.get("size", 0)), reverse=True)
+    blocks.sort(key=lambda b: (bool(b.get("frames")), int(b.get("size", 0))), reverse=True)
     return tuple(LiveAllocation(int(b.get("size", 0)), _frames(b.get("frames") or (), kinds))
                  for b in blocks[:LARGEST])
 

@@ -42,7 +42,8 @@ def module_text(oom: OomReport) -> str | None:
     if oom.module:
         return f"{oom.module} ({', '.join(p for p in (oom.module_class, phase) if p)})"
     if oom.autograd_node:
-        return f"backward (running {oom.autograd_node}; module not known)"
+        why = f": {oom.place_note}" if oom.place_note else ""
+        return f"backward (running {oom.autograd_node}; module not known{why})"
     return None
 
 
