@@ -32,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"vramtop: {problem}", file=sys.stderr)
     failed = [g for g in sample.gpus if g.error]
     for gpu in failed:
-        print(f"vramtop: GPU {gpu.index} ({gpu.uuid}): {gpu.error}", file=sys.stderr)
-    return EXIT_NVML if failed else EXIT_OK
+        where = f" on {gpu.host}" if gpu.host else ""
+        print(f"vramtop: GPU {gpu.index}{where} ({gpu.uuid}): {gpu.error}", file=sys.stderr)
+    return EXIT_NVML if any(not g.host for g in failed) else EXIT_OK  # another host's failure is said, not ours
