@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_export_live import REPO, TRAINER_MIB, Exporter, _env, _until
+from tests.test_export_live import REPO, TRAINER_MIB, Exporter, _env, _free_port, _query, _until
 from tests.test_ui import NARROW_SIZE, WIDE_SIZE, feed, monitor, screen_text, toasts
 from vramtop.protocol import sample_from_document
 
@@ -43,6 +45,8 @@ class Hosts:
     exporter: Exporter  # the other host's `vramtop export --per-process`
     remote_trainer: subprocess.Popen[str]  # rank 1, there
     doc: dict[str, Any]  # `vramtop --once --json --remote` here, with rank 0 here
+    here: Path  # this host's agents' directory
+    local_trainer: subprocess.Popen[str]  # rank 0, here
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
         # The first scrapes may come before the agent's first census: wait for the bill.
         assert _until(lambda: "vramtop_bill_bytes" in exporter.get(), 20), "no bill exported"
         doc = once_json(here, "--remote", address(exporter), FAKE_NVML_PIDS=str(local_trainer.pid))
-        yield Hosts(exporter, remote_trainer, doc)
+        yield Hosts(exporter, remote_trainer, doc, here, local_trainer)
     finally:
         exporter.stop()
         for proc in (remote_trainer, local_trainer):
@@ -144,3 +148,37 @@ def test_without_a_gpu_here_the_remote_hosts_are_still_shown(hosts, tmp_path):
     (problem,) = doc["problems"]
     assert problem.startswith("this host's GPUs are not shown: ") and len(problem) > 40
     assert problem in doc["stderr"]
+
+
+def test_prometheus_scraping_the_real_exporter_shows_the_other_host_and_its_rank(hosts, tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): --prometheus was not "
+                    "tested against a real server")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(textwrap.dedent(f"""
+        global:
+          scrape_interval: 1s
+        scrape_configs:
+          - job_name: vramtop
+            static_configs:
+              - targets: ["{address(hosts.exporter)}"]
+    """))
+    port = _free_port()
+    server = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _until(lambda: _query(base, "vramtop_job_info"), 60), "Prometheus has not scraped the exporter"
+        doc = once_json(hosts.here, "--prometheus", base, FAKE_NVML_PIDS=str(hosts.local_trainer.pid))
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    host = os.uname().nodename
+    assert [g["host"] for g in doc["gpus"]] == [None, None, host, host]
+    (agent,) = doc["remote_agents"]
+    assert agent["pid"] == hosts.remote_trainer.pid and agent["remote"]["host"] == host
+    assert sum(v for _, v in agent["remote"]["devices"][0]["bill"]) == TRAINER_MIB * MiB
+    (job,) = doc["jobs"]
+    assert [(r["rank"], r["host"]) for r in job["ranks"]] == [(0, None), (1, host)]
+    assert doc["problems"] == []

@@ -37,13 +37,17 @@ def exporter_page(hostname: str = "node2", gpus: int = 2, used_mib: int = 30000,
 
 
 @contextmanager
-def serve(page: str) -> Iterator[str]:
-    """Serve ``page`` at http://127.0.0.1:PORT/metrics until the block ends; yields HOST:PORT."""
+def serve(page: str, path: str = "/metrics", seen: threading.Event | None = None) -> Iterator[str]:
+    """Serve ``page`` at http://127.0.0.1:PORT``path`` (any query string) until the block ends;
+    yields HOST:PORT. ``seen`` is set when it was asked for."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = page.encode()
-            self.send_response(200 if self.path == "/metrics" else 404)
+            found = self.path.partition("?")[0] == path
+            if found and seen is not None:
+                seen.set()
+            self.send_response(200 if found else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -18,7 +18,7 @@ AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
 def run(args: argparse.Namespace) -> int:
-    source = with_remotes(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args.remote)
+    source = with_remotes(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args.remote, args.prometheus)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()

@@ -11,6 +11,7 @@ prometheus_text.py): no dependency on the exporter's package.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +23,12 @@ from vramtop.errors import EXIT_USAGE, VramtopError
 from vramtop.model import GpuSample, Sample
 from vramtop.sources.hostinfo import HostInfo
 from vramtop.sources.poller import Source
+from vramtop.sources.prometheus_api import pages_from, parse_server, query_url
 from vramtop.sources.prometheus_text import Exposition, parse
 from vramtop.sources.remote_page import HostPage, host_page, merge_pages
 
 FETCH_TIMEOUT_S = 2.0  # one scrape; a slow host costs its own GPUs, never the local ones
-MAX_BODY = 8 << 20  # bytes: an exporter's page is a few KiB; more is not an exporter
+MAX_BODY = 64 << 20  # bytes: an exporter's page is a few KiB, a cluster's query answer a few MiB
 
 Fetch = Callable[[str, float], str]
 
@@ -55,14 +57,21 @@ class RemoteHosts:
     ones. A host that does not answer is a problem line in the sample, not a failure."""
 
     def __init__(self, local: Source, addresses: Sequence[str], fetch: Fetch = http_get,
-                 timeout: float = FETCH_TIMEOUT_S) -> None:
+                 timeout: float = FETCH_TIMEOUT_S, prometheus: str | None = None) -> None:
         self.local = local
         self.urls = [parse_address(a) for a in addresses]
+        # What is read each refresh: (who, how) for each exporter, then the Prometheus server.
+        self._readers: list[tuple[str, str, Callable[[], list[HostPage]]]] = [
+            (_host_of(url), "its exporter", functools.partial(self._read_one, url)) for url in self.urls]
+        if prometheus is not None:
+            base = parse_server(prometheus)
+            read = functools.partial(self._read_prometheus, base)
+            self._readers.append((f"Prometheus at {base}", "the server", read))
         self._fetch = fetch
         self._timeout = timeout
         self.local_unavailable: str | None = None  # why this host's GPUs are not shown
         self._host: HostInfo | None = None
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(self.urls))), thread_name_prefix="remote")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(self._readers))), thread_name_prefix="remote")
 
     def open(self) -> None:
         try:
@@ -73,22 +82,25 @@ class RemoteHosts:
                 self.local.close()
 
     def read(self) -> Sample:
-        pending = [self._pool.submit(self._read_one, url) for url in self.urls]
+        pending = [(who, what, self._pool.submit(read)) for who, what, read in self._readers]
         sample = self.local.read() if self.local_unavailable is None else self._without_local()
         pages, problems = [], []
-        for url, future in zip(self.urls, pending, strict=True):
+        for who, what, future in pending:
             try:
-                pages.append(future.result(timeout=self._timeout + 1.0))
+                pages.extend(future.result(timeout=self._timeout + 1.0))
             except Exception as err:  # one host's failure is said, never raised into the monitor
-                problems.append(f"{_host_of(url)}: {_reason(err)}")
+                problems.append(f"{who}: {_reason(err, what)}")
         merged = merge_pages(sample, pages)
         return replace(merged, problems=(*merged.problems, *problems))
 
-    def _read_one(self, url: str) -> HostPage:
+    def _read_one(self, url: str) -> list[HostPage]:
         page = host_page(parse(self._fetch(url, self._timeout)).metrics, _host_of(url))
         if not page.gpus:
             raise ValueError("no vramtop_gpu_* metrics (is it a vramtop exporter?)")
-        return page
+        return [page]
+
+    def _read_prometheus(self, base: str) -> list[HostPage]:
+        return pages_from(self._fetch(query_url(base), self._timeout))
 
     def _without_local(self) -> Sample:
         """A sample of this host without its GPUs, saying why."""
@@ -102,20 +114,24 @@ class RemoteHosts:
             self.local.close()
 
 
-def with_remotes(local: Source, addresses: Sequence[str] | None) -> Source:
-    return RemoteHosts(local, addresses) if addresses else local
+def with_remotes(local: Source, addresses: Sequence[str] | None, prometheus: str | None = None) -> Source:
+    """``local`` plus the hosts of --remote and --prometheus, when any is given."""
+    return RemoteHosts(local, addresses or (), prometheus=prometheus) if addresses or prometheus else local
 
 
 def _host_of(url: str) -> str:
     return url.removeprefix("http://").removesuffix("/metrics")
 
 
-def _reason(err: BaseException) -> str:
+def _reason(err: BaseException, what: str) -> str:
+    """Why ``what`` (its exporter, the server) could not be read, in a few words."""
     if isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError):
-        return f"cannot read its exporter ({err.reason})"
+        if isinstance(err.reason, TimeoutError):
+            return f"{what} did not answer in time"
+        return f"cannot read {what} ({err.reason})"
     if isinstance(err, TimeoutError):
-        return "its exporter did not answer in time"
-    return f"cannot read its exporter ({err})"
+        return f"{what} did not answer in time"
+    return f"cannot read {what} ({err})"
 
 
 def _int(text: str | None) -> int | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from vramtop.model import AgentSample, GpuSample, Launch, ProcessSample, RemoteDevice, RemoteFigures, Sample
 from vramtop.sources.prometheus_text import Metric
 
+OLD_AFTER_S = 60.0  # a host's last sample older than this is said (Prometheus serves the last for 5 min)
 GPU_FIELDS = {"total": "memory_total", "used": "memory_used", "free": "memory_free", "reserved": "memory_reserved"}
 # vramtop_torch_* and friends, labelled {gpu, pid, rank}: the RemoteDevice field each fills.
 TORCH_FIELDS = {
@@ -196,4 +197,6 @@ def merge_pages(sample: Sample, pages: Iterable[HostPage]) -> Sample:
         agents.extend(a for a in page.agents if a.remote and any(d.gpu_uuid in uuids for d in a.remote.devices))
         if not page.up:
             problems.append(f"{page.host}: its exporter serves old figures (NVML there did not answer)")
+        elif page.as_of is not None and sample.time - page.as_of > OLD_AFTER_S:
+            problems.append(f"{page.host}: its figures are {sample.time - page.as_of:.0f} s old")
     return replace(sample, gpus=tuple(gpus), remote_agents=tuple(agents), problems=tuple(problems))
