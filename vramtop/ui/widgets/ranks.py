@@ -48,7 +48,7 @@ def _header(job: Job, expanded: bool, narrow: bool) -> Text:
     closest, spread = job.closest, job.spread
     if closest is not None and closest.headroom is not None:
         t.append("  closest to OOM " if not narrow else "  closest ", style="dim")
-        t.append(f"rank {closest.rank}", style="bold")
+        t.append(f"rank {closest.rank}" + (f"@{closest.host}" if closest.host else ""), style="bold")
         t.append(f" {_room(closest.headroom)}", style=_room_style(closest))
     if spread is not None:
         t.append("  peak spread " if not narrow else "  spread ", style="dim")
