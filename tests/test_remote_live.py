@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.test_export_live import REPO, TRAINER_MIB, Exporter, _env, _free_port, _query, _until
+from tests.test_tui_tmux import SESSION, Tmux
 from tests.test_ui import NARROW_SIZE, WIDE_SIZE, feed, monitor, screen_text, toasts
 from vramtop.protocol import sample_from_document
 
@@ -182,3 +184,29 @@ def test_prometheus_scraping_the_real_exporter_shows_the_other_host_and_its_rank
     (job,) = doc["jobs"]
     assert [(r["rank"], r["host"]) for r in job["ranks"]] == [(0, None), (1, host)]
     assert doc["problems"] == []
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize("fake_nvml, size", [(True, (160, 48)), (False, (80, 24))],
+                         ids=["with-gpus-here-160x48", "no-gpu-here-80x24"])
+def test_the_real_monitor_in_a_terminal_reads_the_other_host(hosts, tmp_path, fake_nvml, size):
+    host = os.uname().nodename
+    module = "tests.fakes.run_with_fake_nvml" if fake_nvml else "vramtop"
+    command = ["env", "-u", "FAKE_NVML_GROW", f"XDG_RUNTIME_DIR={hosts.here}",
+               f"FAKE_NVML_PIDS={hosts.local_trainer.pid}", f"PYTHONPATH={REPO}",
+               sys.executable, "-m", module, "-i", "0.5", "--remote", address(hosts.exporter)]
+    tmux = Tmux()
+    try:
+        tmux.start(command, *size, tmp_path / "status")
+        if fake_nvml:  # rank 0 here, rank 1 there: one job
+            tmux.wait_for(lambda s: f"@{host}" in s and "2 ranks" in s, "the other host's GPUs and the job")
+            tmux("send-keys", "-t", SESSION, "r")
+            tmux.wait_for(lambda s: re.search(rf"rank +1 +GPU +0 @{host} ", s) is not None
+                          and re.search(r"rank +0 +GPU +0  ", s) is not None, "a line per rank, rank 1 there")
+        else:
+            tmux.wait_for(lambda s: f"@{host}" in s and "this host's GPUs are not shown" in s,
+                          "the other host, and why this one's GPUs are not there")
+        tmux("send-keys", "-t", SESSION, "q")
+        assert tmux.wait_for_exit() == 0
+    finally:
+        tmux.kill_server()
