@@ -212,6 +212,7 @@ DOCUMENTED_LABELS = {
     "vramtop_headroom_bytes": {"gpu", "pid", "rank"},
     "vramtop_warning": {"kind", "level", "gpu", "pid"},
     "vramtop_step": {"pid", "rank"},
+    "vramtop_job_info": {"pid", "rank", "world_size", "run_id", "master"},
 }
 
 

@@ -31,6 +31,7 @@ examples:
   vramtop --once --json        one JSON document (schema vramtop.sample, version 1)
   vramtop --gpu 0,GPU-3f2a     only these GPUs (index or UUID prefix)
   vramtop --remote node2:9400  this host's GPUs and node2's, read from its `vramtop export`
+  vramtop --prometheus http://prom:9090   every host a Prometheus server scrapes vramtop from
 
 exit codes: 0 ok, 1 error, 2 usage, 3 no NVIDIA driver, 4 no GPU, 5 NVML failed
 """
@@ -118,6 +119,9 @@ def build_parser(commands_used: Collection[str] | None = None) -> argparse.Argum
     parser.add_argument("--remote", action="append", metavar="HOST:PORT",
                         help="also show another host's GPUs, read from its `vramtop export` endpoint; "
                              "repeatable; read-only (its processes are never signalled)")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="also show every host whose `vramtop export` a Prometheus server scrapes, read "
+                             "from its HTTP API (one query per refresh); read-only")
     if SUBCOMMANDS:
         commands = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, module, summary in SUBCOMMANDS:

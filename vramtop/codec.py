@@ -65,10 +65,14 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
                 errors.append(str(e))
         raise DecodeError(errors[0] if errors else f"{path}: unexpected null")
     if origin is tuple:
-        (item,) = typing.get_args(tp)[:1]
+        args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise DecodeError(f"{path}: expected a list, got {type(value).__name__}")
-        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):  # tuple[X, Y]: a pair
+            raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_decode(t, v, f"{path}[{i}]") for i, (t, v) in enumerate(zip(args, value, strict=True)))
     if origin is dict:
         key_t, val_t = typing.get_args(tp)
         if not isinstance(value, dict):

@@ -262,6 +262,36 @@ class Launch:
 
 
 @dataclass(frozen=True)
+class RemoteDevice:
+    """One device of a process on another host, as that host's exporter published it
+    (docs/exporter.md): figures computed there, read-only here."""
+
+    gpu_index: int | None
+    gpu_uuid: str | None  # joins with that host's GpuSample.uuid
+    allocated: int | None = None  # vramtop_torch_memory_allocated_bytes
+    reserved: int | None = None
+    requested: int | None = None
+    fragmentation: float | None = None  # vramtop_torch_fragmentation_ratio
+    largest_free_block: int | None = None
+    alloc_retries: int | None = None
+    ooms: int | None = None
+    bill: tuple[tuple[str, int], ...] = ()  # (category label, bytes): vramtop_bill_bytes
+    headroom: int | None = None  # vramtop_headroom_bytes: limit - projected step peak
+    step_peak: int | None = None  # vramtop_step_peak_bytes: reserved at the allocator's peak + non-PyTorch
+    limit: int | None = None  # the GPU's total there (what headroom is measured against)
+
+
+@dataclass(frozen=True)
+class RemoteFigures:
+    """Where a remote agent's figures come from and how old they are."""
+
+    host: str
+    as_of: float | None  # when that host's exporter read them (its vramtop_last_sample_timestamp_seconds)
+    devices: tuple[RemoteDevice, ...] = ()
+    warnings: tuple[str, ...] = ()  # "level kind" of each vramtop_warning in force for the process
+
+
+@dataclass(frozen=True)
 class AgentSample:
     """What the in-process agent reports about its own process."""
 
@@ -285,6 +315,7 @@ class AgentSample:
     launch: Launch | None = None  # the launcher's environment; None from older agents
     attached: bool = False  # started late by ``vramtop attach``: models and optimizers are found
     # from then on, so the categories come with the first optimizer step after the attach
+    remote: RemoteFigures | None = None  # another host's process, read from its exporter
 
 
 @dataclass(frozen=True)
@@ -312,6 +343,8 @@ class Sample:
     agents: tuple[AgentSample, ...] = ()  # processes running the vramtop agent
     events: tuple[AgentEvent, ...] = ()  # what agents reported since the previous sample
     problems: tuple[str, ...] = ()  # what kept agents from being read (e.g. an unsafe socket directory)
+    remote_agents: tuple[AgentSample, ...] = ()  # other hosts' processes with the agent (--remote,
+    # --prometheus): kept apart from ``agents``, which the join matches with this host's processes
 
     @property
     def stale(self) -> bool:

@@ -2,12 +2,15 @@
 whose bill an exporter or a monitor can read without a GPU. Prints READY once the agent runs.
 
 Usage: python -m tests.fakes.fake_trainer [seconds]   (default: until killed)
+FAKE_NVML_HOST: as run_with_fake_nvml's, for a trainer on the "other host".
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from types import SimpleNamespace
 
 
 def main() -> int:
@@ -22,6 +25,12 @@ def main() -> int:
     x = torch.randn(8, 64)
     fake = FakeCudaTorch(torch)
     fake.allocator.set(512 << 20, 1 << 30)
+    other_host = os.environ.get("FAKE_NVML_HOST", "")
+    if other_host:  # the GPU of run_with_fake_nvml's "other host" (its UUID starts GPU-<FAKE_NVML_HOST>)
+        shown = fake.cuda.get_device_properties(0)
+        uuid = other_host + shown.uuid[len(other_host):]
+        fake.cuda.get_device_properties = lambda i: SimpleNamespace(name=shown.name, uuid=uuid,
+                                                                    total_memory=shown.total_memory)
     # The fake allocator, and the CPU tensors counted as if they were on the GPU (the census).
     Agent(interval=0.1, torch=fake, device_type="cpu").start()
     fake.initialized = True

@@ -29,6 +29,11 @@ def main() -> int:
     pids = [int(p) for p in os.environ.get("FAKE_NVML_PIDS", "").split(",") if p]
     if pids:
         fake.gpus[0].compute = [FakeProc(pid, 39800 * MiB // len(pids)) for pid in pids]
+    # FAKE_NVML_HOST=abcd: other GPUs (their UUIDs start GPU-abcd), as on another host, for a
+    # monitor and an exporter on one machine that must not take each other's GPUs for their own.
+    other_host = os.environ.get("FAKE_NVML_HOST", "")
+    for gpu in fake.gpus if other_host else ():
+        gpu.uuid = f"GPU-{other_host}{gpu.uuid[4 + len(other_host):]}"
     # A memory figure that changes from read to read, so the sparkline and refresh are visible.
     real = type(fake).nvmlDeviceGetMemoryInfo
     reads = {"n": 0}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vramtop.analysis.subjects import Subject, places, subjects
-from vramtop.model import AgentSample, Sample
+from vramtop.model import AgentSample, RemoteDevice, Sample
 from vramtop.units import fmt_bytes
 
 # torchrun's --rdzv-id when none is given: every static launch has it, so it tells jobs apart only
@@ -36,25 +36,46 @@ class RankState:
     agent: AgentSample
     subject: Subject | None  # None while its device cannot be placed on a GPU of the sample
 
+    remote: RemoteDevice | None = None  # another host's rank: the figures its exporter published
+
+    @property
+    def host(self) -> str | None:
+        """Another host's name, for a rank read from its exporter; None: this host's."""
+        return self.agent.remote.host if self.agent.remote else None
+
     @property
     def gpu_index(self) -> int | None:
+        if self.remote is not None:
+            return self.remote.gpu_index
         return self.subject.place.index if self.subject else None
 
     @property
     def peak(self) -> int | None:
         """The bill at the allocator's peak: reserved then + non-PyTorch (bytes)."""
+        if self.remote is not None:
+            return self.remote.step_peak
         return self.subject.own_peak if self.subject else None
 
     @property
     def headroom(self) -> int | None:
         """What is left of the device (or the process's cap) at the projected step peak; negative
         when the peak would not fit."""
+        if self.remote is not None:
+            return self.remote.headroom
         s = self.subject
         return None if s is None or not s.limit else s.limit - s.load
 
     @property
     def limit(self) -> int | None:
+        if self.remote is not None:
+            return self.remote.limit
         return self.subject.limit if self.subject else None
+
+    @property
+    def load(self) -> int | None:
+        """What counts against ``limit``: the projected step peak (or, under a cap, the peak reserved)."""
+        limit, headroom = self.limit, self.headroom
+        return None if not limit or headroom is None else limit - headroom
 
     @property
     def step(self) -> int:
@@ -104,9 +125,10 @@ class Job:
 
 
 def jobs(sample: Sample) -> tuple[Job, ...]:
-    """The distributed jobs with a rank on this sample's host, in order of their first rank."""
+    """The distributed jobs with a rank on this sample's host or on a remote one (--remote,
+    --prometheus), in order of their first rank."""
     by_key: dict[tuple[object, ...], list[AgentSample]] = {}
-    for agent in sample.agents:
+    for agent in (*sample.agents, *sample.remote_agents):
         key = job_key(agent)
         if key is not None:
             by_key.setdefault(key, []).append(agent)
@@ -153,13 +175,20 @@ def job_key(agent: AgentSample) -> tuple[object, ...] | None:
         if run is not None or launch.master is not None:
             return ("rendezvous", run, launch.master)
         if launch.parent_pid is not None:
-            return ("launcher", agent.pid_namespace, launch.parent_pid)
+            return ("launcher", agent.remote.host if agent.remote else None, agent.pid_namespace, launch.parent_pid)
     return ("world", world_size(agent))
 
 
 def _rank_state(agent: AgentSample, found: list[Subject]) -> RankState:
     rank = rank_of(agent)
     assert rank is not None  # job_key keeps only ranked agents
+    if agent.remote is not None:  # figures from its host's exporter: nothing is placed here
+
+        def remote_room(d: RemoteDevice) -> float:
+            return d.headroom if d.headroom is not None else float("inf")
+
+        device = min(agent.remote.devices, key=remote_room, default=None)
+        return RankState(rank, agent.pid, agent, None, device)
     if not found:
         return RankState(rank, agent.host_pid or agent.pid, agent, None)
 
@@ -177,7 +206,7 @@ def _label(key: tuple[object, ...]) -> str:
         return " · ".join(part for part in (f"run {run}" if run else None, f"master {master}" if master else None)
                           if part)
     if kind == "launcher":
-        return f"launcher PID {key[2]}"
+        return f"launcher PID {key[3]}" + (f" on {key[1]}" if key[1] else "")
     world = key[1]
     return f"world size {world}" if world is not None else "ranks without a launcher"
 
@@ -191,7 +220,8 @@ def summary(job: Job) -> str:
     if closest is not None and closest.headroom is not None:
         room = (f"{fmt_bytes(closest.headroom)} left" if closest.headroom >= 0
                 else f"{fmt_bytes(-closest.headroom)} short")
-        parts.append(f"closest to OOM: rank {closest.rank} (GPU {closest.gpu_index}, {room} at its peak)")
+        where = f"GPU {closest.gpu_index}" + (f" on {closest.host}" if closest.host else "")
+        parts.append(f"closest to OOM: rank {closest.rank} ({where}, {room} at its peak)")
     spread = job.spread
     if spread is not None:
         ratio = f", max/median {spread.ratio:.2f}" if spread.ratio is not None else ""
@@ -210,7 +240,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "peak_spread": None if spread is None else {
             "highest_rank": spread.highest.rank, "lowest_rank": spread.lowest.rank, "gap": spread.gap,
             "median": spread.median, "ratio": spread.ratio},
-        "ranks": [{"rank": r.rank, "pid": r.pid, "gpu_index": r.gpu_index,
-                   "gpu_uuid": r.subject.place.uuid if r.subject else None, "step": r.step, "peak": r.peak,
+        "ranks": [{"rank": r.rank, "pid": r.pid, "host": r.host, "gpu_index": r.gpu_index,
+                   "gpu_uuid": r.remote.gpu_uuid if r.remote else r.subject.place.uuid if r.subject else None,
+                   "step": r.step, "peak": r.peak,
                    "headroom": r.headroom, "limit": r.limit} for r in job.ranks],
     }

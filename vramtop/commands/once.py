@@ -18,7 +18,7 @@ AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
 def run(args: argparse.Namespace) -> int:
-    source = with_remotes(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args.remote)
+    source = with_remotes(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args.remote, args.prometheus)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()
@@ -32,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"vramtop: {problem}", file=sys.stderr)
     failed = [g for g in sample.gpus if g.error]
     for gpu in failed:
-        print(f"vramtop: GPU {gpu.index} ({gpu.uuid}): {gpu.error}", file=sys.stderr)
-    return EXIT_NVML if failed else EXIT_OK
+        where = f" on {gpu.host}" if gpu.host else ""
+        print(f"vramtop: GPU {gpu.index}{where} ({gpu.uuid}): {gpu.error}", file=sys.stderr)
+    return EXIT_NVML if any(not g.host for g in failed) else EXIT_OK  # another host's failure is said, not ours

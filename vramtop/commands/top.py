@@ -14,7 +14,7 @@ from vramtop.sources.remote import with_remotes
 def run(args: argparse.Namespace) -> int:
     need_terminal("the live monitor", "`vramtop --once` (or `--once --json`) prints one summary")
     # NVML for every process; the allocator bill for those that run the vramtop agent.
-    source = with_remotes(monitor_source(args.gpu), args.remote)
+    source = with_remotes(monitor_source(args.gpu), args.remote, args.prometheus)
     reader = DeadlineReader(source)
     # NVML starts, and then the first sample is read, while Textual is imported: a sooner first frame.
     opened = reader.open_in_background()

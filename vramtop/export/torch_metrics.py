@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import Metric
 
 from vramtop.analysis.bill import Bill, bill_now, fragmentation
+from vramtop.analysis.jobs import rank_of, world_size
 from vramtop.analysis.join import Match, join
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.subjects import Place, Subject, places
@@ -58,6 +59,9 @@ class _TorchSeries:
         self.bill = Series("vramtop_bill_bytes", "Where the process's GPU memory went, by category; the "
                            "categories sum to the process's NVML figure (docs/exporter.md).",
                            (*TORCH_LABELS, "category"), dropped, subject_labels=len(TORCH_LABELS))
+        self.step_peak = gauge("vramtop_step_peak_bytes",
+                               "The process's own peak: what the allocator reserved at its peak + its "
+                               "non-PyTorch memory, bytes (the rank view's peak).")
         self.headroom = gauge("vramtop_headroom_bytes",
                               "Bytes left between the projected step peak and the GPU's total (or the "
                               "process's cap); negative: past it.")
@@ -77,12 +81,14 @@ class _TorchSeries:
         if bill is not None:
             for name, value in bill.categories():
                 self.bill.add((*labels, CATEGORIES[name]), value)
+        if subject is not None:
+            self.step_peak.add(labels, subject.own_peak)
         if subject is not None and subject.limit:
             self.headroom.add(labels, subject.limit - subject.load)
 
     def families(self) -> Iterator[Metric]:
         for series in (self.allocated, self.reserved, self.requested, self.fragmentation, self.largest_free,
-                       self.retries, self.ooms, self.bill, self.headroom):
+                       self.retries, self.ooms, self.bill, self.step_peak, self.headroom):
             yield series.family
 
 
@@ -115,10 +121,24 @@ def torch_families(sample: Sample, tracker: RiskTracker, dropped: Counter[str]) 
         series.add(m, place, subject)
         if m.row is not None:
             host_pid.setdefault(id(m.agent), m.pid)
+    job = Series("vramtop_job_info", "The distributed job a rank belongs to (value 1): its launcher's world size, "
+                 "run id and rendezvous; ranks of one job on every host share run_id and master.",
+                 ("pid", "rank", "world_size", "run_id", "master"), dropped)
     for agent in sample.agents:
-        step.add((str(host_pid.get(id(agent), agent.pid)), _rank(agent)), agent.step)
+        pid = str(host_pid.get(id(agent), agent.pid))
+        step.add((pid, _rank(agent)), agent.step)
+        job.add((pid, *_job_labels(agent)), 1 if rank_of(agent) is not None else None)
     yield from series.families()
     yield step.family
+    yield job.family
+
+
+def _job_labels(agent: AgentSample) -> tuple[str, str, str, str]:
+    """rank, world_size, run_id, master: what analysis/jobs.py groups ranks by."""
+    launch = agent.launch
+    rank, world = rank_of(agent), world_size(agent)
+    return ("" if rank is None else str(rank), "" if world is None else str(world),
+            (launch.run_id or "") if launch else "", (launch.master or "") if launch else "")
 
 
 def warning_family(warnings: Sequence[RiskWarning], dropped: Counter[str]) -> Metric:

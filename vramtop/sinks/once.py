@@ -51,7 +51,8 @@ def job_lines(sample: Sample) -> list[str]:
     for job in jobs(sample):
         lines.append(summary(job))
         for r in job.ranks:
-            lines.append(f"  rank {r.rank:>3}  GPU {r.gpu_index if r.gpu_index is not None else '?':>2}  "
+            where = f" @{r.host}" if r.host else ""  # another host's rank, from its exporter
+            lines.append(f"  rank {r.rank:>3}  GPU {r.gpu_index if r.gpu_index is not None else '?':>2}{where}  "
                          f"PID {r.pid:>7}  peak {fmt_bytes(r.peak):>9}  headroom {fmt_bytes(r.headroom):>9}  "
                          f"step {r.step}")
     return lines

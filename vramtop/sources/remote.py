@@ -1,16 +1,18 @@
 """Other hosts' GPUs, read from their vramtop exporters (``vramtop --remote HOST:PORT``): each GPU's
-memory and, when the exporter publishes them (``--per-process``), its processes, shown next to
-this host's and marked with their host. Read-only: nothing is ever sent to another host's
-processes (their PIDs mean nothing here).
+memory, its processes (rows with ``--per-process``) and the figures of those that run the agent
+(allocator, bill, headroom, step, rank and job: remote_page.py), shown next to this host's and
+marked with their host. Read-only: nothing is ever sent to another host's processes (their PIDs
+mean nothing here). A host without a usable GPU of its own still shows the others.
 
 Only the exporter's HTTP endpoint is read (Prometheus text format, parsed by
-prometheus_text.py): no dependency on the exporter's package. The metrics read, in base units:
-``vramtop_gpu_memory_{total,used,free,reserved}_bytes{gpu,uuid,hostname}`` and
-``vramtop_process_gpu_memory_bytes{gpu,uuid,pid,command,user}``.
+prometheus_text.py): no dependency on the exporter's package.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -18,13 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from vramtop.errors import EXIT_USAGE, VramtopError
-from vramtop.model import GpuSample, ProcessSample, Sample
+from vramtop.model import GpuSample, Sample
+from vramtop.sources.hostinfo import HostInfo
 from vramtop.sources.poller import Source
+from vramtop.sources.prometheus_api import pages_from, parse_server, query_url
 from vramtop.sources.prometheus_text import Exposition, parse
+from vramtop.sources.remote_page import HostPage, host_page, merge_pages
 
 FETCH_TIMEOUT_S = 2.0  # one scrape; a slow host costs its own GPUs, never the local ones
-MAX_BODY = 8 << 20  # bytes: an exporter's page is a few KiB; more is not an exporter
-GPU_FIELDS = {"total": "memory_total", "used": "memory_used", "free": "memory_free", "reserved": "memory_reserved"}
+MAX_BODY = 64 << 20  # bytes: an exporter's page is a few KiB, a cluster's query answer a few MiB
 
 Fetch = Callable[[str, float], str]
 
@@ -45,30 +49,7 @@ def http_get(url: str, timeout: float) -> str:
 
 def gpus_from(exposition: Exposition, fallback_host: str) -> tuple[GpuSample, ...]:
     """The GPUs an exporter's page describes, each marked with its host."""
-    memory: dict[str, dict[str, int]] = {}
-    where: dict[str, tuple[int, str]] = {}  # uuid -> (index, host)
-    for field, attribute in GPU_FIELDS.items():
-        for m in exposition.named(f"vramtop_gpu_memory_{field}_bytes"):
-            uuid = m.labels.get("uuid")
-            if not uuid:
-                continue
-            memory.setdefault(uuid, {})[attribute] = int(m.value)
-            index = _int(m.labels.get("gpu"))
-            where.setdefault(uuid, (index if index is not None else -1, m.labels.get("hostname") or fallback_host))
-    processes: dict[str, list[ProcessSample]] = {}
-    for m in exposition.named("vramtop_process_gpu_memory_bytes"):
-        uuid, pid = m.labels.get("uuid", ""), _int(m.labels.get("pid"))
-        if uuid in memory and pid is not None:
-            processes.setdefault(uuid, []).append(ProcessSample(
-                pid=pid, gpu_uuid=uuid, used_memory=int(m.value), kind="C",
-                command=m.labels.get("command") or None, user=m.labels.get("user") or None))
-    out = []
-    for uuid, figures in memory.items():
-        index, host = where[uuid]
-        out.append(GpuSample(index=index, uuid=uuid, name="", host=host, processes=tuple(processes.get(uuid, ())),
-                             memory_total=figures.get("memory_total"), memory_used=figures.get("memory_used"),
-                             memory_free=figures.get("memory_free"), memory_reserved=figures.get("memory_reserved")))
-    return tuple(sorted(out, key=lambda g: g.index))
+    return host_page(exposition.metrics, fallback_host).gpus
 
 
 class RemoteHosts:
@@ -76,54 +57,81 @@ class RemoteHosts:
     ones. A host that does not answer is a problem line in the sample, not a failure."""
 
     def __init__(self, local: Source, addresses: Sequence[str], fetch: Fetch = http_get,
-                 timeout: float = FETCH_TIMEOUT_S) -> None:
+                 timeout: float = FETCH_TIMEOUT_S, prometheus: str | None = None) -> None:
         self.local = local
         self.urls = [parse_address(a) for a in addresses]
+        # What is read each refresh: (who, how) for each exporter, then the Prometheus server.
+        self._readers: list[tuple[str, str, Callable[[], list[HostPage]]]] = [
+            (_host_of(url), "its exporter", functools.partial(self._read_one, url)) for url in self.urls]
+        if prometheus is not None:
+            base = parse_server(prometheus)
+            read = functools.partial(self._read_prometheus, base)
+            self._readers.append((f"Prometheus at {base}", "the server", read))
         self._fetch = fetch
         self._timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(self.urls))), thread_name_prefix="remote")
+        self.local_unavailable: str | None = None  # why this host's GPUs are not shown
+        self._host: HostInfo | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(self._readers))), thread_name_prefix="remote")
 
     def open(self) -> None:
-        self.local.open()
+        try:
+            self.local.open()
+        except VramtopError as err:  # no GPU here (no driver, no NVML): the other hosts still are
+            self.local_unavailable = err.message
+            with contextlib.suppress(Exception):
+                self.local.close()
 
     def read(self) -> Sample:
-        pending = [self._pool.submit(self._read_one, url) for url in self.urls]
-        sample = self.local.read()
-        gpus, problems = list(sample.gpus), list(sample.problems)
-        for url, future in zip(self.urls, pending, strict=True):
+        pending = [(who, what, self._pool.submit(read)) for who, what, read in self._readers]
+        sample = self.local.read() if self.local_unavailable is None else self._without_local()
+        pages, problems = [], []
+        for who, what, future in pending:
             try:
-                known = {g.uuid for g in gpus}  # this host's own exporter, or one given twice
-                gpus.extend(g for g in future.result(timeout=self._timeout + 1.0) if g.uuid not in known)
+                pages.extend(future.result(timeout=self._timeout + 1.0))
             except Exception as err:  # one host's failure is said, never raised into the monitor
-                problems.append(f"{_host_of(url)}: {_reason(err)}")
-        return replace(sample, gpus=tuple(gpus), problems=tuple(problems))
+                problems.append(f"{who}: {_reason(err, what)}")
+        merged = merge_pages(sample, pages)
+        return replace(merged, problems=(*merged.problems, *problems))
 
-    def _read_one(self, url: str) -> tuple[GpuSample, ...]:
-        exposition = parse(self._fetch(url, self._timeout))
-        gpus = gpus_from(exposition, _host_of(url))
-        if not gpus:
-            raise ValueError("no vramtop_gpu_memory_* metrics (is it a vramtop exporter?)")
-        return gpus
+    def _read_one(self, url: str) -> list[HostPage]:
+        page = host_page(parse(self._fetch(url, self._timeout)).metrics, _host_of(url))
+        if not page.gpus:
+            raise ValueError("no vramtop_gpu_* metrics (is it a vramtop exporter?)")
+        return [page]
+
+    def _read_prometheus(self, base: str) -> list[HostPage]:
+        return pages_from(self._fetch(query_url(base), self._timeout))
+
+    def _without_local(self) -> Sample:
+        """A sample of this host without its GPUs, saying why."""
+        self._host = self._host or HostInfo()
+        return Sample(time=time.time(), host=self._host.host_sample(),
+                      problems=(f"this host's GPUs are not shown: {self.local_unavailable}",))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.local.close()
+        if self.local_unavailable is None:
+            self.local.close()
 
 
-def with_remotes(local: Source, addresses: Sequence[str] | None) -> Source:
-    return RemoteHosts(local, addresses) if addresses else local
+def with_remotes(local: Source, addresses: Sequence[str] | None, prometheus: str | None = None) -> Source:
+    """``local`` plus the hosts of --remote and --prometheus, when any is given."""
+    return RemoteHosts(local, addresses or (), prometheus=prometheus) if addresses or prometheus else local
 
 
 def _host_of(url: str) -> str:
     return url.removeprefix("http://").removesuffix("/metrics")
 
 
-def _reason(err: BaseException) -> str:
+def _reason(err: BaseException, what: str) -> str:
+    """Why ``what`` (its exporter, the server) could not be read, in a few words."""
     if isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError):
-        return f"cannot read its exporter ({err.reason})"
+        if isinstance(err.reason, TimeoutError):
+            return f"{what} did not answer in time"
+        return f"cannot read {what} ({err.reason})"
     if isinstance(err, TimeoutError):
-        return "its exporter did not answer in time"
-    return f"cannot read its exporter ({err})"
+        return f"{what} did not answer in time"
+    return f"cannot read {what} ({err})"
 
 
 def _int(text: str | None) -> int | None:

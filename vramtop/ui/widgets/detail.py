@@ -11,6 +11,7 @@ from vramtop.analysis.join import join
 from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
 from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
+from vramtop.ui.widgets.remote_detail import render_remote
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib, process_label
 
@@ -34,12 +35,14 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
         for g, p in on_gpus
     )
     t.append(spread, style="cyan")
+    gpu = sample.gpu(first.gpu_uuid)
     match = join(sample).of_row(first)
-    if match is not None:
+    if gpu is not None and gpu.host:  # another host's process: its exporter's figures only
+        t.append_text(render_remote(sample, first, gpu.host))
+    elif match is not None:
         t.append_text(_with_agent(sample, match.agent, match.device, first, width, narrow, advice, live))
     else:
-        gpu = sample.gpu(first.gpu_uuid)
-        t.append_text(_without_agent(first, live, gpu.host if gpu else None))
+        t.append_text(_without_agent(first, live))
     return t
 
 
@@ -77,14 +80,11 @@ def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: 
     return t
 
 
-def _without_agent(first: ProcessSample, live: bool, host: str | None = None) -> Text:
+def _without_agent(first: ProcessSample, live: bool) -> Text:
     """Who the process is as far as NVML and the host can tell, and why there is no bill."""
     t = Text("\n")
     t.append(process_label(first), style="italic yellow" if first.visibility in (NOT_VISIBLE, MISMATCH) else "")
-    if host is not None:
-        t.append(f"\nA process on {host}, read from its exporter (--remote): shown, never signalled; "
-                 f"vramtop on {host} shows its bill.", style="dim")
-    elif first.visibility == NOT_VISIBLE:
+    if first.visibility == NOT_VISIBLE:
         t.append("\nNVML reports host PIDs; run vramtop on the host, or share the host PID namespace "
                  "(docker --pid=host) to see who this is.", style="dim")
     elif first.visibility == MISMATCH:

@@ -97,7 +97,10 @@ def render_gpu(gpu: GpuSample, history: list[int], width: int, narrow: bool, sel
         title.append(f"  ! {gpu.error}", style="bold red")
         return title
     title.append("  ")
-    title.append_text(_activity(gpu, narrow))
+    if gpu.host:  # its exporter publishes memory only: no utilisation, PCIe, temperature or power
+        title.append("memory from its exporter", style="dim")
+    else:
+        title.append_text(_activity(gpu, narrow))
     title.truncate(width)
 
     numbers = _numbers(gpu, narrow)

@@ -48,7 +48,7 @@ def _header(job: Job, expanded: bool, narrow: bool) -> Text:
     closest, spread = job.closest, job.spread
     if closest is not None and closest.headroom is not None:
         t.append("  closest to OOM " if not narrow else "  closest ", style="dim")
-        t.append(f"rank {closest.rank}", style="bold")
+        t.append(f"rank {closest.rank}" + (f"@{closest.host}" if closest.host else ""), style="bold")
         t.append(f" {_room(closest.headroom)}", style=_room_style(closest))
     if spread is not None:
         t.append("  peak spread " if not narrow else "  spread ", style="dim")
@@ -67,6 +67,8 @@ def _rank_line(job: Job, r: RankState, narrow: bool, width: int) -> Text:
     t.append(f" rank {r.rank:>2}" if narrow else f"  rank {r.rank:>3}", style="bold" if is_closest else "")
     gpu = "?" if r.gpu_index is None else str(r.gpu_index)
     t.append(f"  GPU {gpu:>2}")
+    if r.host:  # another host's rank: its exporter's figures, as of its last sample
+        t.append(f" @{r.host}", style="bold magenta")
     if not narrow and width >= PID_WIDTH:
         t.append(f"  PID {r.pid:>7}", style="dim")
     bar_width = 16 if narrow else max(8, min(40, width - 120))
@@ -91,10 +93,10 @@ def _rank_line(job: Job, r: RankState, narrow: bool, width: int) -> Text:
 
 def _peak_bar(r: RankState, width: int) -> Text:
     """The rank's projected peak against its limit, to scale."""
-    s = r.subject
-    if s is None or not s.limit:
+    load, limit = r.load, r.limit
+    if load is None or not limit:
         return Text(FREE * width, style="grey23")
-    share = min(1.0, max(0.0, s.load / s.limit))
+    share = min(1.0, max(0.0, load / limit))
     cells = round(share * width)
     bar = Text()
     bar.append(USED * cells, style=memory_style(share))
