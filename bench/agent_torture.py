@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -242,6 +243,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def build_attacks(path: Path, k: float) -> list[tuple[str, Attack]]:
+    quick = max(2.0, 5 * k)  # how long the quick attacks repeat
+
+    def pause(seconds: float) -> Attack:
+        return lambda: int(time.sleep(seconds) or 0)
+
+    return [
+        ("baseline (no client)", pause(max(2.0, 8 * k))),
+        (f"connect/disconnect cycles for {quick:.0f} s", cycles(path, quick)),
+        (f"{int(100 * k) or 1} concurrent monitors", concurrent(path, int(100 * k) or 1, max(2.0, 5 * k))),
+        ("16 slowloris clients", slowloris(path, 16, max(2.0, 8 * k))),
+        (f"floods of {int(200_000 * k)} requests, never read, for {quick:.0f} s",
+         flood(path, int(200_000 * k), quick)),
+        (f"garbage and oversized frames for {quick:.0f} s", garbage(path, quick)),
+        ("a subscriber that never reads", never_reads(path, max(2.0, 8 * k))),
+        ("baseline again", pause(max(2.0, 8 * k))),
+    ]
+
+
+def print_table(rows: list[dict[str, Any]], before: dict[str, float], after: dict[str, float]) -> None:
+    base = rows[0]["p99_ms"]
+    print("| attack | connections or frames | seconds | steps | step p50 | step p99 | p99 vs baseline "
+          "| a real monitor's first sample |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['attack']} | {r['made']} | {r['seconds']:.1f} | {r['steps']} | "
+              f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+              f"{(r['p99_ms'] / base - 1) * 100:+.1f}% | {r['monitor_s'] * 1e3:.0f} ms |"
+              + (f" (the attack stopped: {r['attack_error']})" if r["attack_error"] else ""))
+    print(f"\ntraining process before → after: RSS {before['rss_mib']:.1f} → {after['rss_mib']:.1f} MiB, "
+          f"fds {before['fds']} → {after['fds']}, threads {before['threads']} → {after['threads']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every attack (0.1: a short run)")
@@ -250,26 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     k = args.scale
     work = Path(tempfile.mkdtemp(prefix="vramtop-torture-"))
     directory = work / "run"
-    quick = max(2.0, 5 * k)  # how long the quick attacks repeat
-
-    def pause(seconds: float) -> Attack:
-        return lambda: int(time.sleep(seconds) or 0)
-
     trainer = Trainer(directory, seconds=600)
     try:
         trainer.wait_ready()
         path, pid = trainer.path, trainer.proc.pid
-        attacks: list[tuple[str, Attack]] = [
-            ("baseline (no client)", pause(max(2.0, 8 * k))),
-            (f"connect/disconnect cycles for {quick:.0f} s", cycles(path, quick)),
-            (f"{int(100 * k) or 1} concurrent monitors", concurrent(path, int(100 * k) or 1, max(2.0, 5 * k))),
-            ("16 slowloris clients", slowloris(path, 16, max(2.0, 8 * k))),
-            (f"floods of {int(200_000 * k)} requests, never read, for {quick:.0f} s",
-             flood(path, int(200_000 * k), quick)),
-            (f"garbage and oversized frames for {quick:.0f} s", garbage(path, quick)),
-            ("a subscriber that never reads", never_reads(path, max(2.0, 8 * k))),
-            ("baseline again", pause(max(2.0, 8 * k))),
-        ]
+        attacks = build_attacks(path, k)
         before = trainer.resources()
         rows = []
         for name, attack in attacks:
@@ -300,17 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.proc.kill()
         trainer.proc.wait()
-    base = rows[0]["p99_ms"]
-    print("| attack | connections or frames | seconds | steps | step p50 | step p99 | p99 vs baseline "
-          "| a real monitor's first sample |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['attack']} | {r['made']} | {r['seconds']:.1f} | {r['steps']} | "
-              f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-              f"{(r['p99_ms'] / base - 1) * 100:+.1f}% | {r['monitor_s'] * 1e3:.0f} ms |"
-              + (f" (the attack stopped: {r['attack_error']})" if r["attack_error"] else ""))
-    print(f"\ntraining process before → after: RSS {before['rss_mib']:.1f} → {after['rss_mib']:.1f} MiB, "
-          f"fds {before['fds']} → {after['fds']}, threads {before['threads']} → {after['threads']}")
+    print_table(rows, before, after)
     if args.json_out:
         args.json_out.write_text(json.dumps({"rows": rows, "before": before, "after": after}, indent=1))
     return 0
