@@ -708,10 +708,11 @@ def test_the_post_mortem_never_follows_a_planted_symlink(tmp_path):
 
 def test_a_deeply_nested_frame_costs_only_its_own_connection(agent, agent_dir, fake_torch):
     # 1,500 nested "[" made json.loads raise RecursionError (not a ValueError): the server thread
-    # died with it and every later monitor was refused. Now that client alone is dropped.
+    # died with it and every later monitor was refused. Now that client alone is dropped. (A
+    # frame that opens with "[" is refused at its first byte now: this one is an object.)
     fake_torch.initialized = True
     wait_for(lambda: agent.active)
-    deep = b"[" * 1500 + b"]" * 1500
+    deep = b'{"type":' + b"[" * 1500 + b"]" * 1500 + b"}"
     rogue = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     rogue.connect(str(socket_path(os.getpid(), agent_dir)))
     rogue.sendall(encode_frame(hello("monitor")) + len(deep).to_bytes(4, "big") + deep)

@@ -117,15 +117,19 @@ class FrameDecoder:
 
     def __init__(self, max_bytes: int = FRAME_MAX_BYTES) -> None:
         self._buffer = bytearray()
-        self._max = max_bytes
+        self.max_bytes = max_bytes  # a peer may raise it once it is known (the agent, after hello)
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
         messages = []
         while len(self._buffer) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buffer)
-            if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes announced; the limit is {self._max}")
+            if length > self.max_bytes:
+                raise ProtocolError(f"frame of {length} bytes announced; the limit is {self.max_bytes}")
+            if length == 0 or (len(self._buffer) > _HEADER.size and self._buffer[_HEADER.size] != ord("{")):
+                # Every frame is a JSON object, and encode_frame writes none with leading space:
+                # garbage (or a nesting bomb) is refused at its first byte, before any decoding.
+                raise ProtocolError("frame is not a JSON object with a 'type'")
             if len(self._buffer) < _HEADER.size + length:
                 break
             payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])

@@ -4,7 +4,8 @@ Each client has a bounded queue of encoded frames. ``publish`` only appends to t
 (dropping the oldest frame, and counting it, when a client is slow) and wakes the server
 thread, which does all socket I/O with non-blocking calls. A client that hangs, disconnects
 or sends garbage costs at most its own queue and is dropped; nothing it sends can change the
-process (requests are read-only).
+process (requests are read-only). The thread's own share of the process is bounded too
+(_throttle.py): work per window of wall time, new connections per second.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vramtop.agent import _throttle
 from vramtop.protocol import (
     FrameDecoder,
     ProtocolError,
@@ -40,6 +42,7 @@ QUEUE_FRAMES = 32  # per client: 8 s of samples at the default rate; a slower re
 MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
 ABUSE_REQUESTS_PER_S = 200  # past this a client is not a monitor: it is dropped
 HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
+HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes: a bigger first frame is refused unread
 _RECV = 65536
 
 
@@ -56,7 +59,7 @@ class _Client:
         self.sock = sock
         self.queue: deque[bytes] = deque()
         self.partial = b""  # unsent tail of the frame being written
-        self.decoder = FrameDecoder(max_bytes=64 * 1024)  # clients only send small requests
+        self.decoder = FrameDecoder(max_bytes=HELLO_MAX_BYTES)  # raised once it said hello
         self.greeted = False
         self.dropped = 0
         self.requests = 0  # in the current one-second window
@@ -87,6 +90,10 @@ class AgentServer:
         self.error: str | None = None  # the server's last internal error (it keeps serving)
         self._last_answer: dict[str, Any] | None = None
         self._last_frame = b""
+        self._hello = encode_frame(hello("agent", pid=self.pid))  # the same for every client
+        self._budget = _throttle.WorkBudget(_throttle.WORK_BUDGET_S, _throttle.WORK_WINDOW_S)
+        self._accepts = _throttle.TokenBucket(_throttle.ACCEPTS_PER_S, _throttle.ACCEPT_BURST)
+        self._listening = False  # the listener is in the selector only while a new client may come
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -106,7 +113,6 @@ class AgentServer:
         self._listener = listener
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(listener, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self.write_beacon(self._beacon)
         threading.Thread(target=self._serve, name="vramtop-agent-server", daemon=True).start()
@@ -223,7 +229,10 @@ class AgentServer:
             self._close_all()
 
     def _serve_once(self) -> None:
-        for key, events in self._selector.select(timeout=1.0):
+        timeout = self._pace_accepts()
+        for key, events in self._selector.select(timeout=timeout):
+            if self._budget.spent():
+                break  # what is left stays ready for the next select (level-triggered)
             if key.data == "accept":
                 self._accept()
             elif key.data == "wake":
@@ -242,6 +251,20 @@ class AgentServer:
                     self._drop(client)
         self._expire_handshakes()
         self._update_interest()
+        self._budget.pause()
+
+    def _pace_accepts(self) -> float:
+        """Listen while the accept bucket holds a token (at most one accept per select, then);
+        else leave newcomers in the backlog. The select timeout: until the next token."""
+        assert self._listener is not None
+        wait = self._accepts.wait()
+        if (wait == 0) != self._listening:
+            if self._listening:
+                self._selector.unregister(self._listener)
+            else:
+                self._selector.register(self._listener, selectors.EVENT_READ, "accept")
+            self._listening = wait == 0
+        return min(1.0, wait) if wait else 1.0
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -249,6 +272,7 @@ class AgentServer:
             sock, _ = self._listener.accept()
         except OSError:
             return
+        self._accepts.take()
         try:
             uid = peer_uid(sock)
         except OSError:
@@ -262,15 +286,15 @@ class AgentServer:
             # Every place is held by a monitor that talks: say so rather than hang up silently.
             self.rejected += 1
             with contextlib.suppress(OSError):
-                sock.send(encode_frame(hello("agent", pid=self.pid))
-                          + encode_frame({"type": "error", "message": f"agent busy: {len(self._clients)} clients"}))
+                busy = f"agent busy: {len(self._clients)} clients"
+                sock.send(self._hello + encode_frame({"type": "error", "message": busy}))
             sock.close()
             return
         sock.setblocking(False)
         client = _Client(sock)
         # The hello goes out first, as the frame in flight: publish's cap on the queue can never
         # drop it (a client that flooded requests once got samples and no hello).
-        client.partial = encode_frame(hello("agent", pid=self.pid))
+        client.partial = self._hello
         with self._lock:
             self._clients[sock.fileno()] = client
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "client")
@@ -313,6 +337,7 @@ class AgentServer:
                 if not client.greeted:
                     check_hello(message)
                     client.greeted = True
+                    client.decoder.max_bytes = 64 * 1024  # clients only send small requests
                     continue
                 now = time.monotonic()
                 if now - client.window_start >= 1.0:

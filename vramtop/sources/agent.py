@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -68,12 +69,16 @@ class AgentConnection:
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT_S)
+        # A blocking connect bounded by the kernel's send timeout waits its turn when the agent's
+        # listen backlog is full (it paces new connections); Python's own timeout would make the
+        # socket non-blocking, and a full backlog then fails at once with EAGAIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(CONNECT_TIMEOUT_S), 0))
         try:
             sock.connect(str(self.path))
         except OSError as err:
             sock.close()
             raise AgentUnavailable(_connect_error(err, self.pid)) from None
+        sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             # Ask for the latest sample at once: a one-shot reader need not wait for the next tick.
             sock.sendall(encode_frame(hello("monitor")) + encode_frame({"type": "request", "what": "sample"}))
@@ -141,7 +146,7 @@ def _connect_error(err: OSError, pid: int) -> str:
         return f"no agent is listening for PID {pid} (stale socket)"
     if err.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied connecting to the agent of PID {pid}"
-    if isinstance(err, TimeoutError):
+    if isinstance(err, TimeoutError) or err.errno == errno.EAGAIN:  # EAGAIN: its backlog stayed full
         return f"the agent of PID {pid} did not answer"
     return f"cannot connect to the agent of PID {pid}: {err.strerror or err}"
 

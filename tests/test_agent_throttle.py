@@ -1,0 +1,162 @@
+"""The agent server's share of the training process is bounded: CPU per window of wall time,
+new connections per second (a real monitor still waits its turn and gets in), garbage refused
+at its first bytes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vramtop.agent import _throttle
+from vramtop.agent._server import AgentServer
+from vramtop.protocol import (
+    AGENT_PROTOCOL_MAX,
+    AGENT_PROTOCOL_MIN,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    hello,
+)
+from vramtop.sources.agent import AgentConnection
+
+
+def serve(directory: Path) -> AgentServer:
+    beacon = {"pid": os.getpid(), "started": time.time(), "protocol": [AGENT_PROTOCOL_MIN, AGENT_PROTOCOL_MAX]}
+    server = AgentServer(directory, beacon, lambda request: None)
+    server.start()
+    return server
+
+
+def connect(server: AgentServer) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(server.path))
+    return s
+
+
+def greeted(s: socket.socket) -> bool:
+    try:
+        return bool(s.recv(65536, socket.MSG_DONTWAIT | socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+def read_until_hung_up(s: socket.socket, timeout: float) -> bytes:
+    s.settimeout(timeout)
+    received = b""
+    while chunk := s.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.fixture
+def paced(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(_throttle, "ACCEPTS_PER_S", 10.0)
+    monkeypatch.setattr(_throttle, "ACCEPT_BURST", 2)
+    server = serve(tmp_path / "vramtop")
+    yield server
+    server.stop()
+
+
+def test_new_connections_are_taken_in_a_burst_then_at_the_paced_rate(paced):
+    clients = [connect(paced) for _ in range(6)]  # they fit in the listen backlog
+    try:
+        time.sleep(0.15)
+        assert sum(greeted(s) for s in clients) <= 2 + 2  # the burst, and at most 0.15 s at 10/s
+        deadline = time.monotonic() + 10
+        while not all(greeted(s) for s in clients) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(greeted(s) for s in clients)  # none is refused: the rest only waited
+    finally:
+        for s in clients:
+            s.close()
+
+
+def test_a_monitor_waits_its_turn_in_a_full_backlog_rather_than_failing(paced):
+    # Fill the listen backlog: a non-blocking connect is refused (EAGAIN) once it is full.
+    held = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(paced.path))
+        except BlockingIOError:
+            s.close()
+            break
+        held.append(s)
+        assert len(held) < 1000
+    monitor = AgentConnection(paced.path, os.getpid())
+    try:
+        monitor.connect()  # once raised "Resource temporarily unavailable" at once
+    finally:
+        monitor.close()
+        for s in held:
+            s.close()
+
+
+def test_a_first_frame_that_is_not_a_json_object_is_refused_before_it_is_even_whole(tmp_path):
+    server = serve(tmp_path / "vramtop")
+    try:
+        rogue = connect(server)
+        rogue.sendall(struct.pack(">I", 3000) + b"[[[[")  # 2,996 bytes never come
+        received = read_until_hung_up(rogue, timeout=3)  # not the 5 s hello deadline
+        rogue.close()
+        first, error = FrameDecoder().feed(received)
+        assert first["type"] == "hello" and "not a JSON object" in error["message"]
+    finally:
+        server.stop()
+
+
+def test_a_first_frame_bigger_than_a_hello_is_refused_unread_and_a_monitor_may_then_ask_more(tmp_path):
+    server = serve(tmp_path / "vramtop")
+    try:
+        rogue = connect(server)
+        rogue.sendall(struct.pack(">I", 8192) + b"{")
+        _, error = FrameDecoder().feed(read_until_hung_up(rogue, timeout=3))
+        rogue.close()
+        assert "8192 bytes announced" in error["message"]
+        # After its hello a client may send the larger requests it always could.
+        monitor = connect(server)
+        monitor.sendall(encode_frame(hello("monitor")))
+        time.sleep(0.2)
+        monitor.sendall(encode_frame({"type": "request", "what": "sample", "pad": "x" * 8192}))
+        time.sleep(0.3)
+        assert server.client_count == 1
+        monitor.close()
+    finally:
+        server.stop()
+
+
+def test_the_frame_decoder_refuses_a_frame_at_its_first_byte_if_it_is_not_an_object():
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        FrameDecoder().feed(struct.pack(">I", 100) + b"[")
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        FrameDecoder().feed(struct.pack(">I", 0))
+    assert FrameDecoder().feed(struct.pack(">I", 100) + b"{") == []  # an object: wait for the rest
+
+
+def test_a_work_budget_bounds_a_busy_threads_cpu_per_window():
+    budget = _throttle.WorkBudget(budget_s=0.002, window_s=0.02)
+    used: list[float] = []
+
+    def busy() -> None:
+        cpu, end = time.thread_time(), time.monotonic() + 0.5
+        while time.monotonic() < end:
+            spin = time.thread_time() + 0.0002
+            while time.thread_time() < spin:
+                pass
+            budget.pause()
+        used.append(time.thread_time() - cpu)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    thread.join()
+    # 0.5 s is 25 windows of 2 ms each (and a chunk over in each): ~10% of the wall time, where
+    # the loop alone would use all of it. Twice that is allowed for a busy machine's noise.
+    assert used[0] < 0.1
+    assert budget.pauses > 0
