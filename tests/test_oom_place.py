@@ -23,7 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
-from vramtop.agent._place import CodeKinds, pick_frames  # noqa: E402
+from vramtop.agent._place import CodeKinds, nearest_parameters, pick_frames  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.analysis.oom_place import where  # noqa: E402
 from vramtop.analysis.postmortem import postmortem_of  # noqa: E402
@@ -414,3 +414,27 @@ def test_the_largest_allocations_named_are_those_the_history_saw_allocated():
     named = largest_allocations({"segments": [{"device": 0, "blocks": blocks}]}, 0, CodeKinds(torch))
     assert [(a.size, a.frames) for a in named] == [(64 * MiB, (CodeFrame("/home/me/train.py", 9, "step"),)),
                                                    (512 * MiB, ())]
+
+
+class _NodeWrapper:
+    """A node of a made-up autograd graph, wrapped the way torch wraps its C++ nodes: each read
+    of ``next_functions`` makes new Python objects, and a freed one's id() goes to the next."""
+
+    __slots__ = ("edges", "leaves", "name", "variable")
+
+    def __init__(self, edges: dict[str, list[str]], leaves: dict[str, str], name: str) -> None:
+        self.edges, self.leaves, self.name = edges, leaves, name
+        self.variable = leaves.get(name)
+
+    @property
+    def next_functions(self) -> tuple[tuple[_NodeWrapper, int], ...]:
+        return tuple((_NodeWrapper(self.edges, self.leaves, n), 0) for n in self.edges.get(self.name, ()))
+
+
+def test_the_walk_to_the_nearest_parameter_survives_wrappers_that_reuse_a_freed_id():
+    # Found on an H200: in a CUDA backward the walk stopped after 7 nodes with no parameter, as a
+    # new wrapper took the id() of one already walked and freed, and so was skipped as "seen".
+    edges = {"TooMuchBackward": ["ReluBackward0"], "ReluBackward0": ["AddmmBackward0"],
+             "AddmmBackward0": ["AccumulateGrad"]}
+    parameters, walked = nearest_parameters(_NodeWrapper(edges, {"AccumulateGrad": "up.weight"}, "TooMuchBackward"))
+    assert parameters == ["up.weight"] and walked == 4

@@ -166,6 +166,10 @@ def nearest_parameters(node: Any) -> tuple[list[Any], int]:
     found: list[Any] = []
     queue = deque([node])
     seen = {id(node)}
+    # torch makes a new Python wrapper for a C++ node each time one is read: a wrapper freed
+    # during the walk leaves its id() to the next one, which would then count as seen. Every
+    # wrapper met is kept alive until the walk ends, so an id() stands for one node.
+    met = [node]
     while queue and len(seen) <= MAX_NODES and len(found) < 8:
         current = queue.popleft()
         variable = getattr(current, "variable", None)  # an AccumulateGrad node's leaf tensor
@@ -175,6 +179,7 @@ def nearest_parameters(node: Any) -> tuple[list[Any], int]:
             nxt = pair[0] if pair else None
             if nxt is not None and id(nxt) not in seen:
                 seen.add(id(nxt))
+                met.append(nxt)
                 queue.append(nxt)
     return found, len(seen)
 
