@@ -12,7 +12,7 @@ from vramtop.ui.widgets.panel import Panel
 
 
 class PanelApp(App[None]):
-    CSS = "Panel.alert { background: red; }"
+    CSS = "Panel.alert { background: red; text-style: italic; }"
 
     def compose(self) -> ComposeResult:
         yield Panel(id="p")
@@ -73,3 +73,68 @@ def test_a_held_panel_does_not_shrink_until_released() -> None:
     assert asyncio.run(heights((long, False), (short, False))) == [4, 2]
     assert asyncio.run(heights((long, False), (short, True), (long + "\ne", True), (short, True), (short, False))) \
         == [4, 4, 5, 5, 2]
+
+
+def advice(saves: str) -> Text:
+    """A bill line and an advice line longer than the panel, wrapped over several rows."""
+    t = Text("allocator cache 24.6 GiB\n")
+    t.append(" • gradient checkpointing ", style="bold cyan")
+    t.append(f"−{saves} ", style="green")
+    t.append("Enable gradient checkpointing (model.gradient_checkpointing_enable()): activations are "
+             "recomputed in the backward instead of kept from the forward.", style="dim")
+    return t
+
+
+def test_wrapped_rows_follow_a_changed_figure() -> None:
+    before, after = advice("13.0 GiB"), advice("13.1 GiB")
+    assert asyncio.run(drawn(before, after)) == asyncio.run(drawn(after))
+    assert asyncio.run(drawn(before)) != asyncio.run(drawn(after))
+
+
+def test_rows_drawn_before_come_back_as_drawn_then() -> None:
+    # Rows are kept by content: a figure that comes back (the next forward) shows as a fresh draw.
+    a, b = bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward")
+    assert asyncio.run(drawn(a, b, a)) == asyncio.run(drawn(a))
+    assert asyncio.run(drawn(a, b, a, b)) == asyncio.run(drawn(b))
+    wide_a, wide_b = advice("13.0 GiB"), advice("13.1 GiB")
+    assert asyncio.run(drawn(wide_a, wide_b, wide_a)) == asyncio.run(drawn(wide_a))
+
+
+async def rows_as_drawn(*contents: Text, alert_after: bool) -> list[list[tuple[str, object]]]:
+    """The first rows as the panel draws them (render_line), with the alert look taken before
+    drawing ``contents`` or after."""
+    app = PanelApp()
+    async with app.run_test(size=(60, 10)) as pilot:
+        panel = app.query_one(Panel)
+        panel.set_class(not alert_after, "alert")
+        await pilot.pause()
+        for content in contents:
+            panel.redraw(content)
+            await pilot.pause()
+            panel.render_lines(Region(0, 0, panel.size.width, panel.size.height))
+        panel.set_class(True, "alert")
+        await pilot.pause()
+        return [[(s.text, s.style) for s in panel.render_line(y)] for y in range(3)]
+
+
+def test_rows_kept_by_content_are_not_reused_for_another_look() -> None:
+    a, b = bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward")
+    assert asyncio.run(rows_as_drawn(a, b, a, alert_after=True)) == asyncio.run(rows_as_drawn(a, alert_after=False))
+    # The same characters in another style are another row.
+    restyled = Text(a.plain)
+    assert asyncio.run(drawn(a, restyled)) == asyncio.run(drawn(restyled))
+    assert asyncio.run(drawn(a, restyled)) != asyncio.run(drawn(a))
+
+
+def test_a_new_style_of_the_whole_text_is_drawn() -> None:
+    # Text's == compares the characters and the spans, not the style of the whole text.
+    dim, bold = Text("no process selected", style="dim"), Text("no process selected", style="bold")
+    assert asyncio.run(drawn(dim, bold)) == asyncio.run(drawn(bold))
+    assert asyncio.run(drawn(dim)) != asyncio.run(drawn(bold))
+
+
+def test_a_long_line_is_drawn_word_wrapped_over_rows() -> None:
+    # 30 five-cell words in 60 cells: 12 to a row (the space after the twelfth ends the row).
+    rows = asyncio.run(drawn(Text("short\n" + "word " * 30)))
+    texts = ["".join(text for text, _ in row).rstrip() for row in rows]
+    assert texts == ["short", ("word " * 12).rstrip(), ("word " * 12).rstrip(), ("word " * 6).rstrip()]

@@ -14,6 +14,7 @@ from textual.visual import Visual, visualize
 from textual.widget import Widget
 
 MIN_WIDTH = 40  # what a panel is laid out for before it knows its width
+MAX_KEPT_STRIPS = 256  # rows drawn before, by content, per panel (see Panel._strip_of)
 
 
 class Panel(Widget):
@@ -35,6 +36,7 @@ class Panel(Widget):
     _wrapped_for = 0  # the width the rows were wrapped for
     _strips: list[Strip | None] | None = None  # each row as drawn; None: not drawn since it changed
     _strips_for: tuple[int, VisualStyle] | None = None  # the width and style they were drawn with
+    _strips_by_row: dict[tuple[object, ...], Strip]  # rows drawn for _strips_for, by content
     _hold = False  # keep the row count from shrinking (see hold_rows)
     _held_rows = 0  # the rows last drawn
 
@@ -72,26 +74,30 @@ class Panel(Widget):
             self._put(content)
 
     def _put(self, content: Text) -> None:
-        if content == self._drawn:
+        if _same(content, self._drawn):
             return
         self._drawn = content
         # Lines are wrapped here, so the panel's height is its row count: a layout of the whole
         # screen (which costs more than drawing) is asked for only when that changes.
         width = self._wrapped_for = self.content_size.width
-        wrapped = _wrapped(content, width)
-        count = wrapped.plain.count("\n") + 1
-        if self._hold and count < self._held_rows:
-            wrapped = wrapped.copy()
-            wrapped.append("\n" * (self._held_rows - count))
+        before = self._rows
+        if width <= 0:
+            self._text, self._rows = content, None
         else:
-            self._held_rows = count
-        before, rows = self._rows, wrapped.split("\n", allow_blank=True) if width > 0 else None
-        self._text, self._rows = wrapped, (list(rows) if rows is not None else None)
+            rows, wrapped = _wrapped_rows(content, width)
+            if self._hold and len(rows) < self._held_rows:
+                rows += [Text("") for _ in range(self._held_rows - len(rows))]
+                wrapped = True
+            else:
+                self._held_rows = len(rows)
+            # One Text for Textual (layout, selection), joined only when the rows are not its lines.
+            self._text = Text("\n").join(rows) if wrapped else content
+            self._rows = rows
         if before is None or self._rows is None or len(before) != len(self._rows):
             self._strips = None
             self.refresh(layout=True)
             return
-        changed = [y for y, (old, new) in enumerate(zip(before, self._rows, strict=True)) if old != new]
+        changed = [y for y, (old, new) in enumerate(zip(before, self._rows, strict=True)) if not _same(old, new)]
         if changed and self._strips is not None:
             for y in changed:
                 self._strips[y] = None
@@ -106,35 +112,61 @@ class Panel(Widget):
         strips = self._strips
         if strips is None or self._strips_for != drawn_for:
             strips = self._strips = [None] * len(rows)
+            if self._strips_for != drawn_for:
+                self._strips_by_row = {}
             self._strips_for = drawn_for
         strip = strips[y]
         if strip is None:
-            # The row as Textual would draw it as part of the whole text (the rows fit the width).
-            drawn = Visual.to_strips(self, visualize(self, rows[y], markup=False), drawn_for[0], 1, drawn_for[1])
-            strip = strips[y] = drawn[0]
+            strip = strips[y] = self._strip_of(rows[y], drawn_for)
+        return strip
+
+    def _strip_of(self, row: Text, drawn_for: tuple[int, VisualStyle]) -> Strip:
+        """The row as Textual would draw it as part of the whole text (the rows fit the width).
+        Kept by content for this width and look: a job's figures come back with its training
+        phases (the same bill line at each forward), and drawing a row costs far more than
+        looking it up."""
+        key = (row.plain, tuple(row.spans), row.style, row.justify, row.overflow)
+        by_row = self._strips_by_row
+        strip = by_row.get(key)
+        if strip is None:
+            if len(by_row) >= MAX_KEPT_STRIPS:
+                by_row.clear()
+            drawn = Visual.to_strips(self, visualize(self, row, markup=False), drawn_for[0], 1, drawn_for[1])
+            strip = by_row[key] = drawn[0]
         return strip
 
 
 _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only measures; never prints
 
 
-def _wrapped(content: Text, width: int) -> Text:
-    """``content`` with its lines longer than ``width`` word-wrapped (as the panel would)."""
-    if width <= 0 or all(cell_len(line) <= width for line in content.plain.split("\n")):
-        return content
-    return Text("\n").join(_wrap_line(line, width) for line in content.split("\n", allow_blank=True))
+def _same(a: Text | None, b: Text | None) -> bool:
+    """Drawn alike: Text's == leaves out the style of the whole text."""
+    return a is not None and b is not None and a == b and a.style == b.style
 
 
-_WRAPS: dict[tuple[str, str, tuple[Span, ...], int], Text] = {}  # most lines are the same from frame to frame
+def _wrapped_rows(content: Text, width: int) -> tuple[list[Text], bool]:
+    """``content``'s rows: its lines, those longer than ``width`` word-wrapped (as the panel
+    would); and whether any was. Split once: splitting a Text with many spans costs more than
+    drawing a row."""
+    rows: list[Text] = []
+    wrapped = False
+    for line in content.split("\n", allow_blank=True):
+        if cell_len(line.plain) <= width:
+            rows.append(line)
+        else:
+            rows.extend(_wrap_line(line, width))
+            wrapped = True
+    return rows, wrapped
 
 
-def _wrap_line(line: Text, width: int) -> Text:
-    if cell_len(line.plain) <= width:
-        return line
+_WRAPS: dict[tuple[str, str, tuple[Span, ...], int], tuple[Text, ...]] = {}  # most lines repeat frame to frame
+
+
+def _wrap_line(line: Text, width: int) -> list[Text]:
     key = (line.plain, str(line.style), tuple(line.spans), width)
     wrapped = _WRAPS.get(key)
     if wrapped is None:
         if len(_WRAPS) >= 512:
             _WRAPS.clear()
-        wrapped = _WRAPS[key] = Text("\n").join(line.wrap(_CONSOLE, width))
-    return wrapped.copy()
+        wrapped = _WRAPS[key] = tuple(line.wrap(_CONSOLE, width))
+    return [row.copy() for row in wrapped]
