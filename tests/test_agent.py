@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from vramtop import protocol  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.protocol import (  # noqa: E402
@@ -31,16 +32,6 @@ from vramtop.protocol import (  # noqa: E402
 from vramtop.sources.agent import AgentSource  # noqa: E402
 
 MiB = 1 << 20
-
-
-def wait_for(predicate, timeout=10.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def rounded(nbytes: int) -> int:

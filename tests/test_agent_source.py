@@ -6,22 +6,13 @@ import os
 import time
 from pathlib import Path
 
+from tests.waiting import wait_for
 from vramtop.agent._server import AgentServer
 from vramtop.codec import to_dict
 from vramtop.model import AgentSample
 from vramtop.protocol import AGENT_PROTOCOL_MAX, AGENT_PROTOCOL_MIN
 from vramtop.sources import agent as agent_source
 from vramtop.sources.agent import AgentSource
-
-
-def wait_for(predicate, timeout=10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def serve(directory: Path) -> AgentServer:

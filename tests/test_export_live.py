@@ -4,11 +4,11 @@ when one is installed; the shipped alerting rules and dashboard checked by promt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.test_launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -139,10 +141,30 @@ def test_the_bill_of_a_training_process_with_the_agent_adds_up_to_its_nvml_figur
 
 # -- a real Prometheus ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def prometheus_scraping(target: str, tmp_path: Path, rules: Path | None = None) -> Iterator[str]:
+    """A real Prometheus server on loopback scraping ``target`` every second (evaluating
+    ``rules``, when given); yields its base URL and stops it afterwards."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(textwrap.dedent(f"""
+        global:
+          scrape_interval: 1s
+          evaluation_interval: 1s
+        rule_files: [{f'"{rules}"' if rules else ""}]
+        scrape_configs:
+          - job_name: vramtop
+            static_configs:
+              - targets: ["{target}"]
+    """))
+    port = free_port()
+    server = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
 
 
 def _query(base: str, promql: str) -> list[dict[str, Any]]:
@@ -162,36 +184,23 @@ def test_a_prometheus_server_scrapes_the_bill_and_sums_it_by_category(runtime, t
                     "did not run")
     exporter = Exporter(runtime, "--listen", "127.0.0.1:0", "-i", "0.5", FAKE_NVML_PIDS=str(trainer.pid))
     target = exporter.url.removeprefix("http://").removesuffix("/metrics")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(textwrap.dedent(f"""
-        global:
-          scrape_interval: 1s
-          evaluation_interval: 1s
-        rule_files: ["{REPO / 'docs' / 'prometheus' / 'vramtop-alerts.yml'}"]
-        scrape_configs:
-          - job_name: vramtop
-            static_configs:
-              - targets: ["{target}"]
-    """))
-    port = _free_port()
-    server = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        bill = _until(lambda: _query(base, 'vramtop_bill_bytes{job="vramtop"}'), 60)
-        assert bill, "Prometheus returned no bill series"
-        assert {r["metric"]["category"] for r in bill} >= {"parameters_trainable", "allocator_cache", "non_pytorch"}
-        total = _query(base, "sum without (category) (vramtop_bill_bytes)")
-        assert [float(r["value"][1]) for r in total] == [TRAINER_MIB * MiB]
-        assert _query(base, "vramtop_up == 1")
-        # The rules loaded and evaluate (none fires on a healthy run).
-        rules = _until(lambda: _rule_groups(base), 10)
-        assert rules and rules[0]["name"] == "vramtop" and all(r["health"] != "err" for r in rules[0]["rules"])
+        with prometheus_scraping(target, tmp_path, REPO / "docs" / "prometheus" / "vramtop-alerts.yml") as base:
+            _check_the_bill_and_rules(base)
     finally:
-        server.terminate()
-        server.wait(timeout=15)
         exporter.stop()
+
+
+def _check_the_bill_and_rules(base: str) -> None:
+    bill = _until(lambda: _query(base, 'vramtop_bill_bytes{job="vramtop"}'), 60)
+    assert bill, "Prometheus returned no bill series"
+    assert {r["metric"]["category"] for r in bill} >= {"parameters_trainable", "allocator_cache", "non_pytorch"}
+    total = _query(base, "sum without (category) (vramtop_bill_bytes)")
+    assert [float(r["value"][1]) for r in total] == [TRAINER_MIB * MiB]
+    assert _query(base, "vramtop_up == 1")
+    # The rules loaded and evaluate (none fires on a healthy run).
+    rules = _until(lambda: _rule_groups(base), 10)
+    assert rules and rules[0]["name"] == "vramtop" and all(r["health"] != "err" for r in rules[0]["rules"])
 
 
 def _rule_groups(base: str) -> list[dict[str, Any]]:

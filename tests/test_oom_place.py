@@ -23,6 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from vramtop.agent._place import CodeKinds, nearest_parameters, pick_frames  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
 from vramtop.analysis.oom_place import where  # noqa: E402
@@ -34,14 +35,6 @@ MiB = 1 << 20
 HERE = os.path.basename(__file__)
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 class OomInBackward(torch.autograd.Function):

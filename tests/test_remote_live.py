@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_export_live import REPO, TRAINER_MIB, Exporter, _env, _free_port, _query, _until
+from tests.test_export_live import REPO, TRAINER_MIB, Exporter, _env, _query, _until, prometheus_scraping
 from tests.test_tui_tmux import SESSION, Tmux
 from tests.test_ui import NARROW_SIZE, WIDE_SIZE, feed, monitor, screen_text, toasts
 from vramtop.protocol import sample_from_document
@@ -156,26 +155,9 @@ def test_prometheus_scraping_the_real_exporter_shows_the_other_host_and_its_rank
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): --prometheus was not "
                     "tested against a real server")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(textwrap.dedent(f"""
-        global:
-          scrape_interval: 1s
-        scrape_configs:
-          - job_name: vramtop
-            static_configs:
-              - targets: ["{address(hosts.exporter)}"]
-    """))
-    port = _free_port()
-    server = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with prometheus_scraping(address(hosts.exporter), tmp_path) as base:
         assert _until(lambda: _query(base, "vramtop_job_info"), 60), "Prometheus has not scraped the exporter"
         doc = once_json(hosts.here, "--prometheus", base, FAKE_NVML_PIDS=str(hosts.local_trainer.pid))
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
     host = os.uname().nodename
     assert [g["host"] for g in doc["gpus"]] == [None, None, host, host]
     (agent,) = doc["remote_agents"]
