@@ -12,6 +12,13 @@ attacks (cycles, floods, garbage) repeat as fast as they can for 5 s: a window o
 steps has no p99 (it is the window's slowest step); the table says how many connections or
 frames each attack made.
 
+Each attack runs in several rounds, each right after a quiet window (no client) of the same
+length: an attack's steps are compared with the quiet windows next to its own runs, so a drift
+of the machine (the step time moves by ±15% over a minute with no client at all) is not read as
+the attack's cost. Where the machine has cores to spare the trainer is pinned to two physical
+cores (with their SMT siblings) and the attackers to the others: what is measured is what the
+agent's threads cost the training thread, not an attacker process sharing the trainer's core.
+
     python bench/agent_torture.py                     # the published run (bench/RESULTS.md)
     python bench/agent_torture.py --scale 0.1         # a short one
 
@@ -47,6 +54,8 @@ from vramtop.sources.agent import AgentSource  # noqa: E402
 
 TRAINER = textwrap.dedent("""
     import os, struct, sys, time, torch
+    if os.environ.get("VRAMTOP_CPUS"):
+        os.sched_setaffinity(0, {int(c) for c in os.environ["VRAMTOP_CPUS"].split(",")})
     sys.path.insert(0, os.environ["VRAMTOP_ROOT"])
     from tests.fakes.fake_cuda import FakeCudaTorch
     torch.set_num_threads(1)
@@ -71,11 +80,12 @@ TRAINER = textwrap.dedent("""
 
 
 class Trainer:
-    def __init__(self, directory: Path, seconds: float) -> None:
+    def __init__(self, directory: Path, seconds: float, cpus: set[int]) -> None:
         self.directory = directory
         self.steps = directory.parent / "steps.bin"
         env = {**os.environ, "VRAMTOP_ROOT": str(ROOT), "VRAMTOP_DIR": str(directory),
-               "VRAMTOP_STEPS": str(self.steps), "VRAMTOP_SECONDS": str(seconds), "PYTHONPATH": str(ROOT)}
+               "VRAMTOP_STEPS": str(self.steps), "VRAMTOP_SECONDS": str(seconds), "PYTHONPATH": str(ROOT),
+               "VRAMTOP_CPUS": ",".join(map(str, sorted(cpus)))}
         self.proc = subprocess.Popen([sys.executable, "-c", TRAINER], env=env)
         self.path = socket_path(self.proc.pid, directory)
 
@@ -245,32 +255,89 @@ def percentile(values: list[float], q: float) -> float:
 
 def build_attacks(path: Path, k: float) -> list[tuple[str, Attack]]:
     quick = max(2.0, 5 * k)  # how long the quick attacks repeat
-
-    def pause(seconds: float) -> Attack:
-        return lambda: int(time.sleep(seconds) or 0)
-
+    hold = max(2.0, 8 * k)
     return [
-        ("baseline (no client)", pause(max(2.0, 8 * k))),
         (f"connect/disconnect cycles for {quick:.0f} s", cycles(path, quick)),
-        (f"{int(100 * k) or 1} concurrent monitors", concurrent(path, int(100 * k) or 1, max(2.0, 5 * k))),
-        ("16 slowloris clients", slowloris(path, 16, max(2.0, 8 * k))),
+        (f"{int(100 * k) or 1} concurrent monitors", concurrent(path, int(100 * k) or 1, quick)),
+        ("16 slowloris clients", slowloris(path, 16, hold)),
         (f"floods of {int(200_000 * k)} requests, never read, for {quick:.0f} s",
          flood(path, int(200_000 * k), quick)),
         (f"garbage and oversized frames for {quick:.0f} s", garbage(path, quick)),
-        ("a subscriber that never reads", never_reads(path, max(2.0, 8 * k))),
-        ("baseline again", pause(max(2.0, 8 * k))),
+        ("a subscriber that never reads", never_reads(path, hold)),
     ]
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """The trainer's CPUs and the attackers': two physical cores (and their SMT siblings) for the
+    trainer when at least eight CPUs are there; else everything for both (the VM, CI)."""
+    available = set(os.sched_getaffinity(0))
+    if len(available) < 8:
+        return available, available
+    trainer: set[int] = set()
+    cores = 0
+    for cpu in sorted(available):
+        if cpu not in trainer and cores < 2:
+            siblings = cpu_list(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"))
+            trainer |= ({cpu} | siblings) & available
+            cores += 1
+    return trainer, available - trainer
+
+
+def cpu_list(path: Path) -> set[int]:
+    """'0,8' or '0-1' from sysfs; empty when unreadable."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return set()
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def run_window(trainer: Trainer, name: str, attack: Attack) -> dict[str, Any]:
+    """One attack (or a quiet pause) with a real monitor connecting while it is under way."""
+    started = time.monotonic()
+    failures: list[str] = []
+    made: list[int] = []
+
+    def guarded() -> None:
+        try:
+            made.append(attack())
+        except Exception as err:  # an attack cut short is reported, not hidden
+            failures.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=guarded, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the attack under way
+    latency = monitor_latency(trainer.directory, trainer.proc.pid)
+    thread.join(timeout=120)
+    ended = time.monotonic()
+    return {"attack": name, "made": made[0] if made else 0, "seconds": ended - started,
+            "steps": trainer.step_times(started, ended), "monitor_s": latency,
+            "alive": trainer.proc.poll() is None, "attack_error": failures[0] if failures else None}
+
+
+def summarise(name: str, runs: list[dict[str, Any]], quiet: list[float]) -> dict[str, Any]:
+    steps = [d for r in runs for d in r["steps"]]
+    return {"attack": name, "made": sum(r["made"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
+            "steps": len(steps), "p50_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
+            "p99_ms": 1e3 * percentile(steps, 0.99), "quiet_steps": len(quiet),
+            "quiet_p50_ms": 1e3 * statistics.median(quiet) if quiet else float("nan"),
+            "quiet_p99_ms": 1e3 * percentile(quiet, 0.99),
+            "monitor_s": max(r["monitor_s"] for r in runs), "alive": all(r["alive"] for r in runs),
+            "attack_error": next((r["attack_error"] for r in runs if r["attack_error"]), None)}
+
+
 def print_table(rows: list[dict[str, Any]], before: dict[str, float], after: dict[str, float]) -> None:
-    base = rows[0]["p99_ms"]
-    print("| attack | connections or frames | seconds | steps | step p50 | step p99 | p99 vs baseline "
-          "| a real monitor's first sample |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| attack | connections or frames | seconds | steps | step p50 | step p99 | quiet p99 next to it "
+          "| p99 vs quiet | a real monitor's first sample (slowest) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['attack']} | {r['made']} | {r['seconds']:.1f} | {r['steps']} | "
-              f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-              f"{(r['p99_ms'] / base - 1) * 100:+.1f}% | {r['monitor_s'] * 1e3:.0f} ms |"
+              f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['quiet_p99_ms']:.2f} ms | "
+              f"{(r['p99_ms'] / r['quiet_p99_ms'] - 1) * 100:+.1f}% | {r['monitor_s'] * 1e3:.0f} ms |"
               + (f" (the attack stopped: {r['attack_error']})" if r["attack_error"] else ""))
     print(f"\ntraining process before → after: RSS {before['rss_mib']:.1f} → {after['rss_mib']:.1f} MiB, "
           f"fds {before['fds']} → {after['fds']}, threads {before['threads']} → {after['threads']}")
@@ -279,49 +346,35 @@ def print_table(rows: list[dict[str, Any]], before: dict[str, float], after: dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every attack (0.1: a short run)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each attack, each after a quiet window")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
-    k = args.scale
     work = Path(tempfile.mkdtemp(prefix="vramtop-torture-"))
-    directory = work / "run"
-    trainer = Trainer(directory, seconds=600)
+    trainer_cpus, attacker_cpus = split_cpus()
+    os.sched_setaffinity(0, attacker_cpus)
+    trainer = Trainer(work / "run", seconds=3600, cpus=trainer_cpus)
     try:
         trainer.wait_ready()
-        path, pid = trainer.path, trainer.proc.pid
-        attacks = build_attacks(path, k)
+        attacks = build_attacks(trainer.path, args.scale)
         before = trainer.resources()
-        rows = []
-        for name, attack in attacks:
-            started = time.monotonic()
-            failures: list[str] = []
-            made: list[int] = []
-
-            def guarded(attack: Attack = attack, failures: list[str] = failures, made: list[int] = made) -> None:
-                try:
-                    made.append(attack())
-                except Exception as err:  # an attack cut short is reported, not hidden
-                    failures.append(f"{type(err).__name__}: {err}")
-
-            thread = threading.Thread(target=guarded, daemon=True)
-            thread.start()
-            time.sleep(0.3)  # the attack under way
-            latency = monitor_latency(directory, pid)
-            thread.join(timeout=120)
-            ended = time.monotonic()
-            steps = trainer.step_times(started, ended)
-            rows.append({"attack": name, "made": made[0] if made else 0,
-                         "seconds": ended - started, "steps": len(steps),
-                         "p50_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
-                         "p99_ms": 1e3 * percentile(steps, 0.99), "monitor_s": latency,
-                         "alive": trainer.proc.poll() is None, "attack_error": failures[0] if failures else None})
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in attacks}
+        quiet: dict[str, list[float]] = {name: [] for name, _ in attacks}
+        for _ in range(args.rounds):
+            for name, attack in attacks:
+                window = max(2.0, 5 * args.scale)
+                quiet[name] += run_window(trainer, "quiet", lambda w=window: int(time.sleep(w) or 0))["steps"]
+                runs[name].append(run_window(trainer, name, attack))
         time.sleep(2.0)  # let the server drop what it holds
         after = trainer.resources()
     finally:
         trainer.proc.kill()
         trainer.proc.wait()
+    rows = [summarise(name, runs[name], quiet[name]) for name, _ in attacks]
+    print(f"trainer on CPUs {sorted(trainer_cpus)}, attackers on {sorted(attacker_cpus)}, {args.rounds} rounds\n")
     print_table(rows, before, after)
     if args.json_out:
-        args.json_out.write_text(json.dumps({"rows": rows, "before": before, "after": after}, indent=1))
+        args.json_out.write_text(json.dumps({"rows": rows, "before": before, "after": after,
+                                             "trainer_cpus": sorted(trainer_cpus)}, indent=1))
     return 0
 
 

@@ -18,7 +18,7 @@ import agent_torture
 
 def test_a_live_agent_under_attack_keeps_serving_and_gives_back_what_it_took(tmp_path, capsys):
     out = tmp_path / "torture.json"
-    assert agent_torture.main(["--scale", "0.05", "--json-out", str(out)]) == 0
+    assert agent_torture.main(["--scale", "0.05", "--rounds", "1", "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
     for row in result["rows"]:
         assert row["alive"], row

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import stat
 import struct
 import tempfile
@@ -61,6 +62,7 @@ AGENT_PROTOCOL_MAX = 1
 FRAME_MAX_BYTES = 1 << 20  # a frame bigger than this is a protocol error, never an allocation
 
 _HEADER = struct.Struct(">I")
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ProtocolError(ValueError):
@@ -95,6 +97,14 @@ def ensure_private_dir(path: Path, create: bool = True) -> Path:
     if st.st_mode & 0o077:
         raise InsecureDirectory(f"{path} is accessible to other users (mode {st.st_mode & 0o777:o})")
     return path
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The connecting process's uid from SO_PEERCRED (None where the OS lacks it)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    return int(_CRED.unpack(data)[1])
 
 
 def socket_path(pid: int, directory: Path | None = None) -> Path:

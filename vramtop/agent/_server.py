@@ -16,7 +16,6 @@ import os
 import select
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -33,10 +32,10 @@ from vramtop.protocol import (
     encode_frame,
     ensure_private_dir,
     hello,
+    peer_uid,
     socket_path,
 )
 
-_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_CLIENTS = 128  # monitors, recorders, exporters of one job: room for many, evicting the stalled
 QUEUE_FRAMES = 32  # per client: 8 s of samples at the default rate; a slower reader loses old ones
 MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
@@ -44,14 +43,6 @@ ABUSE_REQUESTS_PER_S = 200  # past this a client is not a monitor: it is dropped
 HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
 HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes: a bigger first frame is refused unread
 _RECV = 65536
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The connecting process's uid from SO_PEERCRED (None where the OS lacks it)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-    return int(_CRED.unpack(data)[1])
 
 
 class _Client:
@@ -65,6 +56,7 @@ class _Client:
         self.requests = 0  # in the current one-second window
         self.window_start = 0.0
         self.since = time.monotonic()  # when it connected
+        self.events = selectors.EVENT_READ  # what the selector watches for it (no lookup per turn)
         # Held while writing to the socket: the server thread and send_now (an OOM, from the
         # failing thread) must not interleave the bytes of two frames.
         self.sending = threading.Lock()
@@ -94,6 +86,11 @@ class AgentServer:
         self._budget = _throttle.WorkBudget(_throttle.WORK_BUDGET_S, _throttle.WORK_WINDOW_S)
         self._accepts = _throttle.TokenBucket(_throttle.ACCEPTS_PER_S, _throttle.ACCEPT_BURST)
         self._listening = False  # the listener is in the selector only while a new client may come
+        # Clients with frames to send. They are written to on the server's next turn, and watched
+        # for EVENT_WRITE only while their socket is full: no per-client work for idle clients,
+        # and none for a frame that fits (nearly all of them), however many clients are connected.
+        self._pending: set[_Client] = set()
+        self._next_expiry = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -167,6 +164,7 @@ class AgentServer:
                     client.dropped += 1
                     self.dropped += 1
                 client.queue.append(frame)
+                self._pending.add(client)
         self._wake()
 
     def send_now(self, message: dict[str, Any], timeout: float) -> None:
@@ -181,6 +179,7 @@ class AgentServer:
             if not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 with self._lock:
                     client.queue.appendleft(frame)
+                    self._pending.add(client)
                 continue
             try:
                 pending = client.partial + frame  # finish the frame in flight first
@@ -201,6 +200,9 @@ class AgentServer:
                         break
                     pending = pending[sent:]
                 client.partial = pending
+                if pending:
+                    with self._lock:
+                        self._pending.add(client)
             finally:
                 client.sending.release()
         self._wake()
@@ -247,10 +249,11 @@ class AgentServer:
                         self._read(client)
                     if events & selectors.EVENT_WRITE and key.fd in self._clients:
                         self._flush(client)
+                        self._watch(client)
                 except Exception:  # whatever one client did, it costs only its own connection
                     self._drop(client)
+        self._flush_pending()
         self._expire_handshakes()
-        self._update_interest()
         self._budget.pause()
 
     def _pace_accepts(self) -> float:
@@ -297,7 +300,8 @@ class AgentServer:
         client.partial = self._hello
         with self._lock:
             self._clients[sock.fileno()] = client
-        self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "client")
+            self._pending.add(client)
+        self._selector.register(sock, client.events, "client")
 
     def _evict_one(self) -> bool:
         """Make room for a new client: drop one that never said hello, else the one idle longest
@@ -315,8 +319,11 @@ class AgentServer:
 
     def _expire_handshakes(self) -> None:
         """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
-        monitor out)."""
+        monitor out). Looked at once a second, not on every turn."""
         now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + 1.0
         with self._lock:
             late = [c for c in self._clients.values() if not c.greeted and now - c.since > HELLO_DEADLINE]
         for client in late:
@@ -357,6 +364,7 @@ class AgentServer:
                             self.dropped += 1
                             continue
                         client.queue.append(frame)
+                        self._pending.add(client)
         except ProtocolError as err:
             # Say why before hanging up: what is queued (the hello), then the error. Small
             # enough for the socket buffer, so these non-blocking sends do not stall.
@@ -400,17 +408,32 @@ class AgentServer:
             if client.partial:
                 return
 
-    def _update_interest(self) -> None:
-        for client in list(self._clients.values()):
-            wants_write = bool(client.partial or client.queue)
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
+    def _flush_pending(self) -> None:
+        """Write what was queued since the last turn, while the budget lasts (the rest waits)."""
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        while pending:
+            if self._budget.spent():
+                with self._lock:
+                    self._pending |= pending
+                return
+            client = pending.pop()
+            if client.sock.fileno() in self._clients:
+                self._flush(client)
+                self._watch(client)
+
+    def _watch(self, client: _Client) -> None:
+        """Watch for EVENT_WRITE only while a frame is left that the socket could not take."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.partial or client.queue else 0)
+        if events != client.events and client.sock.fileno() in self._clients:
             with contextlib.suppress(KeyError, ValueError, OSError):
-                if self._selector.get_key(client.sock).events != events:
-                    self._selector.modify(client.sock, events, "client")
+                self._selector.modify(client.sock, events, "client")
+                client.events = events
 
     def _drop(self, client: _Client) -> None:
         with self._lock:
             self._clients.pop(client.sock.fileno(), None)
+            self._pending.discard(client)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._selector.unregister(client.sock)
         with contextlib.suppress(OSError):
