@@ -314,6 +314,96 @@ def test_step_boundary_reads_are_spaced_by_their_cost(agent, fake_torch):
     assert agent.step == 46 and reads <= 2 + int(elapsed), (reads, elapsed)
 
 
+def test_in_the_steady_state_the_step_hook_only_counts_steps_whatever_the_depth(agent, fake_torch, monkeypatch):
+    # A launch-bound loop pays for every line the hook runs: between two boundaries with work
+    # (an allocator read, a measurement of the phases) the hook counts the step and returns.
+    from torch.nn.modules import module as nn_module
+
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    fake_torch.allocator.read_delay = 0.002  # reads spaced ~1 s apart (GIL_BUDGET)
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(50)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(4, 16)
+
+    def train_steps(count):
+        for _ in range(count):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    train_steps(10)  # discovery settles, the first steps are measured
+    boundaries = []
+    work = agent._step_boundary
+    monkeypatch.setattr(agent, "_step_boundary", lambda optimizer: (boundaries.append(agent.step), work(optimizer)))
+    started = time.monotonic()
+    train_steps(100)
+    elapsed = time.monotonic() - started
+    assert agent.step == 110  # every step counted
+    assert len(boundaries) <= 2 + 2 * int(elapsed), (boundaries, elapsed)  # reads and measurements only
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
+
+
+def test_an_agent_that_gives_up_in_the_steady_state_takes_its_hooks_off_at_the_next_step(tmp_path, fake_torch):
+    fake_torch.initialized = True
+    a = Agent(interval=0.02, directory=tmp_path / "run", torch=fake_torch, device_type="cpu")
+    a.start()
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        wait_for(lambda: a.active)
+        fake_torch.allocator.read_delay = 0.01  # slow reads: nothing is due for seconds
+        train(model, opt, 10)
+
+        def broken(*args):
+            raise RuntimeError("the sampler cannot read")
+
+        a._sampler.read = broken  # its ticks fail until the agent's thread gives up
+        wait_for(lambda: not a._thread.is_alive(), timeout=10)
+        train(model, opt, 1)
+        assert a._phases.removed and not a._discovery.watching and a.step == 10
+    finally:
+        a.stop()
+
+
+def test_a_loss_module_made_every_step_does_not_keep_the_module_hooks_on(agent, fake_torch):
+    from torch.nn.modules import module as nn_module
+
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randn(8, 64)
+    for _ in range(60):  # each step calls a new module outside the model: a new "model" each time
+        loss = torch.nn.MSELoss()(model(x), torch.zeros(8, 64))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
+    census = wait_for(lambda: (s := agent._answers.latest) and s.devices and s.devices[0].census)
+    assert census.parameters_trainable == sum(rounded(p.numel() * 4) for p in model.parameters())
+
+
+def test_no_sample_message_is_built_while_nobody_is_connected(agent, agent_dir, fake_torch, monkeypatch):
+    from vramtop.agent import _answers
+
+    built = []
+    to_dict = _answers.to_dict
+    monkeypatch.setattr(_answers, "to_dict", lambda sample: built.append(sample) or to_dict(sample))
+    fake_torch.initialized = True
+    wait_for(lambda: agent.active)
+    ticks = agent._answers.latest
+    wait_for(lambda: agent._answers.latest is not ticks)  # the sampler ticked again
+    assert built == []
+    source = AgentSource(agent_dir)
+    try:
+        wait_for(lambda: source.poll() and len(built) >= 3)  # a client: samples are built
+        assert len({id(sample) for sample in built}) == len(built)  # each once, asked for and sent alike
+    finally:
+        source.close()
+
+
 def test_the_census_backs_off_while_nothing_changes(agent, fake_torch):
     fake_torch.initialized = True
     wait_for(lambda: agent.active)

@@ -142,7 +142,7 @@ def rounded(nbytes: int) -> int:
     return -(-nbytes // 512) * 512
 
 
-def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(tmp_path):
+def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(tmp_path, monkeypatch):
     """Real CPU torch: a model, AdamW, autograd; the fake allocator follows what a GPU's would
     do (activations in forward, a temporary at the start of backward, Adam's state created in
     the first optimizer step). The agent's hooks must place the peak and count what existed."""
@@ -210,9 +210,11 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
             opt.step()
             opt.zero_grad(set_to_none=True)
         assert not agent._phases.armed and not net._forward_pre_hooks and not net._forward_hooks
-        # A measurement falls due: the hooks go back on at the next step boundary; the step after
-        # remembers its outputs, the one after that is measured, and its higher peak is billed.
-        agent._phases._next_measure = 0.0
+        # A measurement falls due (the clock moves on a minute): the hooks go back on at the next
+        # step boundary; the step after remembers its outputs, the one after that is measured,
+        # and its higher peak is billed.
+        monotonic = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: monotonic() + 60.0)
         for extra in (0, 0, 100 * MiB):  # a bigger temporary than the one before, in the loss
             def spike_more(grad, extra=extra):
                 alloc.set(alloc.allocated + extra)
@@ -227,5 +229,57 @@ def test_the_agent_places_a_backward_spike_in_backward_with_the_state_adam_had(t
         assert later.step == 9 and later.measured and later.phase in (LOSS, BACKWARD)
         assert later.allocated == params + state + ACT + 100 * MiB
         assert fake.forbidden_calls == []
+    finally:
+        agent.stop()
+
+
+def test_a_peak_that_rises_every_step_is_measured_as_often_as_the_budget_allows(tmp_path, monkeypatch):
+    """A measured step reads the allocator at every gradient: on a deep model that costs
+    milliseconds. A peak that rises every step (a leak) once had every step measured; now the
+    steps after the first few are measured only as the budget allows, the peaks in between
+    estimated from the last measured one, and the next measured step bills the peak exactly."""
+    torch = pytest.importorskip("torch")
+    from tests.waiting import wait_for
+
+    fake = FakeCudaTorch(torch)
+    alloc = fake.allocator
+    agent = Agent(interval=0.05, directory=tmp_path / "run", torch=fake, device_type="cpu")
+    agent.start()
+    try:
+        alloc.set(10 * MiB, 1024 * MiB)
+        fake.initialized = True
+        wait_for(lambda: agent.active)
+        model = torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(8)])  # 16 gradients
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x = torch.randn(4, 32)
+        alloc.read_delay = 0.002  # ~20 readings a measured step: ~40 ms, 20 s of budget
+        bills = []
+
+        def step(number: int) -> None:
+            out = model(x)
+            out.register_hook(lambda grad: alloc.set(100 * MiB + number * MiB) or grad)  # the peak rises
+            out.pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            alloc.set(10 * MiB)
+            bills.append(agent._devices.states[0].peak)
+            time.sleep(0.04)
+
+        for number in range(1, 31):  # ~1.5 s: boundary reads (1 s apart at 2 ms a read) see the rises
+            step(number)
+        measured = sorted({b.step for b in bills if b is not None and b.measured})
+        assert measured == [1, 2, 3, 4]  # the first steps; every one of the 30 before the budget
+        last = bills[-1]
+        assert not last.measured and last.basis_step == 4 and last.allocated > 104 * MiB
+        assert last.phase == bills[3].phase  # estimated from the last measured peak
+        # A minute later the budget allows a measurement: the hooks go on at the next boundary,
+        # the step after remembers its outputs, and the one after that is billed exactly.
+        monotonic = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: monotonic() + 60.0)
+        for number in range(31, 34):
+            step(number)
+        exact = bills[-1]
+        assert exact.measured and exact.step == 33 and exact.allocated == 133 * MiB
+        assert exact.phase in (LOSS, BACKWARD)
     finally:
         agent.stop()

@@ -2,9 +2,10 @@
 step, turned into per-step peaks on the sampler thread.
 
 Figures are read at step boundaries at most every BOUNDARY_GAP seconds, and less often if a
-read is slow (GIL_BUDGET in _torchstats.py): steps faster than this are grouped, so a
-launch-bound loop of 2 ms steps pays for one read (~20-150 us, a dict of ~100 counters) per
-20 ms or more, not per step. Boundaries pass from one thread to the other through a deque (its
+read is slow (GIL_BUDGET in _torchstats.py; the cost counted is the whole step boundary that
+read, everything the hook did then): steps faster than this are grouped, so a launch-bound loop
+of 2 ms steps pays for one read (~20-150 us, a dict of ~100 counters) per 20 ms or more, not
+per step. Boundaries pass from one thread to the other through a deque (its
 append and popleft are atomic); each thread writes device-state fields of its own.
 """
 
@@ -41,13 +42,20 @@ class StepBoundaries:
         self.last_read = 0.0  # monotonic time of the last read
         self._cost = 0.0  # a moving average of a read's seconds
 
-    def due(self, now: float) -> bool:
-        return now - self.last_read >= max(BOUNDARY_GAP, self._cost / ts.GIL_BUDGET)
+    @property
+    def next_due(self) -> float:
+        """The monotonic time from which the next read is due."""
+        return self.last_read + max(BOUNDARY_GAP, self._cost / ts.GIL_BUDGET)
 
-    def read(self, torch: Any, step: int, now: float, devices: Mapping[int, DeviceState]) -> None:
-        """On the training thread: read every device's counters and note the boundary."""
+    def due(self, now: float) -> bool:
+        return now >= self.next_due
+
+    def read(self, torch: Any, step: int, now: float, devices: Mapping[int, DeviceState],
+             overhead: float = 0.0) -> None:
+        """On the training thread: read every device's counters and note the boundary.
+        ``overhead``: seconds the hook spent on this boundary before the read (counted with it)."""
         self.last_read = now
-        started = time.perf_counter()
+        started = time.perf_counter() - overhead
         counters = {}
         for index, state in devices.items():
             raw = ts.raw_stats(torch, index)

@@ -2,7 +2,10 @@
 
 The outermost module a thread calls is a model (the frozen base of a LoRA model included).
 Once optimizer steps stop meeting new models, the global module-call hooks are removed and
-module calls cost nothing again. The hooks never raise and do nothing once the agent stopped.
+module calls cost nothing again. A loop that makes a new module every step (a loss module
+built in the loop) would keep them forever, two Python calls per module call however deep the
+model: they go after DISCOVERY_MAX_STEPS steps whatever is met. The hooks never raise and do
+nothing once the agent stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from . import _torchstats as ts
 
 # Module-call hooks stay until this many optimizer steps in a row met no new model.
 DISCOVERY_STEPS = 3
+# ...and at the latest after this many optimizer steps.
+DISCOVERY_MAX_STEPS = 50
 
 
 class ModelDiscovery:
@@ -36,6 +41,7 @@ class ModelDiscovery:
         self._handles: list[Any] = []
         self._call_depth = threading.local()
         self._quiet_steps = 0  # optimizer steps in a row that met no new model
+        self._steps = 0  # optimizer steps while watching
         self._new_model = False
 
     @property
@@ -67,7 +73,8 @@ class ModelDiscovery:
             return
         self._quiet_steps = 0 if self._new_model else self._quiet_steps + 1
         self._new_model = False
-        if self._quiet_steps >= DISCOVERY_STEPS and self.models:
+        self._steps += 1
+        if (self._quiet_steps >= DISCOVERY_STEPS and self.models) or self._steps >= DISCOVERY_MAX_STEPS:
             self.end()
 
     def _before_call(self, module: Any, args: Any) -> None:

@@ -11,11 +11,13 @@ Hooks, all cheap when a step is not measured (a flag test):
 - torch's global optimizer-step pre-hook (the agent's post-hook ends the step).
 
 At each of these boundaries a measured step reads the allocator's peak counter; _peaks.py turns
-the readings into the bill at the peak. Measuring costs ~15 us a reading (plus one per
-gradient), so only some steps are measured: the first few, the one after a step whose peak
-rose, and otherwise one whenever the time since the last is long enough to keep the cost
-under the agent's budget. The previous step's outputs are remembered (weak references) one step
-ahead of a measured step, to know which of them the loop still holds.
+the readings into the bill at the peak. Measuring costs ~15 us a reading, one per gradient
+among them, so a deep model's measured step costs milliseconds: only some steps are measured.
+The first few are; after that one is measured when the time since the last measured step keeps
+everything measuring cost (the hooks put on and taken off, the remembered outputs, the readings)
+under BUDGET of wall time, and at least MIN_GAP apart unless the last one saw the peak rise. The
+previous step's outputs are remembered (weak references) one step ahead of a measured step, to
+know which of them the loop still holds.
 
 Hooks run on the training thread, except the autograd ones, which run on the autograd engine's
 thread while the training thread waits in ``backward()``. None of them raises.
@@ -87,9 +89,8 @@ class StepPhases:
         self._measure = False  # this micro-step is measured
         self._remember = False  # remember this micro-step's outputs (the next one is measured)
         self._remembered = False  # the previous micro-step's outputs are remembered
-        self._rose = False  # the last measured micro-step raised the peak
         self._next_measure = 0.0
-        self._cost = 0.0  # seconds spent measuring this micro-step
+        self._cost = 0.0  # seconds spent measuring since the last measured micro-step closed
         self._readings: list[Reading] = []
         self._anchor: dict[int, int] = {}
         self._grads: dict[int, int] = {}
@@ -127,6 +128,7 @@ class StepPhases:
             self._remembered = False
             self._previous_outputs = []
             self._anchor = {}
+            self._cost = 0.0
         self.armed = False
         for handle in self._handles:
             with contextlib.suppress(Exception):
@@ -191,14 +193,16 @@ class StepPhases:
             self._state = AFTER_FORWARD
             # Under grad mode a backward follows; a model called next belongs to the same forward.
             self._outputs_need_backward = bool(self._is_grad_enabled())
-            tensors = list(_tensors(output)) if (self._remember or self._measure) else []
+            if not (self._remember or self._measure):
+                return
+            started = time.perf_counter()
+            tensors = list(_tensors(output))
             if self._remember:
                 self._outputs.extend(self._describe(tensors))
             if self._measure:
-                started = time.perf_counter()
                 self._take(FORWARD)
                 self._hook_backward(tensors)
-                self._cost += time.perf_counter() - started
+            self._cost += time.perf_counter() - started
         except Exception:
             pass
 
@@ -256,12 +260,12 @@ class StepPhases:
     def before_optimizer(self) -> None:
         """The global optimizer-step pre-hook: the backward (and gradient clipping) is over."""
         try:
+            started = time.perf_counter()
             if self._grad_handles:
                 self._drop_grad_hooks()
             if self.stopped or self._state == IDLE:
                 return
             if self._measure:
-                started = time.perf_counter()
                 self._take(BACKWARD)
                 self._cost += time.perf_counter() - started
             self._state = IN_BACKWARD  # still this micro-step until the optimizer step ends
@@ -287,9 +291,17 @@ class StepPhases:
             pass
 
     def _wanted(self, now: float) -> bool:
-        """Whether the next micro-step needs the hooks: one of the first, one after a rise of the
-        peak, or one that remembers outputs or measures because a measurement is due."""
-        return self._micro_steps < FIRST_MEASURED or self._rose or now >= self._next_measure
+        """Whether the next micro-step needs the hooks: one of the first, or one that remembers
+        outputs or measures because a measurement is due."""
+        return self._micro_steps < FIRST_MEASURED or now >= self._next_measure
+
+    @property
+    def next_due(self) -> float:
+        """The monotonic time from which an optimizer step boundary has work here (0: the next
+        one has). Until then after_optimizer has nothing to do and need not be called."""
+        if self.armed or self._state != IDLE or self._micro_steps < FIRST_MEASURED:
+            return 0.0
+        return self._next_measure
 
     # -- measuring -------------------------------------------------------------------------------
 
@@ -297,13 +309,12 @@ class StepPhases:
         now = time.monotonic()
         self._micro_steps += 1
         due = now >= self._next_measure
-        self._measure = self._micro_steps <= FIRST_MEASURED or self._rose or (due and self._remembered)
+        self._measure = self._micro_steps <= FIRST_MEASURED or (due and self._remembered)
         self._remember = self._measure or due
         self._state = IN_FORWARD
         self._outputs_need_backward = False
         if not self._measure:
             return  # the steady state: nothing to set up
-        self._cost = 0.0
         self._readings = []
         self._grad_storages = set()
         started = time.perf_counter()
@@ -314,13 +325,13 @@ class StepPhases:
 
     def _close(self, phase: str | None) -> None:
         """End the micro-step; with ``phase`` (the optimizer) read the counters once more."""
+        measured = self._measure
+        started = time.perf_counter()
         if self._grad_handles:
             self._drop_grad_hooks()
-        measured = self._measure
         if measured and phase is not None:
-            started = time.perf_counter()
             self._take(phase)
-            self._cost += time.perf_counter() - started
+        self._cost += time.perf_counter() - started
         self._state = IDLE
         if self._remember or self._previous_outputs:
             self._previous_outputs = self._outputs if self._remember else []
@@ -330,13 +341,18 @@ class StepPhases:
         if not measured:
             self._anchor = {}  # the next measured step cannot tell when, before it, the peak rose
             return
+        started = time.perf_counter()
         readings, anchor = self._readings, self._anchor
         self._readings = []
         self._anchor = dict(readings[-1].peak) if readings else {}
-        self._next_measure = time.monotonic() + max(MIN_GAP, self._cost / BUDGET)
         closed = close_measured_step(readings, anchor, self.step, self._counted(), self.optimizer_stepped)
-        self._rose = any(c.bill is not None for c in closed.values())
         self._done(closed)
+        now = time.monotonic()
+        spacing = (self._cost + time.perf_counter() - started) / BUDGET
+        self._cost = 0.0
+        # A peak that rose may go on rising: measure again as soon as the budget allows.
+        rose = any(c.bill is not None for c in closed.values())
+        self._next_measure = now + (spacing if rose else max(MIN_GAP, spacing))
 
     def _take(self, phase: str) -> None:
         counters = self._read()

@@ -9,8 +9,9 @@ snapshots, which the allocator serves under its lock.
 Rules it keeps (each has a test): it never initialises CUDA (it waits for
 ``torch.cuda.is_initialized()``), never creates a context on a device the program did not
 use, never synchronises, resets peaks, empties the cache or changes allocator settings; its
-code never raises into the program; the only work on the training thread is a few
-microseconds in the optimizer-step hook; it stops in forked children and outlives monitors.
+code never raises into the program; the only work on the training thread in the steady state
+is counting the step in the optimizer-step hook (a step boundary with work to do comes every
+20 ms or so, see _after_optimizer_step); it stops in forked children and outlives monitors.
 
 The agent's thread never imports, nor makes torch import: a first import of a module from a
 second thread races the program's own imports, and Python's deadlock avoidance can then hand
@@ -100,6 +101,10 @@ class Agent:
         self._post_mortems = PostMortems(self.directory)
         self._train_thread: int | None = None
         self._phases: StepPhases | None = None
+        # Until this monotonic time no optimizer step boundary has work (0: the next one may).
+        # Whatever stops the agent sets it to 0, so that the next step sees the stop.
+        self._quiet_until = 0.0
+        self._last_optimizer: Any = _nothing  # a weak reference to the last optimizer that stepped
         self._hooks: list[Any] = []
         self._pid_namespace = _pid_namespace()
         self._launch: Launch | None = None  # read when it starts serving (a forked child reads its own)
@@ -116,6 +121,7 @@ class Agent:
         """Stop and remove the hooks. Call it from the program's own thread (as
         ``vramtop.agent.stop()`` is): torch's hook dictionaries are not locked."""
         self._stop.set()
+        self._quiet_until = 0.0
         self._discovery.end()
         for hook in self._hooks:
             with contextlib.suppress(Exception):
@@ -135,6 +141,7 @@ class Agent:
             # The parent already used CUDA, which a forked child cannot: drop our copies of the
             # sockets without touching the parent's files, and stay silent in the child.
             self._stop.set()
+            self._quiet_until = 0.0
             if self._server is not None:
                 self._server.abandon_after_fork()
                 self._server = None
@@ -176,6 +183,7 @@ class Agent:
             # training thread iterates them, which would raise in the program. The next
             # optimizer step removes the module-call hooks from the training thread.
             self._stop.set()
+            self._quiet_until = 0.0
             if self._phases is not None:
                 self._phases.stopped = True  # inert; removed at the next optimizer step
             with contextlib.suppress(Exception):
@@ -258,37 +266,63 @@ class Agent:
             self._census.take(self._torch, devices)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Runs on the training thread after every optimizer step: a counter; the allocator
-        figures (~20 us) at most every BOUNDARY_GAP seconds; the census every 1 to 8 seconds
-        (see CENSUS_MAX_GAP), here because gradients exist only now. The last two are spaced
-        further when they are slow (GIL_BUDGET)."""
+        """Runs on the training thread after every optimizer step. In the steady state (models
+        found, no measurement of the step's phases under way, none due) it counts the step and
+        returns until the next boundary with work (_step_boundary): in a launch-bound loop of
+        2 ms steps, nine steps in ten do only this, whatever the model's depth."""
         try:
-            # No getpid() here: a forked child's copy is stopped by _forked before it runs.
-            if self._stop.is_set():
-                self._remove_inert_hooks()
+            if time.monotonic() < self._quiet_until and (
+                    self._last_optimizer() is optimizer or optimizer in self._optimizers):
+                self.step += 1
                 return
-            self.step += 1
-            self._start_history_here()
-            self._discovery.after_step()
-            new_optimizer = optimizer not in self._optimizers
-            if new_optimizer:
-                self._optimizers.add(optimizer)
-            self._train_thread = threading.get_ident()
-            if not self._devices.states:
-                self._rescan_devices(force=True)  # the first step came before the first tick saw memory
-            devices = self._devices.states
-            now = time.monotonic()
-            if new_optimizer:
-                self._census.take(self._torch, devices)  # before the step closes: its bill needs the state
-            if self._phases is not None:
-                self._phases.after_optimizer(self.step)
-            if not new_optimizer and not self._boundaries.due(now):
-                return
-            self._boundaries.read(self._torch, self.step, now, devices)
-            if not new_optimizer and self._census.due(now):
-                self._census.take(self._torch, devices)
+            self._step_boundary(optimizer)
         except Exception:
             pass
+
+    def _step_boundary(self, optimizer: Any) -> None:
+        """An optimizer step boundary with work: the allocator figures (~20 us) at most every
+        BOUNDARY_GAP seconds; the census every 1 to 8 seconds (see CENSUS_MAX_GAP), here because
+        gradients exist only now; the step's phases while they are measured. The figures and
+        the census are spaced further when they are slow (GIL_BUDGET)."""
+        started = time.perf_counter()
+        self._quiet_until = 0.0
+        # No getpid() here: a forked child's copy is stopped by _forked before it runs.
+        if self._stop.is_set():
+            self._remove_inert_hooks()
+            return
+        self.step += 1
+        self._start_history_here()
+        self._discovery.after_step()
+        new_optimizer = optimizer not in self._optimizers
+        if new_optimizer:
+            self._optimizers.add(optimizer)
+        self._last_optimizer = weakref.ref(optimizer)
+        self._train_thread = threading.get_ident()
+        if not self._devices.states:
+            self._rescan_devices(force=True)  # the first step came before the first tick saw memory
+        devices = self._devices.states
+        now = time.monotonic()
+        overhead = time.perf_counter() - started  # the census and the phases have budgets of their own
+        if new_optimizer:
+            self._census.take(self._torch, devices)  # before the step closes: its bill needs the state
+        if self._phases is not None and now >= self._phases.next_due:
+            self._phases.after_optimizer(self.step)
+        if new_optimizer or self._boundaries.due(now):
+            self._boundaries.read(self._torch, self.step, now, devices, overhead)
+            if not new_optimizer and self._census.due(now):
+                self._census.take(self._torch, devices)
+        self._quiet_until = self._next_work()
+
+    def _next_work(self) -> float:
+        """When the next step boundary has work: the next allocator read (the census is only
+        looked at then) or the next measurement of the phases; 0 while something is still
+        settling (models being discovered, no device yet, ``--trace``'s history not started, a
+        measurement under way) or the agent stopped."""
+        phases = self._phases
+        if (phases is None or self._discovery.watching or not self._devices.states or self._stop.is_set()
+                or (self._trace_entries is not None and not self._history_started)):
+            return 0.0
+        return min(self._boundaries.next_due, phases.next_due)
 
     def _remove_inert_hooks(self) -> None:
         # Inert module hooks still keep every module call on torch's slow path: drop them here,
@@ -380,9 +414,15 @@ class Agent:
             attached=self.attached,
         )
         self._answers.latest = sample
-        if self._server is not None:
-            self._server.publish({"type": "sample", "sample": to_dict(sample)})
+        server = self._server
+        if server is not None and server.client_count:  # nobody connected: nothing to build
+            server.publish(self._answers.message(sample))
         return sample
+
+
+def _nothing() -> None:
+    """A weak reference whose object is gone."""
+    return None
 
 
 def _optim_module(torch: Any) -> Any:
