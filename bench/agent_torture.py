@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every attack (0.1: a short run)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each attack, each after a quiet window")
+    parser.add_argument("--only", action="append", metavar="WORDS",
+                        help="run only the attacks whose name contains WORDS (repeatable)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="vramtop-torture-"))
@@ -355,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(work / "run", seconds=3600, cpus=trainer_cpus)
     try:
         trainer.wait_ready()
-        attacks = build_attacks(trainer.path, args.scale)
+        attacks = [(name, attack) for name, attack in build_attacks(trainer.path, args.scale)
+                   if not args.only or any(words in name for words in args.only)]
         before = trainer.resources()
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in attacks}
         quiet: dict[str, list[float]] = {name: [] for name, _ in attacks}
