@@ -124,6 +124,8 @@ def main() -> int:
             for c in configs[r % len(configs):] + configs[:r % len(configs)]:  # rotate the order
                 runs[c].append(one_run(c, args, Path(scratch)))
                 print(f"  run {r + 1}/{args.repeats} {c}: done", file=sys.stderr, flush=True)
+                if args.json_out:  # every run's blocks as they come: a run cut short keeps them
+                    args.json_out.write_text(json.dumps({"runs": runs}))
     table = {}
     print(f"{'depth':>5}  " + "  ".join(f"{c:>22}" for c in configs))
     for d in map(str, depths):
@@ -140,7 +142,7 @@ def main() -> int:
                                                   else " " * 8).rjust(8) + "    " for c in configs))
     if args.json_out:
         args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": str(args.json_out)},
-                                             "table": table}, indent=1, default=str))
+                                             "table": table, "runs": runs}, indent=1, default=str))
     return 0
 
 
