@@ -138,3 +138,36 @@ def test_a_long_line_is_drawn_word_wrapped_over_rows() -> None:
     rows = asyncio.run(drawn(Text("short\n" + "word " * 30)))
     texts = ["".join(text for text, _ in row).rstrip() for row in rows]
     assert texts == ["short", ("word " * 12).rstrip(), ("word " * 12).rstrip(), ("word " * 6).rstrip()]
+
+
+async def drawn_and_textual(*contents: Text) -> tuple[list[list[object]], list[list[object]]]:
+    """Each row of each content as the panel draws it, and as Textual draws that row alone."""
+    from textual.visual import Visual, visualize
+
+    app = PanelApp()
+    mine, textual = [], []
+    async with app.run_test(size=(120, 10)) as pilot:  # wide enough for every row: none is wrapped
+        panel = app.query_one(Panel)
+        for content in contents:
+            panel.redraw(content)
+            await pilot.pause()
+            for y, row in enumerate(content.split("\n", allow_blank=True)):
+                theirs = Visual.to_strips(panel, visualize(panel, row, markup=False), 120, 1, panel.visual_style)[0]
+                mine.append(list(panel.render_line(y)))
+                textual.append(list(theirs))
+    return mine, textual
+
+
+def test_rows_drawn_from_runs_are_the_rows_textual_draws() -> None:
+    # Runs drawn before are reused by place: "1 GiB" after "a " is not "1 GiB" after "ab " (each
+    # cell carries its offset in the row, for selecting text with the mouse).
+    moved = Text("a ")
+    moved.append("1 GiB", style="bold cyan")
+    shifted = Text("ab ")
+    shifted.append("1 GiB", style="bold cyan")
+    nested = Text("frag ", style="italic")
+    nested.append("0.86", style="bold red")
+    nested.stylize("underline", 2, 7)
+    mine, textual = asyncio.run(drawn_and_textual(bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward"),
+                                                  moved, shifted, nested, Text("no process selected", style="dim")))
+    assert mine == textual
