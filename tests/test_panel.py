@@ -171,3 +171,59 @@ def test_rows_drawn_from_runs_are_the_rows_textual_draws() -> None:
     mine, textual = asyncio.run(drawn_and_textual(bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward"),
                                                   moved, shifted, nested, Text("no process selected", style="dim")))
     assert mine == textual
+
+
+class PaddedPanelApp(App[None]):
+    CSS = "Panel { padding: 0 1; }"  # as the details have it: rows start one cell in
+
+    def compose(self) -> ComposeResult:
+        yield Panel(id="p")
+
+
+def cells_drawn(panel: Panel, y: int) -> list[tuple[str, object]]:
+    """Row ``y`` as the screen shows it, a cell at a time (the offset kept for selection left out)."""
+    cells = [(ch, str(segment.style))
+             for segment in panel.render_line(y) for ch in segment.text]
+    return cells + [(" ", None)] * (panel.size.width - len(cells))
+
+
+async def repainted_and_changed(before: Text, after: Text) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """The cells (x, y in the panel) that a redraw from ``before`` to ``after`` repaints, and the
+    cells whose character or look changed."""
+    app = PaddedPanelApp()
+    async with app.run_test(size=(50, 6)) as pilot:
+        panel = app.query_one(Panel)
+        panel.redraw(before)
+        await pilot.pause()
+        old = [cells_drawn(panel, y) for y in range(panel.size.height)]
+        regions = []
+        real = Panel.refresh
+
+        def spy(*regions_asked, **kwargs):
+            regions.extend(regions_asked)
+            return real(panel, *regions_asked, **kwargs)
+
+        panel.refresh = spy  # type: ignore[method-assign]
+        panel.redraw(after)
+        new = [cells_drawn(panel, y) for y in range(panel.size.height)]
+        gutter = panel.gutter.left
+        changed = {(x + gutter, y) for y, (o, n) in enumerate(zip(old, new, strict=True))
+                   for x, (a, b) in enumerate(zip(o, n, strict=True)) if a != b}
+        repainted = {(x, y) for r in regions for y in range(r.y, r.bottom) for x in range(r.x, r.right)}
+        return repainted, changed
+
+
+def test_a_changed_figure_repaints_its_cells_and_not_the_whole_row() -> None:
+    repainted, changed = asyncio.run(repainted_and_changed(bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward")))
+    assert changed and changed <= repainted
+    assert len(repainted) < 2 * len(changed) + 10, sorted(repainted)  # the figures, not whole rows of 48 cells
+
+
+def test_a_row_that_grows_shrinks_or_changes_look_is_repainted_where_it_changed() -> None:
+    long, short = Text("allocated 13.1 GiB  cache 2.0 GiB"), Text("allocated 3.0 GiB")
+    restyled = Text("allocated 3.0 GiB")
+    restyled.stylize("bold", 10, 13)
+    right = Text("3.0 GiB", justify="right")
+    for before, after in ((long, short), (short, long), (short, restyled), (restyled, short), (short, right)):
+        repainted, changed = asyncio.run(repainted_and_changed(before, after))
+        assert changed and changed <= repainted, (before, after)
