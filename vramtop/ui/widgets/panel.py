@@ -108,11 +108,9 @@ class Panel(Widget):
             for y in changed:
                 self._strips[y] = None
         if changed:
-            # The cells that changed, in the widget's place (after its padding): a bill row
-            # whose figure changed sends that figure to the terminal, not the whole row.
+            # In the widget's place: after its padding (the details have one cell on either side).
             left, top = self.gutter.left, self.gutter.top
-            spans = [(y, _changed_cells(before[y], self._rows[y], width)) for y in changed]
-            self.refresh(*(Region(left + start, top + y, end - start, 1) for y, (start, end) in spans))
+            self.refresh(*(Region(left, top + y, width, 1) for y in changed))
 
     def render_line(self, y: int) -> Strip:
         rows = self._rows
@@ -193,37 +191,6 @@ _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only 
 def _same(a: Text | None, b: Text | None) -> bool:
     """Drawn alike: Text's == leaves out the style of the whole text."""
     return a is not None and b is not None and a == b and a.style == b.style
-
-
-def _changed_cells(old: Text, new: Text, width: int) -> tuple[int, int]:
-    """The cells from the first to the last that differ between two drawings of a row, by
-    character and look (a blank past a row's end counts as a different look from a space in
-    it); the whole row where cells are not characters (alignment, wide characters)."""
-    a, b = _cells(old), _cells(new)
-    if len(a) != len(old.plain) or len(b) != len(new.plain):
-        return 0, width
-    size = max(len(a), len(b))
-    a += [None] * (size - len(a))
-    b += [None] * (size - len(b))
-    start = 0
-    while start < size and a[start] == b[start]:
-        start += 1
-    end = size
-    while end > start and a[end - 1] == b[end - 1]:
-        end -= 1
-    return start, end
-
-
-def _cells(row: Text) -> list[tuple[str, object, tuple[str | Style, ...]] | None]:
-    """Each cell of ``row``: its character and what decides its look. Empty where a character
-    takes more than one cell or the row is not drawn from the left."""
-    plain = row.plain
-    if cell_len(plain) != len(plain) or row.justify not in (None, "default", "left"):
-        return []
-    cells: list[tuple[str, object, tuple[str | Style, ...]] | None] = []
-    for start, end, styles in _runs(row):
-        cells += [(ch, row.style, styles) for ch in plain[start:end]]
-    return cells
 
 
 def _wrapped_rows(content: Text, width: int) -> tuple[list[Text], bool]:
