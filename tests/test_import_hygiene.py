@@ -58,3 +58,11 @@ def test_building_the_command_line_loads_no_exporter_library():
     code = "import sys, json, vramtop.cli as c; c.build_parser(); print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert "prometheus_client" not in top(set(json.loads(out.stdout)))
+
+
+@pytest.mark.parametrize("module", ["vramtop.commands.top", "vramtop.commands.once"])
+def test_the_monitor_of_this_host_loads_no_reader_of_other_hosts(module):
+    # The reader of --remote and --prometheus (urllib's HTTP client, the exporter's parsers) is
+    # imported when one is asked for: it is not on the way to this host's first frame.
+    modules = imported(module)
+    assert not modules & {"urllib.request", "http.client", "vramtop.sources.remote"}

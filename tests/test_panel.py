@@ -138,3 +138,100 @@ def test_a_long_line_is_drawn_word_wrapped_over_rows() -> None:
     rows = asyncio.run(drawn(Text("short\n" + "word " * 30)))
     texts = ["".join(text for text, _ in row).rstrip() for row in rows]
     assert texts == ["short", ("word " * 12).rstrip(), ("word " * 12).rstrip(), ("word " * 6).rstrip()]
+
+
+async def drawn_and_textual(*contents: Text) -> tuple[list[list[object]], list[list[object]]]:
+    """Each row of each content as the panel draws it, and as Textual draws that row alone."""
+    from textual.visual import Visual, visualize
+
+    app = PanelApp()
+    mine, textual = [], []
+    async with app.run_test(size=(120, 10)) as pilot:  # wide enough for every row: none is wrapped
+        panel = app.query_one(Panel)
+        for content in contents:
+            panel.redraw(content)
+            await pilot.pause()
+            for y, row in enumerate(content.split("\n", allow_blank=True)):
+                theirs = Visual.to_strips(panel, visualize(panel, row, markup=False), 120, 1, panel.visual_style)[0]
+                mine.append(list(panel.render_line(y)))
+                textual.append(list(theirs))
+    return mine, textual
+
+
+def test_rows_drawn_from_runs_are_the_rows_textual_draws() -> None:
+    # Runs drawn before are reused by place: "1 GiB" after "a " is not "1 GiB" after "ab " (each
+    # cell carries its offset in the row, for selecting text with the mouse).
+    moved = Text("a ")
+    moved.append("1 GiB", style="bold cyan")
+    shifted = Text("ab ")
+    shifted.append("1 GiB", style="bold cyan")
+    nested = Text("frag ", style="italic")
+    nested.append("0.86", style="bold red")
+    nested.stylize("underline", 2, 7)
+    mine, textual = asyncio.run(drawn_and_textual(bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward"),
+                                                  moved, shifted, nested, Text("no process selected", style="dim")))
+    assert mine == textual
+
+
+class PaddedPanelApp(App[None]):
+    CSS = "Panel { padding: 0 1; }"  # as the details have it: rows start one cell in
+
+    def compose(self) -> ComposeResult:
+        yield Panel(id="p")
+
+
+def cells_drawn(panel: Panel, y: int) -> list[tuple[str, object]]:
+    """Row ``y`` as the screen shows it, a cell at a time (the offset kept for selection left out)."""
+    cells = [(ch, str(segment.style))
+             for segment in panel.render_line(y) for ch in segment.text]
+    return cells + [(" ", None)] * (panel.size.width - len(cells))
+
+
+async def repainted_and_changed(before: Text, after: Text) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """The cells (x, y in the panel) that a redraw from ``before`` to ``after`` repaints, and the
+    cells whose character or look changed."""
+    app = PaddedPanelApp()
+    async with app.run_test(size=(50, 6)) as pilot:
+        panel = app.query_one(Panel)
+        panel.redraw(before)
+        await pilot.pause()
+        old = [cells_drawn(panel, y) for y in range(panel.size.height)]
+        regions = []
+        real = Panel.refresh
+
+        def spy(*regions_asked, **kwargs):
+            regions.extend(regions_asked)
+            return real(panel, *regions_asked, **kwargs)
+
+        panel.refresh = spy  # type: ignore[method-assign]
+        panel.redraw(after)
+        new = [cells_drawn(panel, y) for y in range(panel.size.height)]
+        gutter = panel.gutter.left
+        changed = {(x + gutter, y) for y, (o, n) in enumerate(zip(old, new, strict=True))
+                   for x, (a, b) in enumerate(zip(o, n, strict=True)) if a != b}
+        repainted = {(x, y) for r in regions for y in range(r.y, r.bottom) for x in range(r.x, r.right)}
+        return repainted, changed
+
+
+def test_a_changed_figure_is_repainted_where_the_panel_draws_it() -> None:
+    # The panel's padding comes first: a row repainted from the padding's cell left its last cell.
+    repainted, changed = asyncio.run(repainted_and_changed(bill("3.0 GiB", "forward"), bill("13.1 GiB", "backward")))
+    assert changed and changed <= repainted
+    edge = Text("x" * 47 + "1")  # the row's last cell, next to the right padding
+    repainted, changed = asyncio.run(repainted_and_changed(edge, Text("x" * 47 + "2")))
+    assert changed and changed <= repainted
+
+
+def test_a_row_that_grows_shrinks_or_changes_look_is_repainted() -> None:
+    long, short = Text("allocated 13.1 GiB  cache 2.0 GiB"), Text("allocated 3.0 GiB")
+    restyled = Text("allocated 3.0 GiB")
+    restyled.stylize("bold", 10, 13)
+    right = Text("3.0 GiB", justify="right")
+    tail = Text("allocated 3.0 GiB")
+    tail.stylize("dim", 14)
+    pairs = ((long, short), (short, long), (short, restyled), (restyled, short), (short, tail), (short, right),
+             (Text("a 10 MiB b"), Text("a 11 MiB b")), (Text("aXa"), Text("aYa")),
+             (Text("abc"), Text("abc", style="bold")))
+    for before, after in pairs:
+        repainted, changed = asyncio.run(repainted_and_changed(before, after))
+        assert changed and changed <= repainted, (before, after)

@@ -856,6 +856,34 @@ async def test_a_changed_cell_redraws_that_cell_not_the_whole_table(monkeypatch)
         assert 0 < len(rendered) <= 3, rendered  # that cell (and maybe its row's neighbours), not 13x9
 
 
+async def test_a_changed_cell_repaints_its_row_not_the_header_or_the_other_rows(monkeypatch):
+    # DataTable.update_cell repaints the whole table: its header and every row went to the
+    # terminal again each time one process's figure changed.
+    from textual.widgets import DataTable
+
+    from tests.test_risk import snap
+
+    others = [(5000 + i, (i + 1) * GiB, f"python serve_{i}.py") for i in range(12)]
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, snap(0.0, others=others), snap(1.0, others=others))
+        await pilot.pause()
+        table = app.query_one(ProcessTable)
+        agent_row = next(i for i, row in enumerate(table_rows(app)) if "GiB/" in row[6])
+        drawn: list[int] = []
+        real = DataTable.render_line
+
+        def spy(self, y):
+            drawn.append(y)
+            return real(self, y)
+
+        monkeypatch.setattr(DataTable, "render_line", spy)
+        await feed(pilot, snap(2.0, others=others, allocated=30 * GiB))  # the agent's TORCH cell only
+        await pilot.pause()
+        assert screen_text(app).count("30.0 GiB/") == 1
+        assert drawn and set(drawn) == {table.header_height + agent_row}, (drawn, agent_row)
+
+
 async def test_opening_and_closing_help_many_times_keeps_nothing_behind():
     # Textual's Footer kept its old key widgets after every dialog (+0.4 MiB each time), and a new
     # help screen per `?` left caches behind: a monitor left in tmux for days grew without end.

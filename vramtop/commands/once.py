@@ -6,19 +6,18 @@ import argparse
 import sys
 
 from vramtop.analysis.risk import assess
-from vramtop.commands.options import thresholds_from
+from vramtop.commands.options import thresholds_from, with_other_hosts
 from vramtop.errors import EXIT_NVML, EXIT_OK
 from vramtop.sinks.once import render_json, render_text
 from vramtop.sources.monitor import monitor_source
 from vramtop.sources.poller import DeadlineReader, open_with_deadline
-from vramtop.sources.remote import with_remotes
 
 ONCE_DEADLINE_S = 10.0
 AGENT_WAIT_S = 1.0  # how long to wait for a connected agent's answer
 
 
 def run(args: argparse.Namespace) -> int:
-    source = with_remotes(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args.remote, args.prometheus)
+    source = with_other_hosts(monitor_source(args.gpu, agent_wait=AGENT_WAIT_S), args)
     open_with_deadline(source)
     try:
         sample = DeadlineReader(source, deadline=ONCE_DEADLINE_S).read()

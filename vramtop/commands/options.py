@@ -42,6 +42,17 @@ def thresholds_from(args: argparse.Namespace) -> Any:
         raise VramtopError(f"--threshold: {err}", EXIT_USAGE) from None
 
 
+def with_other_hosts(local: Any, args: argparse.Namespace) -> Any:
+    """``local`` plus the hosts of --remote and --prometheus, when any is given. Their reader
+    (urllib, the exporter's parsers) is imported only then: it is not on the way to the first
+    frame of a monitor of this host."""
+    if not (args.remote or args.prometheus):
+        return local
+    from vramtop.sources.remote import with_remotes
+
+    return with_remotes(local, args.remote, args.prometheus)
+
+
 def need_terminal(what: str, instead: str) -> None:
     """The one check and wording for commands that draw a screen: ``what`` needs a terminal;
     ``instead`` says what works without one."""

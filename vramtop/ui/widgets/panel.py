@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 from rich.cells import cell_len
 from rich.console import Console
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Span, Text
 from textual.geometry import Region
 from textual.strip import Strip
@@ -15,6 +18,8 @@ from textual.widget import Widget
 
 MIN_WIDTH = 40  # what a panel is laid out for before it knows its width
 MAX_KEPT_STRIPS = 256  # rows drawn before, by content, per panel (see Panel._strip_of)
+MAX_KEPT_LOOKS = 1024  # looks of runs drawn before, by place and styles, per panel (see Panel._joined_runs)
+MAX_RUNS = 32  # spans in a row drawn by runs; a row with more is drawn whole
 
 
 class Panel(Widget):
@@ -37,6 +42,7 @@ class Panel(Widget):
     _strips: list[Strip | None] | None = None  # each row as drawn; None: not drawn since it changed
     _strips_for: tuple[int, VisualStyle] | None = None  # the width and style they were drawn with
     _strips_by_row: dict[tuple[object, ...], Strip]  # rows drawn for _strips_for, by content
+    _looks_by_place: dict[tuple[object, ...], Style]  # runs' looks for _strips_for, by place and styles
     _hold = False  # keep the row count from shrinking (see hold_rows)
     _held_rows = 0  # the rows last drawn
 
@@ -102,7 +108,9 @@ class Panel(Widget):
             for y in changed:
                 self._strips[y] = None
         if changed:
-            self.refresh(*(Region(0, y, width, 1) for y in changed))
+            # In the widget's place: after its padding (the details have one cell on either side).
+            left, top = self.gutter.left, self.gutter.top
+            self.refresh(*(Region(left, top + y, width, 1) for y in changed))
 
     def render_line(self, y: int) -> Strip:
         rows = self._rows
@@ -113,7 +121,7 @@ class Panel(Widget):
         if strips is None or self._strips_for != drawn_for:
             strips = self._strips = [None] * len(rows)
             if self._strips_for != drawn_for:
-                self._strips_by_row = {}
+                self._strips_by_row, self._looks_by_place = {}, {}
             self._strips_for = drawn_for
         strip = strips[y]
         if strip is None:
@@ -131,11 +139,52 @@ class Panel(Widget):
         if strip is None:
             if len(by_row) >= MAX_KEPT_STRIPS:
                 by_row.clear()
-            drawn = Visual.to_strips(self, visualize(self, row, markup=False), drawn_for[0], 1, drawn_for[1])
-            strip = by_row[key] = drawn[0]
+            strip = by_row[key] = self._joined_runs(row, drawn_for) or self._drawn_whole(row, drawn_for)
         return strip
 
+    def _drawn_whole(self, row: Text, drawn_for: tuple[int, VisualStyle]) -> Strip:
+        return Visual.to_strips(self, visualize(self, row, markup=False), drawn_for[0], 1, drawn_for[1])[0]
 
+    def _joined_runs(self, row: Text, drawn_for: tuple[int, VisualStyle]) -> Strip | None:
+        """The row as one segment per run (characters of one look), each in the look Textual
+        gave the first run drawn at that place with those styles: a bill row whose figure changed
+        keeps its runs' places and styles, and drawing a whole row costs many times joining its
+        segments. None where a run could look otherwise alone than in its row (alignment,
+        control or wide characters, a row wider than the panel): Textual draws the whole row."""
+        plain = row.plain
+        if (row.justify not in (None, "default", "left") or len(row.spans) > MAX_RUNS
+                or cell_len(plain) != len(plain) or len(plain) > drawn_for[0] or not plain.isprintable()):
+            return None
+        looks = self._looks_by_place
+        segments = []
+        for start, end, styles in _runs(row):
+            key = (start, row.style, styles)
+            look = looks.get(key)
+            if look is None:
+                # Drawn in its place (each cell carries its offset in the row); the empty style
+                # keeps a run without one from merging with the blanks before it.
+                spans = [Span(start, end, s) for s in (_NO_STYLE, *styles)]
+                text = Text(" " * start + plain[start:end], style=row.style, spans=spans)
+                drawn = list(Visual.to_strips(self, visualize(self, text, markup=False), end, 1,
+                                              drawn_for[1])[0].crop(start, end))
+                if len(drawn) != 1 or drawn[0].text != plain[start:end] or drawn[0].style is None:
+                    return None
+                if len(looks) >= MAX_KEPT_LOOKS:
+                    looks.clear()
+                look = looks[key] = drawn[0].style
+            segments.append(Segment(plain[start:end], look))
+        return Strip(segments, len(plain)) if segments else None
+
+
+def _runs(row: Text) -> list[tuple[int, int, tuple[str | Style, ...]]]:
+    """(start, end, the styles of the spans over it, in order) for each run of ``row``."""
+    size = len(row.plain)
+    cuts = sorted({0, size, *(min(size, max(0, x)) for span in row.spans for x in (span.start, span.end))})
+    return [(a, b, tuple(span.style for span in row.spans if span.start <= a and span.end >= b))
+            for a, b in pairwise(cuts) if a < b]
+
+
+_NO_STYLE = Style()
 _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only measures; never prints
 
 
