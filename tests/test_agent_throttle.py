@@ -160,3 +160,37 @@ def test_a_work_budget_bounds_a_busy_threads_cpu_per_window():
     # the loop alone would use all of it. Twice that is allowed for a busy machine's noise.
     assert used[0] < 0.1
     assert budget.pauses > 0
+
+
+def test_frames_the_budget_left_over_are_written_in_the_next_window_not_a_second_later(monkeypatch, tmp_path):
+    # A budget that covers one or two writes per window: one publish to eight monitors needs
+    # several windows, and nothing else wakes the server meanwhile (its idle select waits 1 s).
+    monkeypatch.setattr(_throttle, "WORK_BUDGET_S", 20e-6)
+    monkeypatch.setattr(_throttle, "WORK_WINDOW_S", 0.01)
+    server = serve(tmp_path / "vramtop")
+    monitors = []
+    try:
+        for _ in range(8):
+            s = connect(server)
+            s.sendall(encode_frame(hello("monitor")))
+            monitors.append(s)
+        deadline = time.monotonic() + 10
+        while server.client_count < 8 or not all(greeted(s) for s in monitors):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.5)  # every hello read; the server waits in its idle select
+        for s in monitors:
+            FrameDecoder().feed(s.recv(65536))
+        server.publish({"type": "sample", "n": 1})
+        started = time.monotonic()
+        for s in monitors:
+            s.settimeout(5)
+            decoder = FrameDecoder()
+            while not (messages := decoder.feed(s.recv(65536))):
+                pass
+            assert messages[0]["n"] == 1
+        assert time.monotonic() - started < 0.5  # before the fix: up to a second per window's leftovers
+    finally:
+        for s in monitors:
+            s.close()
+        server.stop()

@@ -156,9 +156,7 @@ class AgentServer:
             return
         frame = encode_frame(message)
         with self._lock:
-            for client in self._clients.values():
-                if not client.greeted:
-                    continue
+            for client in [c for c in self._clients.values() if c.greeted]:
                 if len(client.queue) >= QUEUE_FRAMES:
                     client.queue.popleft()  # a slow monitor loses old frames, never blocks us
                     client.dropped += 1
@@ -232,8 +230,10 @@ class AgentServer:
 
     def _serve_once(self) -> None:
         timeout = self._pace_accepts()
-        for key, events in self._selector.select(timeout=timeout):
-            if self._budget.spent():
+        if self._pending:  # frames the budget left over: written as soon as the window opens
+            timeout = 0.0
+        for n, (key, events) in enumerate(self._selector.select(timeout=timeout)):
+            if n and self._budget.spent():  # one event a turn at least: a slow machine still moves
                 break  # what is left stays ready for the next select (level-triggered)
             if key.data == "accept":
                 self._accept()
@@ -412,8 +412,8 @@ class AgentServer:
         """Write what was queued since the last turn, while the budget lasts (the rest waits)."""
         with self._lock:
             pending, self._pending = self._pending, set()
-        while pending:
-            if self._budget.spent():
+        for n in range(len(pending)):
+            if n and self._budget.spent():
                 with self._lock:
                     self._pending |= pending
                 return
