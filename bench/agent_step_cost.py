@@ -20,9 +20,13 @@ CPU tensors). Two parts:
   allocator snapshot the sampler takes once a second.
 
     python bench/agent_step_cost.py [--depths 8,25,50] [--steps 3000] [--clients 0,1,4,16]
+    python bench/agent_step_cost.py --cuda      # on a GPU machine: the real allocator, the real GPU
 
-CPU figures, not a GPU's: the fake allocator's counters cost ~5 µs a read where CUDA's cost
-~11-55 µs, so the counts (reads, hook calls per step) say more than the times about a GPU.
+Without ``--cuda`` these are CPU figures, not a GPU's: the fake allocator's counters cost ~5 µs a
+read where CUDA's cost ~11-55 µs, so the counts (reads, hook calls per step) say more than the
+times about a GPU. With ``--cuda`` the model, its data and the optimizer live on the GPU, the agent
+reads the real caching allocator, and the "loop step" is the training thread's CPU time per step
+(launch-bound: the host thread is the bottleneck), its wall time beside it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,25 @@ ENTRY_POINTS: dict[type, tuple[str, ...]] = {
                  "_gradient_landed"),
     ModelDiscovery: ("_before_call", "_after_call"),
 }
+
+
+class ReadCounter:
+    """Allocator reads per thread, counted around the one function every read goes through."""
+
+    def __init__(self) -> None:
+        self.reads_by_thread: dict[int, int] = {}
+        read = _torchstats.raw_stats
+
+        def counted(torch: Any, device: int) -> dict[str, Any]:
+            me = threading.get_ident()
+            self.reads_by_thread[me] = self.reads_by_thread.get(me, 0) + 1
+            return read(torch, device)
+
+        _torchstats.raw_stats = counted  # type: ignore[assignment]
+
+
+READS = ReadCounter()
+DEVICE = "cpu"  # "cuda" with --cuda
 
 
 class StepClock:
@@ -118,9 +141,9 @@ def mlp(depth: int, width: int = 64, batch: int = 32) -> tuple[Any, Callable[[],
     layers: list[torch.nn.Module] = []
     for _ in range(depth):
         layers += [torch.nn.Linear(width, width), torch.nn.GELU()]
-    model = torch.nn.Sequential(*layers)
+    model = torch.nn.Sequential(*layers).to(DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, width)
+    x = torch.randn(batch, width, device=DEVICE)
 
     def step() -> None:
         loss = model(x).pow(2).mean()
@@ -131,23 +154,33 @@ def mlp(depth: int, width: int = 64, batch: int = 32) -> tuple[Any, Callable[[],
     return model, step
 
 
-def started_agent(directory: Path, interval: float) -> tuple[Agent, FakeCudaTorch]:
+def started_agent(directory: Path, interval: float) -> tuple[Agent, Any]:
+    if DEVICE == "cuda":  # the real thing: CUDA is initialised by the program, as a user's is
+        torch.zeros(1, device="cuda")
+        agent = Agent(interval=interval, directory=directory)
+        agent.start()
+        real: Any = torch
+        return _until_active(agent), real
     fake = FakeCudaTorch(torch)
     fake.allocator.set(100 * MiB, 128 * MiB)
     agent = Agent(interval=interval, directory=directory, torch=fake, device_type="cpu")
     agent.start()
     fake.initialized = True
+    return _until_active(agent), fake
+
+
+def _until_active(agent: Agent) -> Agent:
     deadline = time.monotonic() + 10
     while not agent.active and time.monotonic() < deadline:
         time.sleep(0.01)
-    return agent, fake
+    return agent
 
 
 KINDS = ("counted only", "allocator read", "census", "measured")
 
 
 def training_thread(depth: int, steps: int, warmup: int, clock: StepClock, directory: Path) -> dict[str, Any]:
-    agent, fake = started_agent(directory, 0.25)
+    agent, _ = started_agent(directory, 0.25)
     try:
         _, step = mlp(depth)
         for _ in range(warmup):  # discovery settles, the first measured steps pass
@@ -155,22 +188,24 @@ def training_thread(depth: int, steps: int, warmup: int, clock: StepClock, direc
         clock.take()
         clock.calls.clear()
         me = threading.get_ident()
-        agent_s, step_s = [], []
+        agent_s, step_s, wall_s = [], [], []
         by_kind: dict[str, list[float]] = {kind: [] for kind in KINDS}
         for _ in range(steps):
-            reads, census, hooked = (fake.allocator.reads_by_thread.get(me, 0), clock.census,
+            reads, census, hooked = (READS.reads_by_thread.get(me, 0), clock.census,
                                      clock.calls["StepPhases._before_forward"])
-            started = time.thread_time()
+            started, wall = time.thread_time(), time.perf_counter()
             step()
             step_s.append(time.thread_time() - started)
+            wall_s.append(time.perf_counter() - wall)
             agent_s.append(clock.take())
             kind = ("measured" if clock.calls["StepPhases._before_forward"] > hooked else
                     "census" if clock.census > census else
-                    "allocator read" if fake.allocator.reads_by_thread.get(me, 0) > reads else "counted only")
+                    "allocator read" if READS.reads_by_thread.get(me, 0) > reads else "counted only")
             by_kind[kind].append(agent_s[-1])
         timed = sum(sum(v) for k, v in by_kind.items() if k != "counted only")
         return {"depth": depth, "median_us": statistics.median(agent_s) * 1e6,
                 "mean_us": statistics.fmean(agent_s) * 1e6, "step_ms": statistics.median(step_s) * 1e3,
+                "wall_ms": statistics.median(wall_s) * 1e3,
                 "counted_us": statistics.median(by_kind["counted only"] or [0.0]) * 1e6,
                 "timed_share": timed / sum(step_s),
                 "kinds": {k: (len(v), sum(v) / steps * 1e6) for k, v in by_kind.items()},
@@ -273,15 +308,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--clients", default="0,1,4,16")
     parser.add_argument("--ticks", type=int, default=400)
+    parser.add_argument("--cuda", action="store_true", help="train on the GPU and read its real allocator")
     args = parser.parse_args()
+    if args.cuda:
+        global DEVICE
+        DEVICE = "cuda"
     depths = [int(d) for d in args.depths.split(",")]
     torch.set_num_threads(1)  # one core for the loop, as a launch-bound GPU loop's host thread
     clock = StepClock()
     instrument(clock)
     clock.calibrate()
-    print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
+    where = torch.cuda.get_device_name(0) if args.cuda else "CPU, fake allocator"
+    print(f"torch {torch.__version__}, {where}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
           f"timing wrapper {clock.bias * 1e6:.2f} µs a call (taken off)\n")
-    print("| depth | loop step (CPU) | empty hook, median | agent: a step that only counts, median | agent, mean | "
+    print("| depth | loop step (CPU; wall) | empty hook, median | agent: a step that only counts, median "
+          "| agent, mean | "
           + " | ".join(f"{kind} (steps: µs/step)" for kind in KINDS)
           + " | work spaced in time, share of the loop | total at a 2 / 5 / 10 ms step |")
     print("|---:|---:|---:|---:|---:|" + "---:|" * len(KINDS) + "---:|---:|")
@@ -294,7 +335,7 @@ def main() -> int:
         # holds for any step time); what every step pays is the counting step's.
         total = " / ".join(f"{r['counted_us'] / (ms * 10) + r['timed_share'] * 100:.2f}%" for ms in (2, 5, 10))
         kinds = " | ".join(f"{n}: {us:.1f}" for n, us in r["kinds"].values())
-        print(f"| {depth} | {r['step_ms']:.2f} ms | {floor:.1f} µs | {r['counted_us']:.1f} µs | "
+        print(f"| {depth} | {r['step_ms']:.2f} ms; {r['wall_ms']:.2f} ms | {floor:.1f} µs | {r['counted_us']:.1f} µs | "
               f"{r['mean_us']:.1f} µs | {kinds} | {r['timed_share'] * 100:.2f}% | {total} |")
         calls[depth] = ", ".join(f"{name.split('.')[-1]} {n / r['steps']:.3g}"
                                  for name, n in sorted(r["calls"].items()))

@@ -15,6 +15,10 @@ Every ``--every`` seconds (60 by default) the RSS, open fds and threads of each 
 
     python bench/soak.py --minutes 60 --log /tmp/soak.jsonl     # the published run
     python bench/soak.py --minutes 0.34 --every 2                 # about 20 s
+    python bench/soak.py --cuda --minutes 8 --every 30            # on a GPU machine: all real
+
+With ``--cuda`` nothing is faked: the trainer is an MLP on the GPU (its real caching allocator,
+figures moving every step) and the monitor and the recorder read the real NVML.
 
 Prints a markdown table (each process: RSS first/last/max, fds and threads min/max) and exits 1
 if a process died. tests/test_soak.py runs 20 s and asserts flat fds and threads, bounded RSS.
@@ -61,13 +65,34 @@ TRAINER = textwrap.dedent("""
         time.sleep(0.02)  # a step of a few tens of ms; the machine is shared
 """)
 
+TRAINER_CUDA = textwrap.dedent("""
+    import os, sys, time, torch
+    sys.path.insert(0, os.environ["VRAMTOP_ROOT"])
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)]).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    import vramtop.agent as agent
+    agent.start(interval=0.1)
+    step = 0
+    deadline = time.monotonic() + float(os.environ["SOAK_SECONDS"])
+    while time.monotonic() < deadline:
+        x = torch.randn(64 + 32 * (step % 8), 1024, device="cuda")  # batch sizes vary: the cache moves
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % 50 == 0:
+            torch.cuda.synchronize()
+        time.sleep(0.005)
+""")
+
 MONITOR = textwrap.dedent("""
     import asyncio, os, sys, time
     sys.path.insert(0, os.environ["VRAMTOP_ROOT"])
-    from tests.fakes.fake_nvml import FakeProc, MiB, two_gpu_box
-    fake = two_gpu_box()
-    fake.gpus[0].compute = [FakeProc(int(os.environ["SOAK_TRAINER_PID"]), 39800 * MiB)]
-    sys.modules["pynvml"] = fake
+    if not os.environ.get("SOAK_REAL"):
+        from tests.fakes.fake_nvml import FakeProc, MiB, two_gpu_box
+        fake = two_gpu_box()
+        fake.gpus[0].compute = [FakeProc(int(os.environ["SOAK_TRAINER_PID"]), 39800 * MiB)]
+        sys.modules["pynvml"] = fake
     from vramtop.sources.monitor import monitor_source
     from vramtop.sources.poller import open_with_deadline
     from vramtop.ui.app import VramtopApp
@@ -91,17 +116,19 @@ MONITOR = textwrap.dedent("""
 """)
 
 
-def start(work: Path, seconds: float, trainer_pid: int | None, kind: str, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "VRAMTOP_ROOT": str(ROOT), "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(work),
+def start(work: Path, seconds: float, trainer_pid: int | None, kind: str, out: Path,
+          cuda: bool = False) -> subprocess.Popen[bytes]:
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "VRAMTOP_ROOT": str(ROOT), "PYTHONPATH": path, "XDG_RUNTIME_DIR": str(work),
            "SOAK_SECONDS": str(seconds), "SOAK_TRAINER_PID": str(trainer_pid or 0),
-           "FAKE_NVML_PIDS": str(trainer_pid or "")}
+           "FAKE_NVML_PIDS": str(trainer_pid or ""), **({"SOAK_REAL": "1"} if cuda else {})}
     if kind == "agent":
-        cmd = [sys.executable, "-c", TRAINER]
+        cmd = [sys.executable, "-c", TRAINER_CUDA if cuda else TRAINER]
     elif kind == "monitor":
         cmd = [sys.executable, "-c", MONITOR]
     else:
-        cmd = [sys.executable, "-m", "tests.fakes.run_with_fake_nvml", "record", "-o", str(out), "-i", "0.1",
-               "--duration", f"{seconds:g}"]
+        runner = ["vramtop"] if cuda else ["tests.fakes.run_with_fake_nvml"]
+        cmd = [sys.executable, "-m", *runner, "record", "-o", str(out), "-i", "0.1", "--duration", f"{seconds:g}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / f"{kind}.err", "wb"))
 
 
@@ -167,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         "before the first sample (default: --every, at most 60)")
     parser.add_argument("--log", type=Path, help="append each sample here as a JSON line")
     parser.add_argument("--json-out", type=Path, help="the summary as JSON")
+    parser.add_argument("--cuda", action="store_true", help="a real GPU trainer, the real NVML (a GPU machine)")
     args = parser.parse_args(argv)
     seconds = args.minutes * 60
     warmup = min(args.every, 60.0) if args.warmup is None else args.warmup
@@ -175,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     # Each process outlives the last sample (their clocks start before the wait for readiness);
     # they are ended at the end anyway.
     run_for = seconds + warmup + 300
-    agent = start(work, run_for, None, "agent", recording)
+    agent = start(work, run_for, None, "agent", recording, args.cuda)
     procs = {"agent": agent,
-             "monitor": start(work, run_for, agent.pid, "monitor", recording),
-             "recorder": start(work, run_for, agent.pid, "recorder", recording)}
+             "monitor": start(work, run_for, agent.pid, "monitor", recording, args.cuda),
+             "recorder": start(work, run_for, agent.pid, "recorder", recording, args.cuda)}
     names = list(procs)
     log = args.log.open("a") if args.log else None
     points: list[dict[str, Any]] = []
