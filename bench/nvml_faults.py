@@ -16,6 +16,12 @@ no message. Faults:
 
     python bench/nvml_faults.py                  # the published run: deadlines as shipped (5 s, 10 s)
     python bench/nvml_faults.py --deadline 0.3   # a quick one
+    python bench/nvml_faults.py --real           # on a GPU machine: the real driver, faults injected
+
+With ``--real`` nothing in Python is faked: the monitor runs on the real pynvml and driver, and
+the faults are injected beneath pynvml by bench/fault_nvml.py (a library loaded in place of
+libnvidia-ml.so.1 that forwards every call to the driver's, unless told to fail or hang). It
+needs gcc; the script builds the library and starts itself again with it on LD_LIBRARY_PATH.
 
 Prints a markdown table. tests/test_nvml_faults.py runs the same matrix and asserts behaviour
 (message shown, stale marked, keys handled, recovery), never timings.
@@ -27,8 +33,11 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +46,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import fault_nvml  # noqa: E402
 import pynvml  # noqa: E402
 
 from tests.fakes.fake_nvml import FakeNvml, two_gpu_box  # noqa: E402
@@ -175,18 +186,27 @@ async def _press_until(pilot: Any, outcome: Outcome, done: Callable[[], bool], t
     return None
 
 
-async def run_matrix(matrix: list[Fault], *, interval: float, deadline: float, timeout: float) -> list[Outcome]:
+async def run_matrix(matrix: list[Fault], *, interval: float, deadline: float, timeout: float,
+                     real: fault_nvml.ShimControl | None = None) -> list[Outcome]:
+    """``real``: the control of the shim the real NVML is loaded through (the real driver);
+    FakeNvml's two-GPU box when None."""
     from vramtop.ui.app import VramtopApp
 
-    fake = two_gpu_box()
-    source = NvmlSource(nvml=fake, host=HostInfo(holds_gpu=lambda pid: True))
+    fake: Any
+    fresh = FRESH
+    if real is None:
+        fake = two_gpu_box()
+        source = NvmlSource(nvml=fake, host=HostInfo(holds_gpu=lambda pid: True))
+    else:
+        fake, source = real, NvmlSource(gpus=["0"])
+        fresh = f"/{real_total_mib()} MiB"  # GPU 0's memory line: used/total
     app = VramtopApp(source, interval=interval, deadline=deadline)
     outcomes = []
     async with app.run_test(size=SIZE) as pilot:
         for fault in matrix:
             outcome = Outcome(fault.name)
             outcomes.append(outcome)
-            if await _press_until(pilot, outcome, lambda: FRESH in screen_text(app), timeout) is None:
+            if await _press_until(pilot, outcome, lambda: fresh in screen_text(app), timeout) is None:
                 outcome.error = "never fresh before the fault"
                 _heal(fake)
                 continue
@@ -203,28 +223,40 @@ async def run_matrix(matrix: list[Fault], *, interval: float, deadline: float, t
                 outcome.stale_marked.append(STALE in text)
             fault.heal(fake)
             outcome.recovered_s = await _press_until(
-                pilot, outcome, lambda: FRESH in (t := screen_text(app)) and STALE not in t and " ! " not in t,
+                pilot, outcome, lambda: fresh in (t := screen_text(app)) and STALE not in t and " ! " not in t,
                 timeout + deadline)
     await asyncio.sleep(0)
     return outcomes
 
 
-def startup_hangs(deadline: float) -> list[dict[str, Any]]:
+def real_total_mib() -> int:
+    """GPU 0's total memory as nvidia-smi prints it (MiB)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}  # nvidia-smi: not through the shim
+    out = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    return int(out.strip())
+
+
+def startup_hangs(deadline: float, real: fault_nvml.ShimControl | None = None) -> list[dict[str, Any]]:
     """A hang in nvmlInit or the device count before the UI exists: the command's open deadline."""
     from vramtop.errors import VramtopError
     from vramtop.sources.poller import open_with_deadline
 
     rows = []
     for name in ("nvmlInit", "nvmlDeviceGetCount"):
-        fake = two_gpu_box()
+        fake: Any = two_gpu_box() if real is None else real
+        fake.release.clear()
         fake.hang_in.add(name)
         started = time.monotonic()
         try:
-            open_with_deadline(NvmlSource(nvml=fake, host=HostInfo(holds_gpu=lambda pid: True)), deadline)
+            source = (NvmlSource(nvml=fake, host=HostInfo(holds_gpu=lambda pid: True)) if real is None
+                      else NvmlSource(gpus=["0"]))
+            open_with_deadline(source, deadline)
             rows.append({"name": f"hang in {name} at start", "message": None, "exit_code": None, "seconds": None})
         except VramtopError as err:
             rows.append({"name": f"hang in {name} at start", "message": err.message, "exit_code": err.exit_code,
                          "seconds": round(time.monotonic() - started, 3)})
+        fake.hang_in.clear()
         fake.release.set()
     return rows
 
@@ -237,10 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=5.0, help="the read deadline (s); the app's default is 5")
     parser.add_argument("--open-deadline", type=float, default=OPEN_DEADLINE_S)
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--real", action="store_true",
+                        help="the real driver with faults injected beneath pynvml (needs gcc and a GPU)")
     args = parser.parse_args(argv)
+    real = None
+    if args.real:
+        if fault_nvml.CONTROL_ENV not in os.environ:
+            return _again_through_the_shim(sys.argv[1:] if argv is None else argv)
+        real = fault_nvml.ShimControl(Path(os.environ[fault_nvml.CONTROL_ENV]))
     timeout = args.deadline + 5.0
-    outcomes = asyncio.run(run_matrix(faults(), interval=args.interval, deadline=args.deadline, timeout=timeout))
-    starts = startup_hangs(args.open_deadline)
+    outcomes = asyncio.run(run_matrix(faults(), interval=args.interval, deadline=args.deadline, timeout=timeout,
+                                      real=real))
+    starts = startup_hangs(args.open_deadline, real)
     print("| fault | message on screen | stale marked | shown after | keys: p50 / max | recovered after |")
     print("|---|---|---|---:|---:|---:|")
     for o in outcomes:
@@ -260,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
                                             indent=1))
     bad = [o for o in outcomes if o.error or o.recovered_s is None or not o.keys_handled]
     return 1 if bad or any(r["message"] is None for r in starts) else 0
+
+
+def _again_through_the_shim(argv: list[str]) -> int:
+    """Build the shim, then run this script again with the loader finding it first."""
+    work = Path(tempfile.mkdtemp(prefix="vramtop-fault-nvml-"))
+    library = fault_nvml.build(work / "lib")
+    env = fault_nvml.environment(library.parent, work / "faults")
+    return subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], env=env, check=False).returncode
 
 
 if __name__ == "__main__":
