@@ -131,7 +131,7 @@ def faults() -> list[Fault]:
     out = [Fault(f"{code_name(c)} ({c}) in every read", [Step(_fail_reads(c), _shown(c), False)], _heal)
            for c in CODES]
     out.append(Fault("a read hangs (memory info)", [Step(_hang("nvmlDeviceGetMemoryInfo"), HUNG, True)], _heal))
-    gone = Step(FakeNvml.vanish, "driver not found", True)
+    gone = Step(lambda fake: fake.vanish(), "driver not found", True)
     out.append(Fault("the library vanishes mid-run", [gone], _heal))
     out.append(Fault("… and comes back hung in nvmlInit", [gone, Step(_back_hung_in("nvmlInit"), HUNG, True)], _heal))
     out.append(Fault("… and comes back hung in nvmlDeviceGetCount",
@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         if fault_nvml.CONTROL_ENV not in os.environ:
             return _again_through_the_shim(sys.argv[1:] if argv is None else argv)
         real = fault_nvml.ShimControl(Path(os.environ[fault_nvml.CONTROL_ENV]))
+        # The driver's own words for a code exist once the library is loaded: the messages
+        # expected on screen (faults() below) are worded as the monitor will word them.
+        pynvml.nvmlInit()
     timeout = args.deadline + 5.0
     outcomes = asyncio.run(run_matrix(faults(), interval=args.interval, deadline=args.deadline, timeout=timeout,
                                       real=real))
