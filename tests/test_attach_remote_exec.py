@@ -215,6 +215,34 @@ def test_a_script_not_run_yet_is_kept_and_said_so_and_runs_later(runtime, procs)
 
 
 @needs_314
+def test_an_audit_hook_that_refuses_the_script_leaves_the_program_alone(runtime, procs):
+    """CPython raises the audit event cpython.remote_debugger_script before it runs the script: a
+    hook that refuses it keeps the agent out. The attach says the script waits (it cannot tell),
+    the program goes on, and the script is removed once the process is gone."""
+    program = textwrap.dedent("""
+        import sys, time
+        def hook(event, args):
+            if event == "cpython.remote_debugger_script":
+                raise RuntimeError("no remote scripts here")
+        sys.addaudithook(hook)
+        print("ready", flush=True)
+        for _ in range(200): time.sleep(0.01)
+        print("result", "done", flush=True)
+    """)
+    proc = start([PY314, "-c", program])
+    procs.append(proc)
+    with pytest.raises(AgentNotYet, match="an audit hook of the program may also have refused"):
+        attach_agent(proc.pid, runtime, wait=1)
+    assert len(scripts(runtime)) == 1
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "result done" in out and "no remote scripts here" in err
+    from vramtop.inject._remote_exec import clean_stale_scripts
+
+    clean_stale_scripts(runtime)
+    assert scripts(runtime) == []
+
+
+@needs_314
 def test_stale_scripts_of_dead_processes_are_cleaned_by_a_later_attach(runtime, procs):
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -336,3 +364,16 @@ def test_what_the_helper_says_becomes_one_line_with_the_fix(stderr, kind, words)
     python = TargetPython("/usr/bin/python3.14", 0, 0, (3, 14), "3.14.0")
     failure = _failure(os.getpid(), python, "Traceback...\n" + stderr if stderr else "")
     assert type(failure) is kind and words in str(failure) and "\n" not in str(failure)
+
+
+@needs_314
+def test_bench_attach_remote_exec_runs(runtime):
+    import json
+
+    result = subprocess.run([sys.executable, "bench/attach_remote_exec.py", "--python", str(PY314), "--rounds", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime.parent)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["target_python"].startswith("3.14.") and report["remote_exec"]["helper"]["median_ms"] > 0
+    assert report["ptrace"]["attach_to_serving"]["median_ms"] > 0

@@ -95,7 +95,8 @@ def attach_agent(pid: int, directory: Path, *, interval: float | None = None, wa
         wait_for_agent(pid, directory, wait)
     except AgentNotYet as err:
         if queued.script.exists():  # not run yet: the target runs it at its next safe point
-            raise AgentNotYet(f"{err} (the script sys.remote_exec queued stays until then: {queued.script})") from None
+            raise AgentNotYet(f"{err} (the script sys.remote_exec queued stays until then: {queued.script}; "
+                              "an audit hook of the program may also have refused to run it)") from None
         raise
     except TargetExited:
         queued.script.unlink(missing_ok=True)
