@@ -331,6 +331,27 @@ def test_another_users_314_process_is_refused(procs):
     assert "belongs to root, not to you" in result.stdout
 
 
+@needs_314
+def test_a_program_embedding_python_314_takes_the_ptrace_route_which_works_there(runtime, procs, tmp_path):
+    """An executable not named like an interpreter is never run as the helper: the 3.14 interpreter
+    copied under another name (its standard library found through PYTHONHOME) stands for one."""
+    assert PY314 is not None
+    home = subprocess.run([PY314, "-c", "import sys; print(sys.base_prefix)"], capture_output=True, text=True,
+                          env=clean_env()).stdout.strip()
+    trainer = tmp_path / "trainer"
+    shutil.copy2(os.path.realpath(PY314), trainer)
+    proc = subprocess.Popen([str(trainer), "-c", LOOP, "1500"], env={**clean_env(), "PYTHONHOME": home},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    procs.append(proc)
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith("ready"):
+        pytest.skip("this 3.14 interpreter does not run under another name")
+    attached = attach_agent(proc.pid, runtime, interval=0.05)
+    assert attached.route == "ptrace" and attached.version >= (3, 14)
+    report = finish(proc)
+    assert report["result"] == expected(1500) and report["agent"] == "True"
+
+
 @pytest.mark.skipif(not LINUX_X86, reason="the injector is for Linux on x86_64")
 def test_an_older_python_keeps_the_ptrace_route(runtime, procs):
     proc = start([sys.executable, "-c", SLEEPER])

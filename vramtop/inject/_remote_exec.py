@@ -29,7 +29,7 @@ SCRIPT_SUFFIX = ".remote_exec.py"
 HELPER_TIMEOUT_S = 10.0
 # Names of interpreters (python, python3, python3.14, python3.14t, python3.14d...): only those are
 # run as the helper; an embedding program (its own executable) goes the ptrace route.
-_INTERPRETER = re.compile(r"python(3(\.\d+)?)?[a-z]*")
+_INTERPRETER = re.compile(r"python(3(\.\d+)?)?(t|d|td)?")
 # The option CPython 3.14 honours is spelled with hyphens (``-X disable_remote_debug`` is accepted
 # and ignored by it).
 _DISABLE_OPTION = "disable-remote-debug"
