@@ -148,6 +148,7 @@ def test_a_314_process_without_torch_runs_the_agent_which_waits_and_is_never_sta
     ([], {"PYTHON_DISABLE_REMOTE_DEBUG": "1"}, "PYTHON_DISABLE_REMOTE_DEBUG in its environment"),
     ([], {"PYTHON_DISABLE_REMOTE_DEBUG": ""}, "PYTHON_DISABLE_REMOTE_DEBUG in its environment"),
     (["-X", "disable-remote-debug"], {}, "-X disable-remote-debug"),
+    (["-Xdisable_remote_debug=1"], {}, "-X disable_remote_debug=1"),
 ])
 def test_remote_debugging_disabled_in_the_target_is_refused_with_the_fix(runtime, procs, argv, env, words):
     proc = subprocess.Popen([PY314, *argv, "-c", SLEEPER], env={**clean_env(), **env}, stdout=subprocess.PIPE,

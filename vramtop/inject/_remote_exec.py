@@ -30,9 +30,10 @@ HELPER_TIMEOUT_S = 10.0
 # Names of interpreters (python, python3, python3.14, python3.14t, python3.14d...): only those are
 # run as the helper; an embedding program (its own executable) goes the ptrace route.
 _INTERPRETER = re.compile(r"python(3(\.\d+)?)?(t|d|td)?")
-# The option CPython 3.14 honours is spelled with hyphens (``-X disable_remote_debug`` is accepted
-# and ignored by it).
+# CPython 3.14 honours the option spelled with hyphens and accepts, but ignores, the one with
+# underscores; both say the same wish, so both are refused.
 _DISABLE_OPTION = "disable-remote-debug"
+_DISABLE_OPTIONS = (_DISABLE_OPTION, "disable_remote_debug")
 _DISABLE_VARIABLE = "PYTHON_DISABLE_REMOTE_DEBUG"
 
 # Run by the target's interpreter with -I -S: argv is PID, script. The first word of the last
@@ -81,23 +82,25 @@ def takes_remote_exec(pid: int, python: TargetPython) -> bool:
 
 
 def check_remote_debug_allowed(pid: int, name: str) -> None:
-    """The target's own switch, as its interpreter reads it at start: ``-X disable-remote-debug``,
-    or PYTHON_DISABLE_REMOTE_DEBUG set (even empty) unless -E or -I made it ignore the environment."""
+    """The target's own switch, as its interpreter reads it at start: ``-X disable-remote-debug``
+    (or its underscore spelling), or PYTHON_DISABLE_REMOTE_DEBUG set (even empty) unless -E or -I
+    made it ignore the environment."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
         raise TargetExited(pid) from None
     flags, xoptions = interpreter_options([a.decode(errors="replace") for a in argv if a])
-    if any(x.split("=", 1)[0] == _DISABLE_OPTION for x in xoptions):
-        raise _disabled(pid, name, f"-X {_DISABLE_OPTION}")
+    for option in xoptions:
+        if option.split("=", 1)[0] in _DISABLE_OPTIONS:
+            raise _disabled(pid, name, f"-X {option}")
     if "E" not in flags and "I" not in flags and any(e.startswith(_DISABLE_VARIABLE.encode() + b"=") for e in environ):
         raise _disabled(pid, name, f"{_DISABLE_VARIABLE} in its environment")
 
 
 def _disabled(pid: int, name: str, why: str) -> AttachRefused:
     return AttachRefused(f"PID {pid} ({name}) was started with remote debugging disabled ({why}), which "
-                         "sys.remote_exec honours: restart it without that, or with `vramtop run`")
+                         "vramtop honours: restart it without that, or with `vramtop run`")
 
 
 def interpreter_options(argv: list[str]) -> tuple[set[str], list[str]]:
