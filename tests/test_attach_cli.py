@@ -107,6 +107,7 @@ def test_record_inject_records_the_bill_of_a_running_process(runtime, procs, tmp
                             cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert f"agent started in PID {proc.pid}" in result.stderr
+    assert f"starting the agent in PID {proc.pid} (Python {platform.python_version()}, through ptrace)" in result.stderr
     from vramtop.recording.reader import read_recording
 
     samples = [s for s in read_recording(out).samples if s.agents]

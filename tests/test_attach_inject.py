@@ -49,7 +49,7 @@ def test_attach_starts_the_agent_in_a_training_loop_that_goes_on_to_the_same_res
     proc = start([sys.executable, "-c", TRAIN, "400", "0.02"])
     procs.append(proc)
     attached = attach_agent(proc.pid, runtime, interval=0.05)
-    assert attached.version == sys.version_info[:2] and attached.note is None
+    assert attached.version == sys.version_info[:2] and attached.note is None and attached.route == "ptrace"
 
     source = AgentSource(runtime)
     try:

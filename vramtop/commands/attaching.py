@@ -25,7 +25,7 @@ def start_agent_in(pid: int, ask: bool, instead: str, interval: float | None = N
         target = inspect_target(pid, directory)
         if ask and not _confirm(f"start the vramtop agent inside PID {pid} ({_short(target.command)})? [y/N] "):
             raise Declined
-        print(f"vramtop: starting the agent in PID {pid}…", file=sys.stderr)
+        print(f"vramtop: starting the agent in PID {pid} ({target.how})…", file=sys.stderr)
         attach_agent(pid, directory, interval=interval, wait=AGENT_WAIT_S)
     except AgentNotYet as err:
         return f"{err}; its bill appears here then"

@@ -35,6 +35,7 @@ class TargetPython:
     add_pending_call: int  # addresses in the target
     run_simple_string: int
     version: tuple[int, int]  # (3, 11)
+    release: str  # "3.11.7"; "3.10" where the file does not say
 
 
 def read_maps(pid: int) -> list[Mapping]:
@@ -81,21 +82,23 @@ def _symbols(pid: int, mapping: Mapping) -> TargetPython | None:
         # Through the target's root: the same file even when it runs in another mount namespace.
         with open(f"/proc/{pid}/root{path}", "rb") as file:
             elf = read_symbols(file, (*NEEDED, *MARKERS))
-            version = _version(file, elf)
+            release = _release(file, elf)
     except (OSError, NotElf):
         return None
     if not all(n in elf.symbols for n in NEEDED):
         return None
+    version = release[:2]
     if version < (3, 10):
         raise AttachRefused(f"PID {pid} runs Python older than 3.10, which vramtop's agent does not support: "
                             "restart it with `vramtop run` on Python 3.10 or newer")
     base = mapping.start - elf.load_bias
     return TargetPython(path, base + elf.symbols["Py_AddPendingCall"], base + elf.symbols["PyRun_SimpleString"],
-                        version)
+                        (version[0], version[1]), ".".join(map(str, release)))
 
 
-def _version(file: BinaryIO, elf: ElfSymbols) -> tuple[int, int]:
-    """(major, minor) of the Python in ``file``: read from Py_Version where it exists (3.11+)."""
+def _release(file: BinaryIO, elf: ElfSymbols) -> tuple[int, ...]:
+    """(major, minor, micro) of the Python in ``file``, read from Py_Version where it exists
+    (3.11+); (major, minor) where only the symbols tell."""
     value = elf.symbols.get("Py_Version")
     if value is not None:
         offset = elf.file_offset(value)
@@ -103,7 +106,7 @@ def _version(file: BinaryIO, elf: ElfSymbols) -> tuple[int, int]:
             return 3, 11
         file.seek(offset)
         (hexversion,) = struct.unpack("<I", file.read(4))
-        return (hexversion >> 24) & 0xFF, (hexversion >> 16) & 0xFF
+        return (hexversion >> 24) & 0xFF, (hexversion >> 16) & 0xFF, (hexversion >> 8) & 0xFF
     return (3, 10) if "Py_IsNone" in elf.symbols else (3, 9)
 
 
