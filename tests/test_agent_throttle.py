@@ -289,7 +289,7 @@ def test_a_client_that_reads_nothing_is_stalled_sent_nothing_then_served_again_o
             assert time.monotonic() < deadline
             time.sleep(0.01)
         sample = {"type": "sample", "pad": "x" * 1000}
-        while server.wants_samples():  # 64 KiB unread and none of it read for a second
+        while server.wants_samples():  # 16 KiB unread and none of it read between two looks
             assert time.monotonic() < deadline
             server.publish(sample)
             time.sleep(0.01)

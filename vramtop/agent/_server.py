@@ -10,8 +10,8 @@ process (requests are read-only). The thread's own share of the process is bound
 Every moment this thread runs Python is a moment the training thread waits for the GIL, so what
 a client does not need is not done: a client past its request budget is not read (its requests
 wait, undecoded, in its socket), and a client that does not read what it is sent (its socket
-holds 64 KiB it has not read, and it read none of them in a second) is neither written to nor
-read until it does, and no sample is built for it alone.
+holds 16 KiB it has not read, and it read none of them in half a second) is neither written to
+nor read until it does, and no sample is built for it alone.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ QUEUE_FRAMES = 32  # per client: 8 s of samples at the default rate; a slower re
 HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
 HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes: a bigger first frame is refused unread
 # Unread bytes (as the kernel counts them, with its overhead: a sample of 1 KB counts ~2 KB) past
-# which a client that read none of them for a second is stalled: sent nothing, built nothing for.
-STALL_UNREAD = 64 * 1024
+# which a client that read none of them between two looks is stalled: sent nothing, built nothing for.
+STALL_UNREAD = 16 * 1024
+LOOK_EVERY = 0.5  # seconds between looks at every client (its hello deadline, whether it reads)
 _RECV = 65536
 
 
@@ -201,7 +202,9 @@ class AgentServer:
         with self._lock:
             clients = [c for c in self._clients.values() if c.greeted]
         for client in clients:
-            if not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            # A stalled client would spend the deadline of every monitor after it waiting for
+            # room in its socket: the frame waits in its queue, first, for when it reads.
+            if client.stalled or not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 with self._lock:
                     client.queue.appendleft(frame)
                     self._pending.add(client)
@@ -283,7 +286,7 @@ class AgentServer:
                     self._drop(client)
         self._unmute_due()
         self._flush_pending()
-        self._look_once_a_second()
+        self._look_at_clients()
         self._budget.pause()
 
     def _pace_accepts(self) -> float:
@@ -347,14 +350,14 @@ class AgentServer:
         self._drop(victim)
         return True
 
-    def _look_once_a_second(self) -> None:
+    def _look_at_clients(self) -> None:
         """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
         monitor out), and one that stopped reading is marked stalled (see _is_stalled). Looked
-        at once a second, not on every turn."""
+        at every LOOK_EVERY seconds, not on every turn."""
         now = time.monotonic()
         if now < self._next_look:
             return
-        self._next_look = now + 1.0
+        self._next_look = now + LOOK_EVERY
         with self._lock:
             clients = list(self._clients.values())
         for client in clients:
@@ -370,8 +373,8 @@ class AgentServer:
     @staticmethod
     def _is_stalled(client: _Client) -> bool:
         """At least STALL_UNREAD bytes it was sent lie unread in its socket, and none of them
-        was read since the last look, a second ago; it stays stalled until it reads. A monitor
-        reads on a thread of its own, its socket empty within milliseconds of each frame."""
+        was read since the last look; it stays stalled until it reads. A monitor reads on a
+        thread of its own, its socket empty within milliseconds of each frame."""
         unread = _unread_bytes(client.sock)
         untouched = unread > 0 and unread >= client.unread > 0
         stalled = untouched if client.stalled else untouched and unread >= STALL_UNREAD
