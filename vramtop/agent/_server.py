@@ -102,7 +102,7 @@ class AgentServer:
         self._accepts = _throttle.TokenBucket(_throttle.ACCEPTS_PER_S, _throttle.ACCEPT_BURST)
         self._requests = _throttle.TokenBucket(_throttle.REQUESTS_PER_S, _throttle.REQUEST_BURST)
         self._muted: list[tuple[float, int, _Client]] = []  # a heap: when each muted client is read again
-        self._mutes = 0  # how often a client was muted (a tie-breaker in the heap; tests read it)
+        self._mutes = 0  # how often a client was muted (the tie-breaker of equal times in the heap)
         self.decoded = 0  # requests decoded and answered, from every client (tests read it)
         self._listening = False  # the listener is in the selector only while a new client may come
         # Clients with frames to send. They are written to on the server's next turn, and watched
