@@ -3,7 +3,6 @@ only the CUDA allocator is a fake (FakeCudaTorch)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -843,19 +842,38 @@ def test_a_request_flood_is_bounded_and_the_hello_still_comes_first(agent, agent
     assert messages[0]["type"] == "hello"  # the queue cap never took the hello
     greedy.close()
     wait_for(lambda: agent._server.client_count == 0)
-    # A flood: dropped, so that reading it costs the training process nothing more.
-    flood = client(5000)
-    flood.settimeout(5)
-    with contextlib.suppress(ConnectionResetError):
-        while flood.recv(1 << 20):
-            pass
-    flood.close()
-    assert agent._server.client_count == 0
+    # A flood: once dropped, so the flooder reconnected and its next 64 KiB were decoded whole.
+    # Now no more of it is decoded than its budget: the rest waits in its socket, and the
+    # flooder waits in send once that is full.
+    server = agent._server
+    decoded_before = server.decoded
+    started = time.monotonic()
+    flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    flood.connect(str(socket_path(os.getpid(), agent_dir)))
+    flood.setblocking(False)
+    payload = encode_frame(hello("monitor")) + request * 100_000  # 4 MB, never read
+    sent = 0
+    blocked_at = None
+    while sent < len(payload) and time.monotonic() - started < 10:
+        try:
+            sent += flood.send(payload[sent : sent + 65536])
+        except BlockingIOError:
+            blocked_at = blocked_at or sent
+            if time.monotonic() - started > 1.5:
+                break
+            time.sleep(0.01)
+    assert blocked_at is not None and sent < len(payload)  # it waits: the agent stopped reading it
+    elapsed = time.monotonic() - started
+    decoded = server.decoded - decoded_before
+    assert 0 < decoded <= 20 * (int(elapsed) + 2)  # 20 a second at most, from 100,000 sent
+    assert server.client_count == 1  # held, muted, not dropped: a reconnection would cost more
     source = AgentSource(agent_dir)
     try:
-        assert wait_for(lambda: source.poll(), timeout=5)  # a real monitor is served
+        assert wait_for(lambda: source.poll(), timeout=5)  # a real monitor is served meanwhile
     finally:
         source.close()
+    flood.close()
+    wait_for(lambda: server.client_count == 0, timeout=10)  # and the flooder goes once it hangs up
 
 
 def test_idle_connections_never_lock_a_monitor_out(agent, agent_dir, fake_torch, monkeypatch):

@@ -4,6 +4,7 @@ at its first bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -193,4 +194,126 @@ def test_frames_the_budget_left_over_are_written_in_the_next_window_not_a_second
     finally:
         for s in monitors:
             s.close()
+        server.stop()
+
+
+def counting_server(directory: Path) -> tuple[AgentServer, list[dict[str, object]]]:
+    """A server that answers every request with a small frame, and keeps what it was asked."""
+    asked: list[dict[str, object]] = []
+
+    def respond(request: dict[str, object]) -> dict[str, object]:
+        asked.append(request)
+        return {"type": "answer", "n": len(asked)}
+
+    beacon = {"pid": os.getpid(), "started": time.time(), "protocol": [AGENT_PROTOCOL_MIN, AGENT_PROTOCOL_MAX]}
+    server = AgentServer(directory, beacon, respond)
+    server.start()
+    return server, asked
+
+
+def flood_until_blocked(s: socket.socket, requests: int, give_up: float) -> int:
+    """Say hello and send ``requests`` requests without reading; bytes sent once send blocks."""
+    s.setblocking(False)
+    payload = encode_frame(hello("monitor")) + encode_frame({"type": "request", "what": "sample"}) * requests
+    sent = 0
+    deadline = time.monotonic() + give_up
+    while sent < len(payload) and time.monotonic() < deadline:
+        try:
+            sent += s.send(payload[sent : sent + 65536])
+        except BlockingIOError:
+            return sent
+    raise AssertionError(f"the server read all {sent} bytes it was sent")
+
+
+def test_a_flood_is_decoded_no_faster_than_its_budget_and_the_rest_waits_in_its_socket(tmp_path):
+    # Before: every request of each 64 KiB read was decoded (~1,600 at once, holding the GIL),
+    # then the client was dropped, reconnected and did it again.
+    server, asked = counting_server(tmp_path / "vramtop")
+    flood = connect(server)
+    try:
+        started = time.monotonic()
+        sent = flood_until_blocked(flood, 200_000, give_up=10)  # 8 MB: the socket fills long before
+        assert sent < 200_000 * 40
+        time.sleep(1.5)  # two windows of the flooder's budget, at least
+        # A monitor that connects meanwhile has its request answered in its first second.
+        monitor = connect(server)
+        monitor.sendall(encode_frame(hello("monitor")) + encode_frame({"type": "request", "what": "sample"}))
+        monitor.settimeout(1.0)
+        decoder = FrameDecoder()
+        messages: list[dict[str, object]] = []
+        while len(messages) < 2:
+            messages += decoder.feed(monitor.recv(65536))
+        assert [m["type"] for m in messages[:2]] == ["hello", "answer"]
+        monitor.close()
+        elapsed = time.monotonic() - started
+        flooded = len(asked) - 1
+        assert 0 < flooded <= _throttle.CLIENT_REQUESTS_PER_S * (int(elapsed) + 2)  # of ~200,000 sent
+        assert server.client_count >= 1  # the flooder is held, muted: not dropped to reconnect
+    finally:
+        flood.close()
+        server.stop()
+
+
+def test_requests_of_all_clients_together_are_paced_yet_each_clients_first_is_read_at_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(_throttle, "REQUESTS_PER_S", 10.0)
+    monkeypatch.setattr(_throttle, "REQUEST_BURST", 2)
+    server, asked = counting_server(tmp_path / "vramtop")
+    clients = [connect(server) for _ in range(4)]
+    try:
+        started = time.monotonic()
+        request = encode_frame({"type": "request", "what": "sample", "client": 0})
+        for n, s in enumerate(clients):
+            s.sendall(encode_frame(hello("monitor")) + request.replace(b'"client":0', f'"client":{n}'.encode()) * 10)
+        deadline = time.monotonic() + 5
+        while {r["client"] for r in asked} != {0, 1, 2, 3}:
+            assert time.monotonic() < deadline  # each client's first request is read at once
+            time.sleep(0.01)
+        time.sleep(1.0)
+        elapsed = time.monotonic() - started
+        # The shared budget: its burst and 10 a second, and a first request per client per second.
+        assert len(asked) <= 2 + 10 * elapsed + 4 * (int(elapsed) + 1)
+        assert len(asked) < 40  # not everything they sent
+    finally:
+        for s in clients:
+            s.close()
+        server.stop()
+
+
+def test_a_client_that_reads_nothing_is_stalled_sent_nothing_then_served_again_once_it_reads(tmp_path):
+    server, _ = counting_server(tmp_path / "vramtop")
+    silent = connect(server)
+    try:
+        silent.sendall(encode_frame(hello("monitor")))
+        deadline = time.monotonic() + 10
+        while server.client_count < 1 or not server.wants_samples():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sample = {"type": "sample", "pad": "x" * 1000}
+        while server.wants_samples():  # 16 KiB unread and none of it read between two looks
+            assert time.monotonic() < deadline
+            server.publish(sample)
+            time.sleep(0.01)
+        (client,) = server._clients.values()
+        assert client.stalled
+        queued, dropped = len(client.queue), server.dropped
+        for _ in range(10):
+            server.publish(sample)
+        assert len(client.queue) == queued and server.dropped == dropped + 10  # nothing queued for it
+        # It reads what it was sent: within a couple of looks it is sent samples again.
+        silent.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):
+            while silent.recv(1 << 20):
+                pass
+        deadline = time.monotonic() + 5
+        while not server.wants_samples():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.publish({"type": "sample", "fresh": True})
+        silent.settimeout(2)
+        decoder = FrameDecoder()
+        messages: list[dict[str, object]] = []
+        while not any(m.get("fresh") for m in messages):
+            messages += decoder.feed(silent.recv(1 << 20))
+    finally:
+        silent.close()
         server.stop()

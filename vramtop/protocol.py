@@ -123,40 +123,57 @@ def encode_frame(message: dict[str, Any]) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes as they arrive, get complete messages back."""
+    """Incremental decoder: feed bytes as they arrive, get complete messages back.
+
+    ``push`` and ``pop`` do the same one message at a time, for a reader that must stop
+    decoding partway (the agent decodes no more of a client's requests than it will answer)."""
 
     def __init__(self, max_bytes: int = FRAME_MAX_BYTES) -> None:
         self._buffer = bytearray()
         self.max_bytes = max_bytes  # a peer may raise it once it is known (the agent, after hello)
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
+        self.push(data)
         messages = []
-        while len(self._buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self._buffer)
-            if length > self.max_bytes:
-                raise ProtocolError(f"frame of {length} bytes announced; the limit is {self.max_bytes}")
-            if length == 0 or (len(self._buffer) > _HEADER.size and self._buffer[_HEADER.size] != ord("{")):
-                # Every frame is a JSON object, and encode_frame writes none with leading space:
-                # garbage (or a nesting bomb) is refused at its first byte, before any decoding.
-                raise ProtocolError("frame is not a JSON object with a 'type'")
-            if len(self._buffer) < _HEADER.size + length:
-                break
-            payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
-            del self._buffer[: _HEADER.size + length]
-            try:
-                message = json.loads(payload.decode())
-            except RecursionError:
-                # Nesting is bounded by the interpreter's recursion limit: a frame nested deeper
-                # is refused like any other bad frame (RecursionError is not a ValueError, and
-                # once ended the thread that read it).
-                raise ProtocolError("frame nests too deep") from None
-            except (UnicodeDecodeError, ValueError):
-                raise ProtocolError("frame is not UTF-8 JSON") from None
-            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-                raise ProtocolError("frame is not a JSON object with a 'type'")
+        while (message := self.pop()) is not None:
             messages.append(message)
         return messages
+
+    def push(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet decoded."""
+        return len(self._buffer)
+
+    def pop(self) -> dict[str, Any] | None:
+        """The next complete message, or None until more bytes come."""
+        if len(self._buffer) < _HEADER.size:
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self.max_bytes:
+            raise ProtocolError(f"frame of {length} bytes announced; the limit is {self.max_bytes}")
+        if length == 0 or (len(self._buffer) > _HEADER.size and self._buffer[_HEADER.size] != ord("{")):
+            # Every frame is a JSON object, and encode_frame writes none with leading space:
+            # garbage (or a nesting bomb) is refused at its first byte, before any decoding.
+            raise ProtocolError("frame is not a JSON object with a 'type'")
+        if len(self._buffer) < _HEADER.size + length:
+            return None
+        payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
+        del self._buffer[: _HEADER.size + length]
+        try:
+            message = json.loads(payload.decode())
+        except RecursionError:
+            # Nesting is bounded by the interpreter's recursion limit: a frame nested deeper
+            # is refused like any other bad frame (RecursionError is not a ValueError, and
+            # once ended the thread that read it).
+            raise ProtocolError("frame nests too deep") from None
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("frame is not UTF-8 JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProtocolError("frame is not a JSON object with a 'type'")
+        return message
 
 
 def hello(role: str, **extra: Any) -> dict[str, Any]:

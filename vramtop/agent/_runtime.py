@@ -415,7 +415,7 @@ class Agent:
         )
         self._answers.latest = sample
         server = self._server
-        if server is not None and server.client_count:  # nobody connected: nothing to build
+        if server is not None and server.wants_samples():  # nobody reads: nothing to build
             server.publish(self._answers.message(sample))
         return sample
 

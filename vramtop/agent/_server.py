@@ -5,17 +5,27 @@ Each client has a bounded queue of encoded frames. ``publish`` only appends to t
 thread, which does all socket I/O with non-blocking calls. A client that hangs, disconnects
 or sends garbage costs at most its own queue and is dropped; nothing it sends can change the
 process (requests are read-only). The thread's own share of the process is bounded too
-(_throttle.py): work per window of wall time, new connections per second.
+(_throttle.py): work per window of wall time, new connections per second, requests per second.
+
+Every moment this thread runs Python is a moment the training thread waits for the GIL, so what
+a client does not need is not done: a client past its request budget is not read (its requests
+wait, undecoded, in its socket), and a client that does not read what it is sent (its socket
+holds 16 KiB it has not read, and it read none of them in half a second) is neither written to
+nor read until it does, and no sample is built for it alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import heapq
 import json
 import os
 import select
 import selectors
 import socket
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -38,10 +48,12 @@ from vramtop.protocol import (
 
 MAX_CLIENTS = 128  # monitors, recorders, exporters of one job: room for many, evicting the stalled
 QUEUE_FRAMES = 32  # per client: 8 s of samples at the default rate; a slower reader loses old ones
-MAX_REQUESTS_PER_S = 20  # per client; a monitor asks once when it connects
-ABUSE_REQUESTS_PER_S = 200  # past this a client is not a monitor: it is dropped
 HELLO_DEADLINE = 5.0  # seconds a new client has to say hello
 HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes: a bigger first frame is refused unread
+# Unread bytes (as the kernel counts them, with its overhead: a sample of 1 KB counts ~2 KB) past
+# which a client that read none of them between two looks is stalled: sent nothing, built nothing for.
+STALL_UNREAD = 16 * 1024
+LOOK_EVERY = 0.5  # seconds between looks at every client (its hello deadline, whether it reads)
 _RECV = 65536
 
 
@@ -55,6 +67,9 @@ class _Client:
         self.dropped = 0
         self.requests = 0  # in the current one-second window
         self.window_start = 0.0
+        self.muted_until = 0.0  # not read before this monotonic time (0: read as data comes)
+        self.stalled = False  # it reads nothing of what it is sent: no frame is made for it
+        self.unread = 0  # bytes it had not read at the last look (-1: the system cannot say)
         self.since = time.monotonic()  # when it connected
         self.events = selectors.EVENT_READ  # what the selector watches for it (no lookup per turn)
         # Held while writing to the socket: the server thread and send_now (an OOM, from the
@@ -80,17 +95,21 @@ class AgentServer:
         self.dropped = 0
         self.rejected = 0
         self.error: str | None = None  # the server's last internal error (it keeps serving)
-        self._last_answer: dict[str, Any] | None = None
-        self._last_frame = b""
+        # The last message encoded and its frame, as one tuple (two threads read and write it).
+        self._last_encoded: tuple[dict[str, Any], bytes] | None = None
         self._hello = encode_frame(hello("agent", pid=self.pid))  # the same for every client
         self._budget = _throttle.WorkBudget(_throttle.WORK_BUDGET_S, _throttle.WORK_WINDOW_S)
         self._accepts = _throttle.TokenBucket(_throttle.ACCEPTS_PER_S, _throttle.ACCEPT_BURST)
+        self._requests = _throttle.TokenBucket(_throttle.REQUESTS_PER_S, _throttle.REQUEST_BURST)
+        self._muted: list[tuple[float, int, _Client]] = []  # a heap: when each muted client is read again
+        self._mutes = 0  # how often a client was muted (the tie-breaker of equal times in the heap)
+        self.decoded = 0  # requests decoded and answered, from every client (tests read it)
         self._listening = False  # the listener is in the selector only while a new client may come
         # Clients with frames to send. They are written to on the server's next turn, and watched
         # for EVENT_WRITE only while their socket is full: no per-client work for idle clients,
         # and none for a frame that fits (nearly all of them), however many clients are connected.
         self._pending: set[_Client] = set()
-        self._next_expiry = 0.0
+        self._next_look = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -151,12 +170,21 @@ class AgentServer:
     def client_count(self) -> int:
         return len(self._clients)
 
+    def wants_samples(self) -> bool:
+        """Whether a published sample would reach anyone: a client that said hello and reads."""
+        return any(c.greeted and not c.stalled for c in list(self._clients.values()))
+
     def publish(self, message: dict[str, Any]) -> None:
         if not self._clients:
             return
         frame = encode_frame(message)
+        self._last_encoded = (message, frame)  # a request for the same sample takes these bytes
         with self._lock:
             for client in [c for c in self._clients.values() if c.greeted]:
+                if client.stalled:  # it reads nothing: what would be queued is dropped at once
+                    client.dropped += 1
+                    self.dropped += 1
+                    continue
                 if len(client.queue) >= QUEUE_FRAMES:
                     client.queue.popleft()  # a slow monitor loses old frames, never blocks us
                     client.dropped += 1
@@ -174,7 +202,9 @@ class AgentServer:
         with self._lock:
             clients = [c for c in self._clients.values() if c.greeted]
         for client in clients:
-            if not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            # A stalled client would spend the deadline of every monitor after it waiting for
+            # room in its socket: the frame waits in its queue, first, for when it reads.
+            if client.stalled or not client.sending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 with self._lock:
                     client.queue.appendleft(frame)
                     self._pending.add(client)
@@ -230,6 +260,8 @@ class AgentServer:
 
     def _serve_once(self) -> None:
         timeout = self._pace_accepts()
+        if self._muted:
+            timeout = min(timeout, max(0.0, self._muted[0][0] - time.monotonic()))
         if self._pending:  # frames the budget left over: written as soon as the window opens
             timeout = 0.0
         for n, (key, events) in enumerate(self._selector.select(timeout=timeout)):
@@ -252,8 +284,9 @@ class AgentServer:
                         self._watch(client)
                 except Exception:  # whatever one client did, it costs only its own connection
                     self._drop(client)
+        self._unmute_due()
         self._flush_pending()
-        self._expire_handshakes()
+        self._look_at_clients()
         self._budget.pause()
 
     def _pace_accepts(self) -> float:
@@ -310,24 +343,43 @@ class AgentServer:
         with self._lock:
             clients = list(self._clients.values())
         silent = [c for c in clients if not c.greeted]
-        stalled = [c for c in clients if c.greeted and len(c.queue) >= QUEUE_FRAMES // 2]
+        stalled = [c for c in clients if c.greeted and (c.stalled or len(c.queue) >= QUEUE_FRAMES // 2)]
         victim = min(silent or stalled, key=lambda c: c.since, default=None)
         if victim is None:
             return False
         self._drop(victim)
         return True
 
-    def _expire_handshakes(self) -> None:
+    def _look_at_clients(self) -> None:
         """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
-        monitor out). Looked at once a second, not on every turn."""
+        monitor out), and one that stopped reading is marked stalled (see _is_stalled). Looked
+        at every LOOK_EVERY seconds, not on every turn."""
         now = time.monotonic()
-        if now < self._next_expiry:
+        if now < self._next_look:
             return
-        self._next_expiry = now + 1.0
+        self._next_look = now + LOOK_EVERY
         with self._lock:
-            late = [c for c in self._clients.values() if not c.greeted and now - c.since > HELLO_DEADLINE]
-        for client in late:
-            self._drop(client)
+            clients = list(self._clients.values())
+        for client in clients:
+            if not client.greeted:
+                if now - client.since > HELLO_DEADLINE:
+                    self._drop(client)
+                continue
+            stalled = self._is_stalled(client)
+            if stalled != client.stalled:
+                client.stalled = stalled
+                self._watch(client)
+
+    @staticmethod
+    def _is_stalled(client: _Client) -> bool:
+        """At least STALL_UNREAD bytes it was sent lie unread in its socket, and none of them
+        was read since the last look; it stays stalled until it reads. A monitor reads on a
+        thread of its own, its socket empty within milliseconds of each frame."""
+        unread = _unread_bytes(client.sock)
+        untouched = unread > 0 and unread >= client.unread > 0
+        stalled = untouched if client.stalled else untouched and unread >= STALL_UNREAD
+        client.unread = unread
+        return stalled
 
     def _read(self, client: _Client) -> None:
         try:
@@ -339,22 +391,38 @@ class AgentServer:
         if not data:
             self._drop(client)
             return
+        client.decoder.push(data)
+        self._serve_requests(client)
+
+    def _serve_requests(self, client: _Client) -> None:
+        """Decode and answer what ``client`` sent, as far as its budget and the server's go: past
+        them it is muted (not read) until its turn, and what is left stays undecoded."""
+        now = time.monotonic()
         try:
-            for message in client.decoder.feed(data):
+            while True:
+                if client.greeted:
+                    if now - client.window_start >= 1.0:
+                        client.window_start, client.requests = now, 0
+                    if client.requests >= _throttle.CLIENT_REQUESTS_PER_S:
+                        self._mute(client, client.window_start + 1.0)
+                        return
+                    # Every client's first request of its second is read whatever the others
+                    # asked: a monitor that asks once when it connects is never kept waiting.
+                    wait = self._requests.wait() if client.requests else 0.0
+                    if wait:
+                        self._mute(client, now + wait)
+                        return
+                message = client.decoder.pop()
+                if message is None:
+                    return
                 if not client.greeted:
                     check_hello(message)
                     client.greeted = True
                     client.decoder.max_bytes = 64 * 1024  # clients only send small requests
                     continue
-                now = time.monotonic()
-                if now - client.window_start >= 1.0:
-                    client.window_start, client.requests = now, 0
                 client.requests += 1
-                if client.requests > ABUSE_REQUESTS_PER_S:
-                    self._drop(client)  # reading its flood would cost the training process CPU
-                    return
-                if client.requests > MAX_REQUESTS_PER_S:
-                    continue  # a flood is not answered: answers would pile up in this process
+                self._requests.take()
+                self.decoded += 1
                 answer = self._respond(message)
                 if answer is not None:
                     frame = self._encoded(answer)
@@ -375,12 +443,34 @@ class AgentServer:
                 client.sock.send(b"".join(pending))
             self._drop(client)
 
+    def _mute(self, client: _Client, until: float) -> None:
+        """Stop reading ``client`` until ``until``: what it sends meanwhile waits in its socket."""
+        client.muted_until = until
+        self._mutes += 1
+        heapq.heappush(self._muted, (until, self._mutes, client))
+        self._watch(client)
+
+    def _unmute_due(self) -> None:
+        now = time.monotonic()
+        while self._muted and self._muted[0][0] <= now:
+            until, _, client = heapq.heappop(self._muted)
+            if client.muted_until != until or client.sock.fileno() not in self._clients:
+                continue  # muted again since, or gone
+            client.muted_until = 0.0
+            try:
+                self._serve_requests(client)  # what it sent before it was muted comes first
+                self._watch(client)
+            except Exception:
+                self._drop(client)
+
     def _encoded(self, answer: dict[str, Any]) -> bytes:
         """Encode an answer once however many clients ask for it: the agent hands out the same
-        object until its next sample (kept here, so its id cannot be reused meanwhile)."""
-        if self._last_answer is not answer:
-            self._last_answer, self._last_frame = answer, encode_frame(answer)
-        return self._last_frame
+        object until its next sample, the one just published (kept here, so its id cannot be
+        reused meanwhile)."""
+        last = self._last_encoded
+        if last is None or last[0] is not answer:
+            last = self._last_encoded = (answer, encode_frame(answer))
+        return last[1]
 
     def _flush(self, client: _Client) -> None:
         if not client.sending.acquire(blocking=False):
@@ -423,11 +513,19 @@ class AgentServer:
                 self._watch(client)
 
     def _watch(self, client: _Client) -> None:
-        """Watch for EVENT_WRITE only while a frame is left that the socket could not take."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.partial or client.queue else 0)
+        """Watch for EVENT_WRITE only while a frame is left that the socket could not take, and
+        for EVENT_READ unless the client is muted or stalled (then not at all, if neither)."""
+        reading = not client.muted_until and not client.stalled
+        events = ((selectors.EVENT_READ if reading else 0)
+                  | (selectors.EVENT_WRITE if client.partial or client.queue else 0))
         if events != client.events and client.sock.fileno() in self._clients:
             with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.modify(client.sock, events, "client")
+                if not events:
+                    self._selector.unregister(client.sock)
+                elif not client.events:
+                    self._selector.register(client.sock, events, "client")
+                else:
+                    self._selector.modify(client.sock, events, "client")
                 client.events = events
 
     def _drop(self, client: _Client) -> None:
@@ -448,3 +546,11 @@ class AgentServer:
                     sock.close()
         with contextlib.suppress(OSError):
             self._selector.close()
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that its peer has not read yet (-1 where the system cannot say)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError, struct.error):
+        return -1

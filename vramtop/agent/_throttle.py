@@ -4,7 +4,10 @@ Every moment the server thread runs Python it holds the GIL the training thread 
 that connect, talk or send garbage as fast as they can must not turn into training steps that
 wait: the server does a bounded amount of work per window of wall time, then sleeps (sleeping
 releases the GIL), and takes new connections at a bounded rate (the rest wait in the listen
-backlog, where they cost this process nothing).
+backlog, where they cost this process nothing). Requests are paced the same way, per client
+and for all of them together: a client past its share is not read until its turn comes, so the
+rest of its requests wait in its socket (and the client, once that is full, waits in ``send``),
+never decoded by this process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ WORK_BUDGET_S = 0.0005  # CPU seconds the server thread may use per window...
 WORK_WINDOW_S = 0.010  # ...of this many wall seconds: at most 5% of one core, in short bursts
 ACCEPTS_PER_S = 50.0  # new connections taken per second once the burst below is spent
 ACCEPT_BURST = 8  # taken at once: a handful of monitors starting together wait for nothing
+CLIENT_REQUESTS_PER_S = 20  # requests read from one client per second; a monitor asks once when it connects
+REQUESTS_PER_S = 200.0  # requests read from all clients together per second once the burst is spent...
+REQUEST_BURST = 50  # ...though every client's first request of its second is read at once
 
 
 class WorkBudget:
