@@ -237,3 +237,80 @@ def test_the_first_read_starts_as_soon_as_the_source_is_open_and_is_the_one_read
     reader.read()
     assert fake.calls["nvmlDeviceGetMemoryInfo"] == 4
 
+
+
+class ThreadNoting:
+    """A source that notes the thread each read ran on; ``open`` can be made to hang."""
+
+    def __init__(self, fake: FakeNvml) -> None:
+        self.inner = source(fake)
+        self.threads: list[threading.Thread] = []
+        self.hang_open = threading.Event()
+        self.release = threading.Event()
+
+    def open(self) -> None:
+        if self.hang_open.is_set():
+            self.release.wait(10)
+        self.inner.open()
+
+    def read(self):
+        self.threads.append(threading.current_thread())
+        return self.inner.read()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_reads_run_on_one_long_lived_thread():
+    noting = ThreadNoting(two_gpu_box())
+    reader = DeadlineReader(noting, deadline=5)
+    reader.open_in_background()()
+    for _ in range(20):
+        assert not reader.read().stale
+    assert len(noting.threads) == 20 and len(set(noting.threads)) == 1
+
+
+def test_reads_go_on_after_a_hung_read_returns_on_the_same_thread():
+    fake = two_gpu_box()
+    noting = ThreadNoting(fake)
+    reader = DeadlineReader(noting, deadline=0.1)
+    reader.read()
+    fake.hang.set()
+    assert reader.read().stale
+    fake.release.set()
+    fake.hang.clear()
+    deadline = time.monotonic() + 2
+    while reader.read().stale and time.monotonic() < deadline:
+        pass
+    assert not reader.read().stale and len(set(noting.threads)) == 1
+
+
+def test_a_worker_stuck_in_a_call_is_left_to_it_and_the_next_read_runs_on_a_new_one():
+    noting = ThreadNoting(two_gpu_box())
+    noting.hang_open.set()
+    reader = DeadlineReader(noting, deadline=1)
+    with pytest.raises(VramtopError):
+        reader.open_in_background(deadline=0.1)()
+    started = time.monotonic()
+    sample = reader.read()  # not queued behind the hung open
+    assert not sample.stale and time.monotonic() - started < 1
+    noting.release.set()
+
+
+def test_a_stopped_poller_leaves_no_reader_thread_behind():
+    from vramtop.sources.poller import Poller
+
+    def readers():
+        return [t for t in threading.enumerate() if t.name == "vramtop-read"]
+
+    before = readers()
+    got = threading.Event()
+    poller = Poller(DeadlineReader(source(two_gpu_box()), deadline=5), 0.05, deliver=lambda s: got.set(),
+                    on_error=lambda e: None)
+    poller.start()
+    assert got.wait(5)
+    poller.stop()
+    deadline = time.monotonic() + 5
+    while len(readers()) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(readers()) == len(before)
