@@ -734,6 +734,46 @@ async def test_the_bill_of_an_agent_process_and_a_headroom_warning_with_advice()
         assert "projected step peak" not in screen_text(app)
 
 
+async def test_the_details_are_drawn_again_only_when_what_they_show_changed(monkeypatch):
+    import vramtop.ui.widgets.detail as detail_module
+
+    drawn = []
+    render = detail_module.render_detail
+
+    def counting(*args, **kwargs):
+        drawn.append(args[0].time)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(detail_module, "render_detail", counting)
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        first = agent_box(T0 + 1, reserved_peak=60 * GiB)
+        await feed(pilot, first)
+        assert drawn == [T0 + 1]
+        # A new NVML sample, the same process and the same agent sample: nothing to draw.
+        await feed(pilot, replace(first, time=T0 + 1.2), replace(first, time=T0 + 1.4))
+        assert drawn == [T0 + 1]
+        # The GPU's utilisation is not in the details; its free memory is.
+        busier = (replace(first.gpus[0], utilization_gpu=3), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 1.6, gpus=busier))
+        assert drawn == [T0 + 1]
+        fuller = (replace(first.gpus[0], memory_free=first.gpus[0].memory_free - GiB), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 1.8, gpus=fuller))
+        assert drawn == [T0 + 1, T0 + 1.8]
+        drawn.pop()
+        # The agent's next sample is drawn.
+        await feed(pilot, agent_box(T0 + 2, reserved_peak=62 * GiB))
+        assert drawn == [T0 + 1, T0 + 2]
+        # The same agent sample, long after: the title says how old it is.
+        await feed(pilot, replace(first, time=T0 + 31))
+        assert drawn[-1] == T0 + 31 and "agent: no news for 30 s" in detail_text(app)
+        # The process's NVML figure changed: drawn again.
+        train = replace(TRAIN, used_memory=TRAIN.used_memory + GiB)
+        gpus = (replace(first.gpus[0], processes=(train, EVAL)), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 31.2, gpus=gpus))
+        assert drawn[-1] == T0 + 31.2
+
+
 async def test_an_oom_post_mortem_stays_on_screen_for_that_process():
     from vramtop.model import OomReport
 
