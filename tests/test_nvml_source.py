@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+import psutil
 import pynvml
 import pytest
 
@@ -314,3 +315,46 @@ def test_a_stopped_poller_leaves_no_reader_thread_behind():
     while len(readers()) > len(before) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(readers()) == len(before)
+MEMINFO = b"""MemTotal:       24683792 kB
+MemFree:        22855816 kB
+MemAvailable:   23653164 kB
+Buffers:            9072 kB
+SwapCached:            0 kB
+SwapTotal:       2097148 kB
+SwapFree:        1048572 kB
+HugePages_Total:       0
+"""
+
+
+def test_host_memory_comes_from_one_read_of_meminfo(tmp_path, monkeypatch):
+    from vramtop.sources import hostinfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(MEMINFO)
+    monkeypatch.setattr(hostinfo, "MEMINFO", str(path))
+    host = HostInfo(holds_gpu=lambda pid: True).host_sample()
+    kib = 1024
+    assert (host.memory_total, host.memory_used) == (24683792 * kib, (24683792 - 23653164) * kib)
+    assert (host.swap_total, host.swap_used) == (2097148 * kib, (2097148 - 1048572) * kib)
+
+
+@pytest.mark.parametrize("drop", [b"MemAvailable:", b"SwapFree:"])
+def test_a_meminfo_without_a_figure_is_left_to_psutil(tmp_path, monkeypatch, drop):
+    from vramtop.sources import hostinfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(b"".join(line for line in MEMINFO.splitlines(keepends=True) if not line.startswith(drop)))
+    monkeypatch.setattr(hostinfo, "MEMINFO", str(path))
+    assert hostinfo.read_meminfo() is None
+    host = HostInfo(holds_gpu=lambda pid: True).host_sample()
+    assert host.memory_total == psutil.virtual_memory().total and host.swap_total == psutil.swap_memory().total
+
+
+def test_this_hosts_meminfo_reads_as_psutil_reads_it():
+    from vramtop.sources.hostinfo import read_meminfo
+
+    read = read_meminfo()
+    assert read is not None
+    total, available, swap_total, _ = read
+    assert total == psutil.virtual_memory().total and swap_total == psutil.swap_memory().total
+    assert 0 < available <= total
