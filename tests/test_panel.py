@@ -220,6 +220,9 @@ def test_a_changed_figure_is_repainted_where_the_panel_draws_it() -> None:
     edge = Text("x" * 47 + "1")  # the row's last cell, next to the right padding
     repainted, changed = asyncio.run(repainted_and_changed(edge, Text("x" * 47 + "2")))
     assert changed and changed <= repainted
+    first = Text("1" + "x" * 47)  # the row's first cell, next to the left padding
+    repainted, changed = asyncio.run(repainted_and_changed(first, Text("2" + "x" * 47)))
+    assert changed and changed <= repainted
 
 
 def test_a_row_that_grows_shrinks_or_changes_look_is_repainted() -> None:

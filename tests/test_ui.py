@@ -980,3 +980,32 @@ async def test_what_a_long_run_leaves_on_screen_is_what_a_full_redraw_draws():
             widget.refresh()
         await pilot.pause()
         assert screen_text(app) == incremental
+
+
+async def test_a_changed_cell_repaints_that_cell_not_its_whole_row(monkeypatch):
+    # The rest of the row went to the terminal again with each changed figure.
+    from tests.test_risk import snap
+
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, snap(0.0), snap(1.0))
+        await pilot.pause()
+        table = app.query_one(ProcessTable)
+        agent_row = next(i for i, row in enumerate(table_rows(app)) if "GiB/" in row[6])
+        y = table.header_height + agent_row
+        before = [(ch, str(seg.style)) for seg in table.render_line(y) for ch in seg.text]
+        regions = []
+        real = ProcessTable.refresh
+
+        def spy(self, *asked, **kwargs):
+            regions.extend(asked)
+            return real(self, *asked, **kwargs)
+
+        monkeypatch.setattr(ProcessTable, "refresh", spy)
+        await feed(pilot, snap(2.0, allocated=30 * GiB))  # the agent's TORCH cell only
+        await pilot.pause()
+        after = [(ch, str(seg.style)) for seg in table.render_line(y) for ch in seg.text]
+        changed = {x for x, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
+        repainted = {(x, ry) for r in regions for ry in range(r.y, r.bottom) for x in range(r.x, r.right)}
+        assert changed and {(x, y) for x in changed} <= repainted
+        assert {ry for _, ry in repainted} == {y} and len(repainted) < len(after) / 3, regions
