@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from vramtop.analysis.advice import Advice
@@ -52,7 +53,7 @@ def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: 
     t = Text("\n")
     t.append_text(agent_title(agent, device, sample.time))
     t.append("  ")
-    room = width - t.split("\n")[-1].cell_len
+    room = width - cell_len(t.plain.rpartition("\n")[2])
     if room > 12:
         t.append(process_label(first)[:room], style="dim")
     t.append("\n")
