@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+import psutil
 import pynvml
 import pytest
 
@@ -237,3 +238,123 @@ def test_the_first_read_starts_as_soon_as_the_source_is_open_and_is_the_one_read
     reader.read()
     assert fake.calls["nvmlDeviceGetMemoryInfo"] == 4
 
+
+
+class ThreadNoting:
+    """A source that notes the thread each read ran on; ``open`` can be made to hang."""
+
+    def __init__(self, fake: FakeNvml) -> None:
+        self.inner = source(fake)
+        self.threads: list[threading.Thread] = []
+        self.hang_open = threading.Event()
+        self.release = threading.Event()
+
+    def open(self) -> None:
+        if self.hang_open.is_set():
+            self.release.wait(10)
+        self.inner.open()
+
+    def read(self):
+        self.threads.append(threading.current_thread())
+        return self.inner.read()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_reads_run_on_one_long_lived_thread():
+    noting = ThreadNoting(two_gpu_box())
+    reader = DeadlineReader(noting, deadline=5)
+    reader.open_in_background()()
+    for _ in range(20):
+        assert not reader.read().stale
+    assert len(noting.threads) == 20 and len(set(noting.threads)) == 1
+
+
+def test_reads_go_on_after_a_hung_read_returns_on_the_same_thread():
+    fake = two_gpu_box()
+    noting = ThreadNoting(fake)
+    reader = DeadlineReader(noting, deadline=0.1)
+    reader.read()
+    fake.hang.set()
+    assert reader.read().stale
+    fake.release.set()
+    fake.hang.clear()
+    deadline = time.monotonic() + 2
+    while reader.read().stale and time.monotonic() < deadline:
+        pass
+    assert not reader.read().stale and len(set(noting.threads)) == 1
+
+
+def test_a_worker_stuck_in_a_call_is_left_to_it_and_the_next_read_runs_on_a_new_one():
+    noting = ThreadNoting(two_gpu_box())
+    noting.hang_open.set()
+    reader = DeadlineReader(noting, deadline=1)
+    with pytest.raises(VramtopError):
+        reader.open_in_background(deadline=0.1)()
+    started = time.monotonic()
+    sample = reader.read()  # not queued behind the hung open
+    assert not sample.stale and time.monotonic() - started < 1
+    noting.release.set()
+
+
+def test_a_stopped_poller_leaves_no_reader_thread_behind():
+    from vramtop.sources.poller import Poller
+
+    def readers():
+        return [t for t in threading.enumerate() if t.name == "vramtop-read"]
+
+    before = readers()
+    got = threading.Event()
+    poller = Poller(DeadlineReader(source(two_gpu_box()), deadline=5), 0.05, deliver=lambda s: got.set(),
+                    on_error=lambda e: None)
+    poller.start()
+    assert got.wait(5)
+    poller.stop()
+    deadline = time.monotonic() + 5
+    while len(readers()) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(readers()) == len(before)
+MEMINFO = b"""MemTotal:       24683792 kB
+MemFree:        22855816 kB
+MemAvailable:   23653164 kB
+Buffers:            9072 kB
+SwapCached:            0 kB
+SwapTotal:       2097148 kB
+SwapFree:        1048572 kB
+HugePages_Total:       0
+"""
+
+
+def test_host_memory_comes_from_one_read_of_meminfo(tmp_path, monkeypatch):
+    from vramtop.sources import hostinfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(MEMINFO)
+    monkeypatch.setattr(hostinfo, "MEMINFO", str(path))
+    host = HostInfo(holds_gpu=lambda pid: True).host_sample()
+    kib = 1024
+    assert (host.memory_total, host.memory_used) == (24683792 * kib, (24683792 - 23653164) * kib)
+    assert (host.swap_total, host.swap_used) == (2097148 * kib, (2097148 - 1048572) * kib)
+
+
+@pytest.mark.parametrize("drop", [b"MemAvailable:", b"SwapFree:"])
+def test_a_meminfo_without_a_figure_is_left_to_psutil(tmp_path, monkeypatch, drop):
+    from vramtop.sources import hostinfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(b"".join(line for line in MEMINFO.splitlines(keepends=True) if not line.startswith(drop)))
+    monkeypatch.setattr(hostinfo, "MEMINFO", str(path))
+    assert hostinfo.read_meminfo() is None
+    host = HostInfo(holds_gpu=lambda pid: True).host_sample()
+    assert host.memory_total == psutil.virtual_memory().total and host.swap_total == psutil.swap_memory().total
+
+
+def test_this_hosts_meminfo_reads_as_psutil_reads_it():
+    from vramtop.sources.hostinfo import read_meminfo
+
+    read = read_meminfo()
+    assert read is not None
+    total, available, swap_total, _ = read
+    assert total == psutil.virtual_memory().total and swap_total == psutil.swap_memory().total
+    assert 0 < available <= total

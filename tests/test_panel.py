@@ -220,6 +220,9 @@ def test_a_changed_figure_is_repainted_where_the_panel_draws_it() -> None:
     edge = Text("x" * 47 + "1")  # the row's last cell, next to the right padding
     repainted, changed = asyncio.run(repainted_and_changed(edge, Text("x" * 47 + "2")))
     assert changed and changed <= repainted
+    first = Text("1" + "x" * 47)  # the row's first cell, next to the left padding
+    repainted, changed = asyncio.run(repainted_and_changed(first, Text("2" + "x" * 47)))
+    assert changed and changed <= repainted
 
 
 def test_a_row_that_grows_shrinks_or_changes_look_is_repainted() -> None:
@@ -235,3 +238,19 @@ def test_a_row_that_grows_shrinks_or_changes_look_is_repainted() -> None:
     for before, after in pairs:
         repainted, changed = asyncio.run(repainted_and_changed(before, after))
         assert changed and changed <= repainted, (before, after)
+
+
+def test_split_lines_gives_the_lines_rich_gives() -> None:
+    from rich.text import Span
+
+    from vramtop.ui.widgets.panel import split_lines
+
+    styled = Text("ab\ncd\n\nef", style="bold", justify="right")
+    styled.spans[:] = [Span(0, 5, "red"), Span(1, 2, "blue"), Span(2, 3, "green"), Span(3, 9, "dim"),
+                       Span(6, 7, "cyan"), Span(7, 9, "italic")]
+    texts = [bill("3.0 GiB", "forward"), styled, Text(""), Text("\n"), Text("one line", style="dim"),
+             Text("ends\n"), Text.assemble(("a", "red"), "\n", ("b", "blue"), "\n")]
+    for text in texts:
+        ours, rich = split_lines(text), text.split("\n", allow_blank=True)
+        assert [(t.plain, t.spans, t.style, t.justify, t.overflow) for t in ours] == \
+               [(t.plain, t.spans, t.style, t.justify, t.overflow) for t in rich], text

@@ -734,6 +734,46 @@ async def test_the_bill_of_an_agent_process_and_a_headroom_warning_with_advice()
         assert "projected step peak" not in screen_text(app)
 
 
+async def test_the_details_are_drawn_again_only_when_what_they_show_changed(monkeypatch):
+    import vramtop.ui.widgets.detail as detail_module
+
+    drawn = []
+    render = detail_module.render_detail
+
+    def counting(*args, **kwargs):
+        drawn.append(args[0].time)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(detail_module, "render_detail", counting)
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        first = agent_box(T0 + 1, reserved_peak=60 * GiB)
+        await feed(pilot, first)
+        assert drawn == [T0 + 1]
+        # A new NVML sample, the same process and the same agent sample: nothing to draw.
+        await feed(pilot, replace(first, time=T0 + 1.2), replace(first, time=T0 + 1.4))
+        assert drawn == [T0 + 1]
+        # The GPU's utilisation is not in the details; its free memory is.
+        busier = (replace(first.gpus[0], utilization_gpu=3), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 1.6, gpus=busier))
+        assert drawn == [T0 + 1]
+        fuller = (replace(first.gpus[0], memory_free=first.gpus[0].memory_free - GiB), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 1.8, gpus=fuller))
+        assert drawn == [T0 + 1, T0 + 1.8]
+        drawn.pop()
+        # The agent's next sample is drawn.
+        await feed(pilot, agent_box(T0 + 2, reserved_peak=62 * GiB))
+        assert drawn == [T0 + 1, T0 + 2]
+        # The same agent sample, long after: the title says how old it is.
+        await feed(pilot, replace(first, time=T0 + 31))
+        assert drawn[-1] == T0 + 31 and "agent: no news for 30 s" in detail_text(app)
+        # The process's NVML figure changed: drawn again.
+        train = replace(TRAIN, used_memory=TRAIN.used_memory + GiB)
+        gpus = (replace(first.gpus[0], processes=(train, EVAL)), first.gpus[1])
+        await feed(pilot, replace(first, time=T0 + 31.2, gpus=gpus))
+        assert drawn[-1] == T0 + 31.2
+
+
 async def test_an_oom_post_mortem_stays_on_screen_for_that_process():
     from vramtop.model import OomReport
 
@@ -940,3 +980,32 @@ async def test_what_a_long_run_leaves_on_screen_is_what_a_full_redraw_draws():
             widget.refresh()
         await pilot.pause()
         assert screen_text(app) == incremental
+
+
+async def test_a_changed_cell_repaints_that_cell_not_its_whole_row(monkeypatch):
+    # The rest of the row went to the terminal again with each changed figure.
+    from tests.test_risk import snap
+
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, snap(0.0), snap(1.0))
+        await pilot.pause()
+        table = app.query_one(ProcessTable)
+        agent_row = next(i for i, row in enumerate(table_rows(app)) if "GiB/" in row[6])
+        y = table.header_height + agent_row
+        before = [(ch, str(seg.style)) for seg in table.render_line(y) for ch in seg.text]
+        regions = []
+        real = ProcessTable.refresh
+
+        def spy(self, *asked, **kwargs):
+            regions.extend(asked)
+            return real(self, *asked, **kwargs)
+
+        monkeypatch.setattr(ProcessTable, "refresh", spy)
+        await feed(pilot, snap(2.0, allocated=30 * GiB))  # the agent's TORCH cell only
+        await pilot.pause()
+        after = [(ch, str(seg.style)) for seg in table.render_line(y) for ch in seg.text]
+        changed = {x for x, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
+        repainted = {(x, ry) for r in regions for ry in range(r.y, r.bottom) for x in range(r.x, r.right)}
+        assert changed and {(x, y) for x in changed} <= repainted
+        assert {ry for _, ry in repainted} == {y} and len(repainted) < len(after) / 3, regions

@@ -35,14 +35,14 @@ class HostInfo:
         self._processes: dict[int, psutil.Process] = {}
 
     def host_sample(self) -> HostSample:
-        vm = psutil.virtual_memory()
-        sw = psutil.swap_memory()
+        memory = read_meminfo() or _psutil_memory()
+        total, available, swap_total, swap_free = memory
         return HostSample(
             hostname=self._hostname,
-            memory_total=int(vm.total),
-            memory_used=int(vm.total - vm.available),
-            swap_total=int(sw.total),
-            swap_used=int(sw.used),
+            memory_total=total,
+            memory_used=total - available,
+            swap_total=swap_total,
+            swap_used=swap_total - swap_free,
             pid_namespace=self._namespace,
         )
 
@@ -156,3 +156,35 @@ def holds_nvidia_device(pid: int) -> bool | None:
         except OSError:
             continue
     return False
+
+
+MEMINFO = "/proc/meminfo"
+_MEMINFO_FIELDS = (b"MemTotal:", b"MemAvailable:", b"SwapTotal:", b"SwapFree:")
+
+
+def read_meminfo(path: str | None = None) -> tuple[int, int, int, int] | None:
+    """(RAM total, available, swap total, free) in bytes from one read of ``/proc/meminfo``
+    (psutil reads it twice, and /proc/vmstat, for the same figures); None where a figure is
+    missing or odd (an old kernel, a container's view), for psutil to work out."""
+    try:
+        with open(path or MEMINFO, "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    found: dict[bytes, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(b" ")
+        if name in _MEMINFO_FIELDS:
+            found[name] = int(rest.split()[0]) * 1024  # in kB
+    if len(found) < len(_MEMINFO_FIELDS):
+        return None
+    total, available, swap_total, swap_free = (found[name] for name in _MEMINFO_FIELDS)
+    if not 0 < available <= total:
+        return None
+    return total, available, swap_total, swap_free
+
+
+def _psutil_memory() -> tuple[int, int, int, int]:
+    vm = psutil.virtual_memory()
+    sw = psutil.swap_memory()
+    return int(vm.total), int(vm.available), int(sw.total), int(sw.total - sw.used)

@@ -3,13 +3,15 @@
 A driver call can hang (a GPU falling off the bus, a wedged kernel module). The reads run on a
 daemon worker thread; whoever waits for one gives up after ``deadline`` seconds, reports the last
 good sample marked stale, and does not start another read until the hung one returns. Daemon
-threads never keep the process alive, so quitting works even while NVML is stuck.
+threads never keep the process alive, so quitting works even while NVML is stuck. A reader keeps
+one worker thread for its reads: starting a thread per read cost more than many a read.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -40,7 +42,7 @@ def open_in_background(source: Source, deadline: float | None = None) -> Callabl
     """Start ``source.open()`` on a worker thread now; the function returned waits for it (within
     ``deadline`` seconds of the start) and raises what it raised. Meanwhile the caller can do
     other start-up work: NVML's initialisation and Textual's import overlap."""
-    return _waiter(_Call(source.open), deadline)
+    return _waiter(_Call.on_own_thread(source.open), deadline)
 
 
 def _waiter(call: _Call, deadline: float | None) -> Callable[[], None]:
@@ -58,23 +60,82 @@ def _waiter(call: _Call, deadline: float | None) -> Callable[[], None]:
 
 
 class _Call:
-    """One call in flight on a worker thread."""
+    """One call, run on a worker thread; ``done`` is set when it returned or raised."""
 
     def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
         self.done = threading.Event()
         self.result: Sample | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
-        threading.Thread(target=self._run, args=(fn,), name="vramtop-read", daemon=True).start()
 
-    def _run(self, fn: Callable[[], object]) -> None:
+    @classmethod
+    def on_own_thread(cls, fn: Callable[[], object]) -> _Call:
+        call = cls(fn)
+        threading.Thread(target=call.run, name="vramtop-read", daemon=True).start()
+        return call
+
+    def run(self) -> None:
         try:
-            result = fn()
+            result = self.fn()
             self.result = result if isinstance(result, Sample) else None
         except BaseException as err:
             self.error = err
         finally:
             self.done.set()
+
+
+IDLE_EXIT_S = 30.0  # a worker with nothing to do for this long ends (a reader no longer read)
+
+
+class _Worker:
+    """One daemon thread running calls in turn, started again when it ended idle. A call that
+    hangs holds it: :meth:`free` says so, and the reader leaves it to that call and starts a new
+    worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque[_Call] = deque()
+        self._running = False
+        self._stopping = False
+        self._current: _Call | None = None
+
+    def free(self) -> bool:
+        """False while a call it started has not returned."""
+        current = self._current
+        return current is None or current.done.is_set()
+
+    def stop(self) -> None:
+        """End once the calls given are done (a later submit starts it again)."""
+        with self._lock:
+            self._stopping = True
+            self._ready.notify()
+
+    def submit(self, call: _Call) -> None:
+        with self._lock:
+            self._queue.append(call)
+            self._stopping = False
+            if self._running:
+                self._ready.notify()
+                return
+            self._running = True
+        threading.Thread(target=self._loop, name="vramtop-read", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue and not self._stopping:
+                    self._ready.wait(IDLE_EXIT_S)
+                if not self._queue:
+                    self._running = self._stopping = False
+                    return
+                call = self._current = self._queue.popleft()
+            call.run()
+            # Keeps nothing of a call that returned while it waits for the next (an idle worker
+            # outlives its reader by IDLE_EXIT_S).
+            del call
+            self._current = None
 
 
 class DeadlineReader:
@@ -85,21 +146,37 @@ class DeadlineReader:
         self.deadline = deadline
         self._pending: _Call | None = None
         self._last: Sample | None = None
+        self._worker = _Worker()
 
     def open_in_background(self, deadline: float | None = None) -> Callable[[], None]:
         """:func:`open_in_background`, and once the source is open its first read starts at once
-        on another worker: the first sample is read while the UI starts, not after."""
+        on the same worker: the first sample is read while the UI starts, not after."""
+        worker = self._free_worker()
 
         def open_then_read() -> None:
             self.source.open()
-            self._pending = _Call(self.source.read)  # before the waiter returns: read() finds it
+            # Queued on this worker before the waiter returns: read() finds it.
+            self._pending = _Call(self.source.read)
+            worker.submit(self._pending)
 
-        return _waiter(_Call(open_then_read), deadline)
+        call = _Call(open_then_read)
+        worker.submit(call)
+        return _waiter(call, deadline)
+
+    def stop(self) -> None:
+        """No more reads: the worker ends once the read under way (if any) returns."""
+        self._worker.stop()
+
+    def _free_worker(self) -> _Worker:
+        if not self._worker.free():
+            self._worker = _Worker()  # the old one is stuck in a call nobody waits for any more
+        return self._worker
 
     def read(self) -> Sample:
         """A fresh sample; or the last one marked stale; or VramtopError if there never was one."""
         if self._pending is None:
             self._pending = _Call(self.source.read)
+            self._free_worker().submit(self._pending)
         call = self._pending
         if not call.done.wait(self.deadline):
             waited = time.monotonic() - call.started
@@ -148,3 +225,4 @@ class Poller:
                 if not self._stop.is_set():
                     self._deliver(sample)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        self.reader.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from vramtop.analysis.advice import Advice
@@ -9,7 +10,7 @@ from vramtop.analysis.bill import non_pytorch_of
 from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.join import join
 from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
-from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
+from vramtop.ui.widgets.bill import AGENT_STALE_S, agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.remote_detail import render_remote
 from vramtop.ui.widgets.warnings import render_advice
@@ -52,7 +53,7 @@ def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: 
     t = Text("\n")
     t.append_text(agent_title(agent, device, sample.time))
     t.append("  ")
-    room = width - t.split("\n")[-1].cell_len
+    room = width - cell_len(t.plain.rpartition("\n")[2])
     if room > 12:
         t.append(process_label(first)[:room], style="dim")
     t.append("\n")
@@ -99,8 +100,35 @@ def _without_agent(first: ProcessSample, live: bool) -> Text:
     return t
 
 
+def detail_inputs(sample: Sample, key: str | None, width: int, narrow: bool, advice: tuple[Advice, ...],
+                  live: bool) -> tuple[object, ...] | None:
+    """What :func:`render_detail` draws from, all of it immutable: equal inputs draw equal
+    details (None: too much of the sample to compare, another host's process). A new sample
+    mostly brings the same agent sample (it publishes at its own pace) and the same process."""
+    if key is None:
+        return (key,)
+    pid = int(key.rpartition(":")[2])
+    on_gpus = tuple((g.index, g.uuid, p) for g in sample.gpus for p in g.processes if p.pid == pid)
+    if not on_gpus:
+        return (key, width, narrow)
+    uuid = key.rpartition(":")[0]
+    first = next((p for _, u, p in on_gpus if u == uuid), on_gpus[0][2])
+    gpu = sample.gpu(first.gpu_uuid)
+    if gpu is not None and gpu.host:
+        return None
+    match = join(sample).of_row(first)
+    agent: tuple[object, ...] = ()
+    if match is not None:
+        age = sample.time - match.agent.time  # the title says how old the agent's news are, once stale
+        # Of the GPU, the bill shows its size and what is free (not its utilisation, which moves).
+        memory = None if gpu is None else (gpu.memory_total, gpu.memory_free)
+        agent = (match.agent, match.device, memory, f"{age:.0f}" if age > AGENT_STALE_S else None)
+    return (key, width, narrow, advice, live, on_gpus, agent)
+
+
 class ProcessDetail(Panel):
     _shown_for: tuple[str | None, int, bool] | None = None  # the process and layout last shown
+    _inputs: tuple[object, ...] | None = None  # what the details on screen were drawn from
 
     def show(self, sample: Sample, key: str | None, narrow: bool = True, advice: tuple[Advice, ...] = (),
              live: bool = True) -> None:
@@ -111,4 +139,8 @@ class ProcessDetail(Panel):
         shown_for = (key, width, narrow)
         self.hold_rows(shown_for == self._shown_for)
         self._shown_for = shown_for
+        inputs = detail_inputs(sample, key, width, narrow, advice, live)
+        if inputs is not None and inputs == self._inputs:
+            return  # drawing the bill again would cost more than this comparison
+        self._inputs = inputs
         self.redraw(render_detail(sample, key, width, narrow, advice, live))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.geometry import Region
 from textual.widgets import DataTable
 from typing_extensions import Self
@@ -49,7 +50,7 @@ class ProcessTable(DataTable[Any]):
     """Rebuilt from each sample when what it shows changed; the cursor stays on the same
     process across refreshes."""
 
-    _rows_only = False  # while cells are rewritten: repaint their rows, not the table
+    _cells_only = False  # while cells are rewritten: repaint those cells, not the table
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
@@ -104,27 +105,25 @@ class ProcessTable(DataTable[Any]):
         """Rewrite in place the cells that changed: no rebuild, so the cursor and the scroll
         stay, and no "row highlighted" event redraws the details."""
         columns = [c.key for c in self.ordered_columns]
-        changed_rows = []
-        self._rows_only = True
+        changed_cells = []
+        self._cells_only = True
         try:
-            for index, ((key, cells), (_, before)) in enumerate(zip(content, self._shown or [], strict=True)):
-                changed = [(column, new) for column, new, old in zip(columns, cells, before, strict=False)
-                           if new != old]
-                for column, new in changed:
-                    self.update_cell(key, column, new)
-                if changed:
-                    changed_rows.append(index)
+            for row, ((key, cells), (_, before)) in enumerate(zip(content, self._shown or [], strict=True)):
+                for column, (column_key, new, old) in enumerate(zip(columns, cells, before, strict=False)):
+                    if new != old:
+                        self.update_cell(key, column_key, new)
+                        changed_cells.append(Coordinate(row, column))
         finally:
-            self._rows_only = False
-        for index in changed_rows:
-            self.refresh_row(index)
+            self._cells_only = False
+        for cell in changed_cells:
+            self.refresh_coordinate(cell)
         self._shown = content
 
     def refresh(self, *regions: Region, repaint: bool = True, layout: bool = False,
                 recompose: bool = False) -> Self:
         # update_cell repaints the whole table (its header and every row) for one changed cell;
-        # _update_cells repaints the rows it changed instead.
-        if self._rows_only and not regions and repaint and not layout and not recompose:
+        # _update_cells repaints the cells it changed instead.
+        if self._cells_only and not regions and repaint and not layout and not recompose:
             return self
         return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
 
