@@ -11,7 +11,8 @@ CPU tensors). Two parts:
   taken off). After a warm-up that lets discovery settle, per depth: the median step's agent time
   (the steady state), the mean over all steps, and what the mean is made of: steps that only
   counted, steps with an allocator read, with the census, and measured steps (the model hooks
-  on), each amortised over all steps; the mean as a share of a 2, 5 and 10 ms step. For scale, the
+  on), each amortised over all steps (each kind's time summed, divided by every step: the four
+  add up to the mean); the mean as a share of a 2, 5 and 10 ms step. For scale, the
   same loop without the agent, with an empty optimizer-step hook timed the same way: the least
   any hook costs there (its calls run with cold caches, which grow with the depth).
 - **sampler thread**: ``Agent.tick()`` timed with thread CPU time (the GIL it holds), the median

@@ -295,8 +295,8 @@ def test_step_peak_is_exact_when_the_allocator_peak_rises_and_a_lower_bound_othe
 
 
 def test_step_boundary_reads_are_spaced_by_their_cost(agent, fake_torch):
-    # A read that takes 2 ms may take 0.2% of the training thread's time: one per second at most,
-    # however fast the steps (without the bound: one per 20 ms, some 20 in this loop).
+    # A read that takes 2 ms may take 0.1% of the training thread's time: one per two seconds at most,
+    # however fast the steps (without the bound: one per 50 ms, some 10 in this loop).
     fake_torch.initialized = True
     wait_for(lambda: agent.active)
     fake_torch.allocator.read_delay = 0.002

@@ -138,7 +138,7 @@ class StepPeak:
     persistent: int  # allocated bytes at the step boundary (after optimizer.step)
     exact: bool  # True: the allocator's peak rose during the step, so this is the true peak;
     # False: the highest value sampled during the step, a lower bound.
-    steps: int = 1  # optimizer steps in this window (steps faster than 20 ms are grouped)
+    steps: int = 1  # optimizer steps in this window (steps faster than 50 ms are grouped)
 
 
 # Phases of a training step, in order; a peak is placed in the one during which it was reached.

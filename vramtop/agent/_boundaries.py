@@ -2,11 +2,13 @@
 step, turned into per-step peaks on the sampler thread.
 
 Figures are read at step boundaries at most every BOUNDARY_GAP seconds, and less often if a
-read is slow (GIL_BUDGET in _torchstats.py; the cost counted is the whole step boundary that
-read, everything the hook did then): steps faster than this are grouped, so a launch-bound loop
-of 2 ms steps pays for one read (~20-150 us, a dict of ~100 counters) per 20 ms or more, not
-per step. Boundaries pass from one thread to the other through a deque (its
-append and popleft are atomic); each thread writes device-state fields of its own.
+read is slow (READ_BUDGET; the cost counted is the whole step boundary that read, everything the
+hook did then): steps faster than this are grouped, so a launch-bound loop of 2 ms steps pays
+for one read (~20-150 us, a dict of ~100 counters, with cold caches after a deep model's step)
+per 50 ms or more, not per step. Five reads per sampler tick (0.25 s) still give each tick the
+step peaks and the persistent memory between its samples. Boundaries pass from one thread to
+the other through a deque (its append and popleft are atomic); each thread writes device-state
+fields of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from . import _torchstats as ts
 from ._devices import DeviceState
 from ._peaks import Counted, Counters, estimate, step_peak
 
-BOUNDARY_GAP = 0.02
+BOUNDARY_GAP = 0.05
+# Share of wall time the reads may take. Half of GIL_BUDGET: the training thread also pays for
+# measured steps (_phases.BUDGET) and the census, and a loop whose thread waits for the GPU now
+# and then has less CPU time than wall time to share; all of it must stay well under 1%.
+READ_BUDGET = 0.001
 # Persistent memory counts from this step on for the leak diagnosis (Adam's state exists by then).
 PERSISTENT_FROM_STEP = 2
 
@@ -45,7 +51,7 @@ class StepBoundaries:
     @property
     def next_due(self) -> float:
         """The monotonic time from which the next read is due."""
-        return self.last_read + max(BOUNDARY_GAP, self._cost / ts.GIL_BUDGET)
+        return self.last_read + max(BOUNDARY_GAP, self._cost / READ_BUDGET)
 
     def due(self, now: float) -> bool:
         return now >= self.next_due

@@ -39,7 +39,7 @@ from ._peaks import ClosedStep, Counted, Reading, close_measured_step
 BLOCK = 512  # the caching allocator's granularity
 FIRST_MEASURED = 4  # micro-steps measured from the start: the first optimizer step creates Adam's state
 MIN_GAP = 2.0  # seconds between measured steps at the least
-BUDGET = 0.002  # share of wall time measuring may take
+BUDGET = 0.001  # share of wall time measuring may take (with the boundary reads' READ_BUDGET, 0.2%)
 MAX_READINGS = 4096  # per step: a model with more parameters stops reading (it still counts gradients)
 OUTPUT_DEPTH = 5  # how deep to look for tensors in a model's output (ModelOutput -> cache -> layers)
 OUTPUT_TENSORS = 256

@@ -11,7 +11,7 @@ Rules it keeps (each has a test): it never initialises CUDA (it waits for
 use, never synchronises, resets peaks, empties the cache or changes allocator settings; its
 code never raises into the program; the only work on the training thread in the steady state
 is counting the step in the optimizer-step hook (a step boundary with work to do comes every
-20 ms or so, see _after_optimizer_step); it stops in forked children and outlives monitors.
+50 ms or so, see _after_optimizer_step); it stops in forked children and outlives monitors.
 
 The agent's thread never imports, nor makes torch import: a first import of a module from a
 second thread races the program's own imports, and Python's deadlock avoidance can then hand
@@ -269,7 +269,7 @@ class Agent:
         """Runs on the training thread after every optimizer step. In the steady state (models
         found, no measurement of the step's phases under way, none due) it counts the step and
         returns until the next boundary with work (_step_boundary): in a launch-bound loop of
-        2 ms steps, nine steps in ten do only this, whatever the model's depth."""
+        2 ms steps, 24 steps in 25 or more do only this, whatever the model's depth."""
         try:
             if time.monotonic() < self._quiet_until and (
                     self._last_optimizer() is optimizer or optimizer in self._optimizers):
@@ -283,7 +283,7 @@ class Agent:
         """An optimizer step boundary with work: the allocator figures (~20 us) at most every
         BOUNDARY_GAP seconds; the census every 1 to 8 seconds (see CENSUS_MAX_GAP), here because
         gradients exist only now; the step's phases while they are measured. The figures and
-        the census are spaced further when they are slow (GIL_BUDGET)."""
+        the census are spaced further when they are slow (READ_BUDGET, GIL_BUDGET)."""
         started = time.perf_counter()
         self._quiet_until = 0.0
         # No getpid() here: a forked child's copy is stopped by _forked before it runs.
