@@ -101,14 +101,17 @@ async def test_a_recorder_that_stops_writing_without_an_end_record_seems_to_have
     path = tmp_path / "run.jsonl"
     recorder = start_recording(path, 5)
     source, _ = load(str(path), follow=True)
-    app = ReplayApp(source, title="run.jsonl", interval=0.1, follow=True, stall_after=0.5)
+    app = ReplayApp(source, title="run.jsonl", interval=0.1, follow=True, stall_after=1.0)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
-            await pilot.pause()
+            # A sample written once the app runs: however slowly the app started, the recorder
+            # has just written, so it is not said to have died.
+            recorder.write_sample(SAMPLES[5])
+            await wait_until(pilot, lambda: app.position == 5)
             assert "seems to have died" not in screen_text(app)
             await wait_until(pilot, lambda: "the recorder seems to have died" in screen_text(app))
-            recorder.write_sample(SAMPLES[5])  # it was only slow: following goes on
-            await wait_until(pilot, lambda: app.position == 5)
+            recorder.write_sample(SAMPLES[6])  # it was only slow: following goes on
+            await wait_until(pilot, lambda: app.position == 6)
             assert "seems to have died" not in screen_text(app) and "FOLLOWING" in line_with(app, "REPLAY")
     finally:
         recorder.close()
