@@ -116,3 +116,5 @@ def test_the_first_frame_of_a_host_without_agents_draws_without_the_deferred_mod
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["drawn"].strip().startswith("PID")  # the selected process's details are on screen
     assert not set(result["modules"]) & DEFERRED, set(result["modules"]) & DEFERRED
+    # The table's labels and plain cells are Text, not markup: rich's emoji names stay unloaded.
+    assert "rich._emoji_codes" not in result["modules"]
