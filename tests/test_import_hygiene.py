@@ -4,8 +4,10 @@ look at what came with it. Needs no torch, no GPU, no driver."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,53 @@ def test_the_monitor_of_this_host_loads_no_reader_of_other_hosts(module):
     # imported when one is asked for: it is not on the way to this host's first frame.
     modules = imported(module)
     assert not modules & {"urllib.request", "http.client", "vramtop.sources.remote"}
+
+
+# Opened by keys (help, warnings, a signal's confirmation), drawn once an agent or another host's
+# process is selected, computed once a process with the agent is seen (its bill, advice, leak fit)
+# or after an OOM (the post-mortem): none is on the way to the first frame of a host without agents.
+DEFERRED = {"vramtop.ui.screens", "vramtop.processes", "vramtop.ui.widgets.bill", "vramtop.ui.widgets.remote_detail",
+            "vramtop.analysis.postmortem", "vramtop.analysis.oom_place", "vramtop.analysis.diagnosis",
+            "vramtop.analysis.advice", "vramtop.analysis.bill", "vramtop.analysis.leak"}
+
+FIRST_FRAME = """
+import asyncio, json, sys
+from tests.fakes.fake_nvml import two_gpu_box
+from vramtop.sources.monitor import MonitorSource
+from vramtop.sources.nvml import NvmlSource
+from vramtop.ui.app import VramtopApp
+
+async def first_frame():
+    source = MonitorSource(NvmlSource(nvml=two_gpu_box()), None)
+    source.open()
+    app = VramtopApp(source, interval=60)
+    async with app.run_test(size=(160, 48)) as pilot:
+        while app.sample is None:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        drawn = str(app.query_one("#detail").render_line(0).text)
+    return drawn
+
+drawn = asyncio.run(first_frame())
+print(json.dumps({"drawn": drawn, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_the_live_monitors_start_imports_nothing_its_first_frame_does_not_need():
+    # What `vramtop` imports before Textual's, then the UI's (the live command's path).
+    modules = imported("vramtop.cli, vramtop.commands.top, textual.app, vramtop.ui.app")
+    assert not modules & DEFERRED, modules & DEFERRED
+    assert not modules & {"vramtop.analysis.report", "vramtop.recording", "vramtop.ui.replay",
+                          "vramtop.commands.record", "vramtop.commands.report"}
+
+
+def test_the_first_frame_of_a_host_without_agents_draws_without_the_deferred_modules():
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME], capture_output=True, text=True, check=True,
+                         timeout=120, cwd=root, env=env)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["drawn"].strip().startswith("PID")  # the selected process's details are on screen
+    assert not set(result["modules"]) & DEFERRED, set(result["modules"]) & DEFERRED
+    # The table's labels and plain cells are Text, not markup: rich's emoji names stay unloaded.
+    assert "rich._emoji_codes" not in result["modules"]

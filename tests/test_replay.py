@@ -187,7 +187,7 @@ async def test_the_demo_opens_where_the_training_starts(samples):
 async def test_a_replay_never_signals_a_process(samples, monkeypatch, key):
     # A recorded PID may be a live process here, even one with the same start time: refused.
     sent = []
-    monkeypatch.setattr("vramtop.ui.app.send_signal", lambda *a: sent.append(a) or "sent")
+    monkeypatch.setattr("vramtop.processes.send_signal", lambda *a: sent.append(a) or "sent")
     app = ReplayApp(replay_of(), title="t", interval=0.5, speed=1.0, start=len(samples) // 2)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("space")

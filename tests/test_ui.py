@@ -691,7 +691,7 @@ def test_snapshot_help_80x24(snap_compare):
 
 def test_snapshot_confirm_kill_160x48(snap_compare, monkeypatch):
     # The PIDs in ``box`` are made up: let the UI ask about one without looking it up here.
-    monkeypatch.setattr("vramtop.ui.app.signal_refusal", lambda pid, create_time: None)
+    monkeypatch.setattr("vramtop.processes.signal_refusal", lambda pid, create_time: None)
     assert snap_compare(monitor(), terminal_size=WIDE_SIZE, run_before=fed(box(), press=("k",)))
 
 

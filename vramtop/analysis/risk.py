@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from vramtop.analysis import rules
-from vramtop.analysis.advice import Advice, Assumptions
 from vramtop.analysis.latch import CRITICAL, INFO, NOTHING, RANK, WARNING, Finding, Latch
-from vramtop.analysis.leak import LeakFit, LeakPoint, fit_leak
 from vramtop.analysis.subjects import (
     Subject,
     advice_for,
@@ -45,6 +44,11 @@ from vramtop.analysis.warning import (
     warning_to_dict,
 )
 from vramtop.model import AgentEvent, OomReport, Sample
+
+if TYPE_CHECKING:
+    # Needed once a process with the agent is seen (a subject): imported where used.
+    from vramtop.analysis.advice import Advice, Assumptions
+    from vramtop.analysis.leak import LeakFit, LeakPoint
 
 __all__ = [  # the warnings' vocabulary, re-exported for the tracker's users
     "CRITICAL", "FRAGMENTATION", "HEADROOM", "INFO", "KINDS", "LEAK", "NEIGHBOUR", "OOM", "RETRIES", "WARNING",
@@ -191,6 +195,8 @@ class RiskTracker:
             return
         if points and last.step < points[-1].step:
             points.clear()  # the step counter went back: another run in this process
+        from vramtop.analysis.leak import LeakPoint, fit_leak  # once a step of an agent's is seen
+
         points.append(LeakPoint(last.step, at, last.persistent))
         while len(points) > t.leak_window:
             points.popleft()

@@ -5,17 +5,20 @@ reason for each threshold; the tracker (risk.py) keeps the memory and the latche
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from vramtop.analysis.advice import Assumptions, top_advice
-from vramtop.analysis.bill import fragmentation, fragmentation_proxy
-from vramtop.analysis.diagnosis import diagnose
 from vramtop.analysis.latch import CRITICAL, INFO, NOTHING, WARNING, Finding
-from vramtop.analysis.leak import LeakFit
 from vramtop.analysis.subjects import Place, Subject, subject_advice
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.analysis.warning import FRAGMENTATION, HEADROOM, LEAK, NEIGHBOUR, OOM, RETRIES, RiskWarning
 from vramtop.model import NOT_VISIBLE, OomReport
 from vramtop.units import fmt_bytes, fmt_eta
+
+if TYPE_CHECKING:
+    # The rules run on subjects, processes with the agent: the advice and the bill's arithmetic
+    # are imported by the rules that use them, once there is one.
+    from vramtop.analysis.advice import Assumptions
+    from vramtop.analysis.leak import LeakFit
 
 
 def _warning(s: Subject, level: str, kind: str, title: str, evidence: dict[str, float], sentence: str,
@@ -25,6 +28,8 @@ def _warning(s: Subject, level: str, kind: str, title: str, evidence: dict[str, 
 
 def _action(s: Subject, t: Thresholds, a: Assumptions | None, fallback: str, need: int | None = None) -> str:
     """The advice to try first for the subject, or ``fallback`` when there is none."""
+    from vramtop.analysis.advice import top_advice
+
     top = top_advice(subject_advice(s, t.margin, a, need))
     return top.text if top else fallback
 
@@ -95,6 +100,8 @@ def retries(s: Subject, before: int | None, t: Thresholds, a: Assumptions | None
         sentence = (f"{s.who}'s allocator flushed its cache and retried cudaMalloc {delta} more "
                     f"time{'s' if delta != 1 else ''} ({count} in all): each retry synchronises the device "
                     "and the next failure is an OOM.")
+    from vramtop.analysis.bill import fragmentation
+
     frag = fragmentation(s.device.stats) or 0.0
     if s.agent.expandable_segments is not True and frag > t.frag_ratio:
         action = ("Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True so freed blocks can be reused instead "
@@ -130,6 +137,8 @@ def oom(s: Subject, before: int | None, fresh: bool, ev: OomReport | None, t: Th
         # come from one NVML poll: unlike memory.used they are comparable with each other
         # during an OOM's fast growth.
         others = sum(p.used_memory or 0 for p in s.place.processes if p is not s.row)
+        from vramtop.analysis.diagnosis import diagnose  # an OOM's: not needed before one is seen
+
         diagnosis = diagnose(ev, others, s.agent.expandable_segments)
     if first:
         sentence = (f"{s.who} had already run out of GPU memory {count} time{'s' if count != 1 else ''} "
@@ -205,6 +214,8 @@ def fragmentation_rule(s: Subject, t: Thresholds) -> Finding:
         # Under memory pressure the allocator unmaps the free pages of expandable segments and
         # maps them where they are needed: free blocks in pieces cannot fail a large request.
         return NOTHING
+    from vramtop.analysis.bill import fragmentation, fragmentation_proxy
+
     frag = fragmentation(stats)
     proxy = frag is None
     if frag is None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from vramtop.analysis.advice import Advice, Assumptions, ProcessFacts, advise, batch_fit
-from vramtop.analysis.bill import Bill, bill_at_peak, fragmentation, non_pytorch_of
 from vramtop.analysis.join import join
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import AgentDevice, AgentSample, ProcessSample, Sample, TensorCensus
+
+if TYPE_CHECKING:
+    # The advice and the bill's arithmetic are needed once an agent is seen: imported then.
+    from vramtop.analysis.advice import Advice, Assumptions, ProcessFacts
+    from vramtop.analysis.bill import Bill
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ def subjects(sample: Sample, where: Mapping[str, Place],
 def project(agent: AgentSample, device: AgentDevice, place: Place, row: ProcessSample | None,
             pid: int, known_non_pytorch: int | None) -> Subject:
     """One process's projected step peak on ``place``, against the device's total or its cap."""
+    from vramtop.analysis.bill import bill_at_peak, non_pytorch_of
+
     stats = device.stats
     used = row.used_memory if row else None
     # When NVML's figure is not comparable with the allocator's, reuse the last consistent value
@@ -135,6 +141,9 @@ def mixed_precision(agent: AgentSample, census: TensorCensus | None) -> bool | N
 
 def facts_of(agent: AgentSample, device: AgentDevice) -> ProcessFacts:
     """What the agent says about the levers already in use by its process on ``device``."""
+    from vramtop.analysis.advice import ProcessFacts
+    from vramtop.analysis.bill import fragmentation
+
     census = device.census
     last = device.last_step
     return ProcessFacts(
@@ -153,6 +162,8 @@ def subject_advice(s: Subject, margin: float, assumptions: Assumptions | None = 
     """The ranked advice for a subject (empty before its bill exists)."""
     if s.bill is None:
         return ()
+    from vramtop.analysis.advice import advise
+
     return advise(s.bill, device_total=s.limit, others=s.load - s.own_peak, margin=margin,
                   facts=facts_of(s.agent, s.device), need=need, assumptions=assumptions)
 
@@ -179,4 +190,6 @@ def batch_fit_for(sample: Sample, agent: AgentSample, device: AgentDevice, margi
     s = _subject_of(sample, agent, device)
     if s is None or s.bill is None or not s.limit:
         return None
+    from vramtop.analysis.advice import batch_fit
+
     return batch_fit(s.bill, s.limit, s.load - s.own_peak, margin)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -13,15 +13,12 @@ from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
 
-from vramtop.analysis.advice import Advice
 from vramtop.analysis.history import History
 from vramtop.analysis.jobs import jobs
 from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
-from vramtop.processes import send_signal, signal_refusal
 from vramtop.sources.poller import DeadlineReader, Poller, Source
-from vramtop.ui.screens import ConfirmScreen, HelpScreen, WarningsScreen
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.keys import KeyBar
@@ -30,6 +27,9 @@ from vramtop.ui.widgets.processes import SORT_NAMES, ProcessTable
 from vramtop.ui.widgets.ranks import RankView
 from vramtop.ui.widgets.warnings import WarningList, render_warning_details
 from vramtop.units import clock, fmt_bytes
+
+if TYPE_CHECKING:
+    from vramtop.analysis.advice import Advice
 
 # Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
 NARROW_WIDTH = 110
@@ -292,10 +292,14 @@ class VramtopApp(App[None]):
         # One help screen for the app's life: Textual keeps caches of every closed screen's
         # widgets (up to a thousand), so a new one per `?` grew the monitor by ~0.13 MiB a time.
         if not self.is_screen_installed("help"):
+            from vramtop.ui.screens import HelpScreen
+
             self.install_screen(HelpScreen(), "help")
         self.push_screen("help")
 
     def action_warnings(self) -> None:
+        from vramtop.ui.screens import WarningsScreen
+
         self.push_screen(WarningsScreen(render_warning_details(self.warnings)))
 
     def action_toggle_pause(self) -> None:
@@ -344,6 +348,10 @@ class VramtopApp(App[None]):
         proc = next((p for p in gpu.processes if p.pid == int(pid_text)), None) if gpu else None
         if proc is None:
             return
+        # The screens only keys open, and psutil's process lookups: off the way to the first frame.
+        from vramtop.processes import send_signal, signal_refusal
+        from vramtop.ui.screens import ConfirmScreen
+
         refusal = signal_refusal(proc.pid, proc.create_time)
         if refusal:
             self.notify(refusal, severity="error")

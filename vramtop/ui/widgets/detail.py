@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.cells import cell_len
 from rich.text import Text
 
-from vramtop.analysis.advice import Advice
-from vramtop.analysis.bill import non_pytorch_of
-from vramtop.analysis.diagnosis import CAPACITY, diagnose
 from vramtop.analysis.join import join
 from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
-from vramtop.ui.widgets.bill import AGENT_STALE_S, agent_title, oom_headline, render_agent, render_oom
 from vramtop.ui.widgets.panel import Panel
-from vramtop.ui.widgets.remote_detail import render_remote
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib, process_label
+
+if TYPE_CHECKING:
+    from vramtop.analysis.advice import Advice
 
 
 def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool = True,
@@ -39,6 +39,8 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     gpu = sample.gpu(first.gpu_uuid)
     match = join(sample).of_row(first)
     if gpu is not None and gpu.host:  # another host's process: its exporter's figures only
+        from vramtop.ui.widgets.remote_detail import render_remote
+
         t.append_text(render_remote(sample, first, gpu.host))
     elif match is not None:
         t.append_text(_with_agent(sample, match.agent, match.device, first, width, narrow, advice, live))
@@ -50,6 +52,12 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
 def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: ProcessSample, width: int,
                 narrow: bool, advice: tuple[Advice, ...], live: bool) -> Text:
     """The agent's view: its title, an OOM's post-mortem if it had one, the bill, the advice."""
+    # Imported once an agent is seen: the bill's drawing and the post-mortem are not on the way
+    # to the first frame of a host without one.
+    from vramtop.analysis.bill import non_pytorch_of
+    from vramtop.analysis.diagnosis import CAPACITY, diagnose
+    from vramtop.ui.widgets.bill import agent_title, oom_headline, render_agent, render_oom
+
     t = Text("\n")
     t.append_text(agent_title(agent, device, sample.time))
     t.append("  ")
@@ -119,6 +127,8 @@ def detail_inputs(sample: Sample, key: str | None, width: int, narrow: bool, adv
     match = join(sample).of_row(first)
     agent: tuple[object, ...] = ()
     if match is not None:
+        from vramtop.ui.widgets.bill import AGENT_STALE_S
+
         age = sample.time - match.agent.time  # the title says how old the agent's news are, once stale
         # Of the GPU, the bill shows its size and what is free (not its utilisation, which moves).
         memory = None if gpu is None else (gpu.memory_total, gpu.memory_free)

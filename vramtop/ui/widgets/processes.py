@@ -82,11 +82,13 @@ class ProcessTable(DataTable[Any]):
         if narrow != self._narrow or width != self._layout_width:
             self.clear(columns=True)
             columns = NARROW_COLUMNS if narrow else WIDE_COLUMNS
+            # Labels as Text: a str would be parsed as markup, and that loads rich's table of
+            # emoji names (4 ms) on the way to the first frame, for labels that hold none.
             for label, column_width in columns:
-                self.add_column(label, width=column_width)
+                self.add_column(Text(label), width=column_width)
             # Each column is padded by one cell on either side.
             used = sum(w + 2 * self.cell_padding for _, w in columns) + 2 * self.cell_padding
-            self.add_column("COMMAND", width=max(MIN_COMMAND, width - used))
+            self.add_column(Text("COMMAND"), width=max(MIN_COMMAND, width - used))
             self._narrow = narrow
             self._layout_width = width
         else:
@@ -171,14 +173,20 @@ class ProcessTable(DataTable[Any]):
         if p.gpu_uuid in self._hosts:  # its PID is another host's: say where, before anything else
             label = f"[{self._hosts[p.gpu_uuid]}] {label}"
         command = Text(label, style="italic yellow" if p.visibility in (NOT_VISIBLE, MISMATCH) else "")
-        user = (p.user or "?")[: 8 if narrow else 12]
+        user = _plain((p.user or "?")[: 8 if narrow else 12])
         rss = Text(fmt_bytes(p.host_rss), justify="right")
         if narrow:
-            return (str(gpu_index), pid, user, gpu_mem, rss, command)
+            return (_plain(str(gpu_index)), pid, user, gpu_mem, rss, command)
         pct = percent(p.used_memory, self._totals.get(p.gpu_uuid))
         share = Text("N/A" if pct is None else f"{pct:.1f}%", justify="right")
         torch = Text("", justify="right")
         if agent is not None:
             torch = Text(f"{fmt_bytes(agent.stats.allocated)}/{fmt_bytes(agent.stats.reserved)}", justify="right",
                          style="green")
-        return (str(gpu_index), pid, user, p.kind, gpu_mem, share, torch, rss, command)
+        return (_plain(str(gpu_index)), pid, user, _plain(p.kind), gpu_mem, share, torch, rss, command)
+
+
+def _plain(text: str) -> Text:
+    """A cell of plain text, as DataTable draws a str on a one-line row, but never read as markup:
+    a str would load rich's table of emoji names (4 ms) on the way to the first frame."""
+    return Text(text, no_wrap=True, end="")
