@@ -26,23 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vramtop.inject import attach_agent  # noqa: E402 - after the path
+from tests.fakes.fake_cuda import bare_namespace_source  # noqa: E402 - after the path
+from vramtop.inject import attach_agent  # noqa: E402
 
-TARGET = textwrap.dedent("""
-    import importlib.util, sys, time, types
-    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
-    fake_cuda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fake_cuda)
-    fake = fake_cuda.FakeCudaTorch(types.SimpleNamespace(__version__="0-fake"))
-    fake.allocator.set(1 << 20, 2 << 20)
-    sys.modules["torch"] = fake
-    fake.initialized = True
+TARGET = bare_namespace_source(1 << 20, 2 << 20) + textwrap.dedent("""
     print("ready", flush=True)
     end = time.monotonic() + 30
     while time.monotonic() < end:
         sum(range(1000))
         time.sleep(0.001)
-""").format(fake=str(REPO / "tests" / "fakes" / "fake_cuda.py"))
+""")
 
 
 def one_round(python: str, directory: Path) -> tuple[str, float | None, float]:

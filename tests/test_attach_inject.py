@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.attach_targets import (  # noqa: F401 - fixtures
-    FAKE_CUDA,
     REPO,
     TRAIN,
     clean_env,
@@ -31,6 +30,7 @@ from tests.attach_targets import (  # noqa: F401 - fixtures
     runtime_fixture,
     start,
 )
+from tests.fakes.fake_cuda import bare_namespace_source
 from vramtop.inject import AttachRefused, TargetExited, attach_agent, inspect_target
 from vramtop.inject.errors import AgentNotYet
 
@@ -217,8 +217,9 @@ def python_for(uid: int) -> str | None:
     return None
 
 
-def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
-    """Run as ``nobody`` (a real second user, without CAP_SYS_PTRACE) against root's process."""
+def second_user() -> tuple[int, str]:
+    """A real second user (``nobody``) and an interpreter it may run vramtop with; skips the
+    test where there is none (not root, no such user, no such interpreter)."""
     if os.geteuid() != 0:
         pytest.skip("creating a second user's process needs root")
     try:
@@ -230,6 +231,12 @@ def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
     python = python_for(nobody)
     if python is None:
         pytest.skip("no Python that user 'nobody' may run with vramtop importable")
+    return nobody, python
+
+
+def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
+    """Run as ``nobody`` (a real second user, without CAP_SYS_PTRACE) against root's process."""
+    nobody, python = second_user()
     target = start([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"])
     procs.append(target)
     result = subprocess.run([python, "-c", AS_ANOTHER_USER, str(target.pid)], user=nobody, cwd="/",
@@ -250,15 +257,7 @@ def test_another_users_process_and_ptrace_scope_for_an_unprivileged_user(procs):
 
 # A target without torch (other interpreters here have none): a fake CUDA allocator on a bare
 # namespace is all the agent needs to serve.
-BARE = textwrap.dedent("""
-    import importlib.util, sys, time, types
-    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
-    fake_cuda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fake_cuda)
-    fake = fake_cuda.FakeCudaTorch(types.SimpleNamespace(__version__="0-fake"))
-    fake.allocator.set(77 << 20, 128 << 20)
-    sys.modules["torch"] = fake
-    fake.initialized = True
+BARE = bare_namespace_source(77 << 20, 128 << 20) + textwrap.dedent("""
     print("ready", flush=True)
     total = 0
     for i in range(1500):
@@ -266,7 +265,7 @@ BARE = textwrap.dedent("""
         time.sleep(0.002)
     print("result", total, flush=True)
     print("agent", sys.modules.get("vramtop.agent") is not None, flush=True)
-""").format(fake=str(FAKE_CUDA))
+""")
 
 
 def other_interpreters() -> list[tuple[str, tuple[int, int]]]:

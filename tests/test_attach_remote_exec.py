@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 
 from tests.attach_targets import (  # noqa: F401 - fixtures
-    FAKE_CUDA,
     REPO,
     clean_env,
     finish,
@@ -36,6 +35,7 @@ from tests.attach_targets import (  # noqa: F401 - fixtures
     runtime_fixture,
     start,
 )
+from tests.fakes.fake_cuda import bare_namespace_source
 from vramtop.inject import AttachRefused, TargetExited, attach_agent, inspect_target, wait_for_agent
 from vramtop.inject._remote_exec import SCRIPT_SUFFIX, _failure, interpreter_options
 from vramtop.inject._target import TargetPython
@@ -64,16 +64,8 @@ needs_314 = pytest.mark.skipif(PY314 is None, reason="no Python 3.14 interpreter
                                "(set VRAMTOP_TEST_PY314)")
 
 # A loop that has never heard of vramtop, with CUDA faked on a bare namespace. argv: rounds.
-LOOP = textwrap.dedent("""
-    import importlib.util, sys, time, types
-    imported_before = "vramtop" in sys.modules
-    spec = importlib.util.spec_from_file_location("fake_cuda", {fake!r})
-    fake_cuda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fake_cuda)
-    fake = fake_cuda.FakeCudaTorch(types.SimpleNamespace(__version__="0-fake"))
-    fake.allocator.set(77 << 20, 128 << 20)
-    sys.modules["torch"] = fake
-    fake.initialized = True
+LOOP = ("import sys\nimported_before = 'vramtop' in sys.modules\n" + bare_namespace_source(77 << 20, 128 << 20)
+        + textwrap.dedent("""
     print("ready", flush=True)
     total = 0
     for i in range(int(sys.argv[1])):
@@ -84,7 +76,7 @@ LOOP = textwrap.dedent("""
     agent = sys.modules.get("vramtop.agent")
     print("agent", agent is not None and agent.current() is not None, flush=True)
     print("from", getattr(sys.modules.get("vramtop"), "__file__", None), flush=True)
-""").format(fake=str(FAKE_CUDA))
+"""))
 
 SLEEPER = "import time\nprint('ready', flush=True)\nfor _ in range(3000): time.sleep(0.01)\n"
 
@@ -311,19 +303,9 @@ AS_ANOTHER_USER = textwrap.dedent("""
 
 @needs_314
 def test_another_users_314_process_is_refused(procs):
-    if os.geteuid() != 0:
-        pytest.skip("creating a second user's process needs root")
-    from tests.test_attach_inject import python_for
+    from tests.test_attach_inject import second_user
 
-    try:
-        import pwd
-
-        nobody = pwd.getpwnam("nobody").pw_uid
-    except KeyError:
-        pytest.skip("no user 'nobody' here")
-    python = python_for(nobody)
-    if python is None:
-        pytest.skip("no Python that user 'nobody' may run with vramtop importable")
+    nobody, python = second_user()
     target = start([PY314, "-c", SLEEPER])
     procs.append(target)
     result = subprocess.run([python, "-c", AS_ANOTHER_USER, str(target.pid)], user=nobody, cwd="/",

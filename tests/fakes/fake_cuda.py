@@ -8,6 +8,7 @@ and records any call the agent must never make.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 from types import SimpleNamespace
@@ -180,3 +181,20 @@ class FakeCudaTorch:
             setattr(self, name, module)
             return module
         return getattr(self._torch, name)
+
+
+def bare_namespace_source(allocated: int, reserved: int) -> str:
+    """The start of a script for a process without torch (or another interpreter): this file
+    loaded by its location (so neither vramtop nor torch is imported), a FakeCudaTorch on a bare
+    namespace installed as ``torch``, its CUDA initialised, ``allocated``/``reserved`` bytes held.
+    All an agent needs to serve."""
+    return textwrap.dedent(f"""
+        import importlib.util, sys, time, types
+        spec = importlib.util.spec_from_file_location("fake_cuda", {__file__!r})
+        fake_cuda = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fake_cuda)
+        fake = fake_cuda.FakeCudaTorch(types.SimpleNamespace(__version__="0-fake"))
+        fake.allocator.set({allocated}, {reserved})
+        sys.modules["torch"] = fake
+        fake.initialized = True
+    """)
