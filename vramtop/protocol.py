@@ -142,11 +142,6 @@ class FrameDecoder:
     def push(self, data: bytes) -> None:
         self._buffer += data
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet decoded."""
-        return len(self._buffer)
-
     def pop(self) -> dict[str, Any] | None:
         """The next complete message, or None until more bytes come."""
         if len(self._buffer) < _HEADER.size:

@@ -8,7 +8,7 @@ from rich.cells import cell_len
 from rich.text import Text
 
 from vramtop.analysis.join import join
-from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, ProcessSample, Sample
+from vramtop.model import MISMATCH, NOT_VISIBLE, AgentDevice, AgentSample, GpuSample, ProcessSample, Sample
 from vramtop.ui.widgets.panel import Panel
 from vramtop.ui.widgets.warnings import render_advice
 from vramtop.units import fmt_bytes, mib, process_label
@@ -21,12 +21,9 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
                   advice: tuple[Advice, ...] = (), live: bool = True) -> Text:
     if key is None:
         return Text("no process selected", style="dim")
-    uuid, _, pid_text = key.rpartition(":")
-    pid = int(pid_text)
-    on_gpus = [(g, p) for g in sample.gpus for p in g.processes if p.pid == pid]
-    if not on_gpus:
+    pid, on_gpus, first = _selected(sample, key)
+    if first is None:
         return Text(f"PID {pid} is no longer on any GPU", style="dim")
-    first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1])
     t = Text()
     t.append(f"PID {pid}", style="bold")
     t.append(f"  user {first.user or '?'}  host RSS {fmt_bytes(first.host_rss)}  ")
@@ -47,6 +44,16 @@ def render_detail(sample: Sample, key: str | None, width: int = 80, narrow: bool
     else:
         t.append_text(_without_agent(first, live))
     return t
+
+
+def _selected(sample: Sample, key: str) -> tuple[int, list[tuple[GpuSample, ProcessSample]], ProcessSample | None]:
+    """The process of the row ``key`` ("<gpu uuid>:<pid>"): its PID, its place on every GPU, and
+    the one on the row's GPU (else its first; None once it left every GPU)."""
+    uuid, _, pid_text = key.rpartition(":")
+    pid = int(pid_text)
+    on_gpus = [(g, p) for g in sample.gpus for p in g.processes if p.pid == pid]
+    first = next((p for g, p in on_gpus if g.uuid == uuid), on_gpus[0][1] if on_gpus else None)
+    return pid, on_gpus, first
 
 
 def _with_agent(sample: Sample, agent: AgentSample, device: AgentDevice, first: ProcessSample, width: int,
@@ -115,12 +122,11 @@ def detail_inputs(sample: Sample, key: str | None, width: int, narrow: bool, adv
     mostly brings the same agent sample (it publishes at its own pace) and the same process."""
     if key is None:
         return (key,)
-    pid = int(key.rpartition(":")[2])
-    on_gpus = tuple((g.index, g.uuid, p) for g in sample.gpus for p in g.processes if p.pid == pid)
-    if not on_gpus:
+    _, places, first = _selected(sample, key)
+    if first is None:
         return (key, width, narrow)
-    uuid = key.rpartition(":")[0]
-    first = next((p for _, u, p in on_gpus if u == uuid), on_gpus[0][2])
+    # The GPUs by index and uuid, not as samples: their utilisation moves every sample.
+    on_gpus = tuple((g.index, g.uuid, p) for g, p in places)
     gpu = sample.gpu(first.gpu_uuid)
     if gpu is not None and gpu.host:
         return None
