@@ -274,10 +274,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def build_attacks(path: Path, k: float) -> list[tuple[str, Attack]]:
+class Sink:
+    """A socket outside the training process that accepts and never reads: the same flood sent
+    there costs the host what a flood costs it (the flooder's sends, the kernel's buffers) and the
+    agent nothing, so the training step's answer to it is the part of a flood that is not the
+    agent's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held = [*[c for c in self.held if c.fileno() != -1][-16:], conn]
+
+
+def build_attacks(path: Path, k: float, sink: Path | None = None) -> list[tuple[str, Attack]]:
     quick = max(2.0, 5 * k)  # how long the quick attacks repeat
     hold = max(2.0, 8 * k)
+    control = ([(f"control: the same floods into a socket outside the training process for {quick:.0f} s",
+                 flood(sink, int(200_000 * k), quick))] if sink else [])
     return [
+        *control,
         (f"connect/disconnect cycles for {quick:.0f} s", cycles(path, quick)),
         (f"{int(100 * k) or 1} concurrent monitors", concurrent(path, int(100 * k) or 1, quick)),
         ("16 slowloris clients", slowloris(path, 16, hold)),
@@ -387,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(work / "run", seconds=3600, cpus=trainer_cpus)
     try:
         trainer.wait_ready()
-        attacks = [(name, attack) for name, attack in build_attacks(trainer.path, args.scale)
+        sink = Sink(work / "sink.sock")
+        attacks = [(name, attack) for name, attack in build_attacks(trainer.path, args.scale, sink.path)
                    if not args.only or any(words in name for words in args.only)]
         before = trainer.resources()
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in attacks}
