@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,8 +85,13 @@ from vramtop.sources.monitor import MonitorSource
 from vramtop.sources.nvml import NvmlSource
 from vramtop.ui.app import VramtopApp
 
+nvml = two_gpu_box()
+if "--idle" in sys.argv:
+    for gpu in nvml.gpus:
+        gpu.compute = []
+
 async def first_frame():
-    source = MonitorSource(NvmlSource(nvml=two_gpu_box()), None)
+    source = MonitorSource(NvmlSource(nvml=nvml), None)
     source.open()
     app = VramtopApp(source, interval=60)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -93,10 +99,12 @@ async def first_frame():
             await pilot.pause(0.01)
         await pilot.pause()
         drawn = str(app.query_one("#detail").render_line(0).text)
-    return drawn
+        gpus = app.query_one("#gpus")
+        screen = "\\n".join(str(gpus.render_line(y).text) for y in range(gpus.size.height))
+    return drawn, screen
 
-drawn = asyncio.run(first_frame())
-print(json.dumps({"drawn": drawn, "modules": sorted(sys.modules)}))
+drawn, screen = asyncio.run(first_frame())
+print(json.dumps({"drawn": drawn, "screen": screen, "modules": sorted(sys.modules)}))
 """
 
 
@@ -106,15 +114,28 @@ def test_the_live_monitors_start_imports_nothing_its_first_frame_does_not_need()
     assert not modules & DEFERRED, modules & DEFERRED
     assert not modules & {"vramtop.analysis.report", "vramtop.recording", "vramtop.ui.replay",
                           "vramtop.commands.record", "vramtop.commands.report"}
+    assert "psutil" not in top(modules)  # imported when the first GPU process is met
+
+
+def first_frame(*args: str) -> dict[str, Any]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME, *args], capture_output=True, text=True, check=True,
+                         timeout=120, cwd=root, env=env)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_the_first_frame_of_a_host_without_agents_draws_without_the_deferred_modules():
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", FIRST_FRAME], capture_output=True, text=True, check=True,
-                         timeout=120, cwd=root, env=env)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = first_frame()
     assert result["drawn"].strip().startswith("PID")  # the selected process's details are on screen
     assert not set(result["modules"]) & DEFERRED, set(result["modules"]) & DEFERRED
     # The table's labels and plain cells are Text, not markup: rich's emoji names stay unloaded.
     assert "rich._emoji_codes" not in result["modules"]
+
+
+def test_the_first_frame_of_idle_gpus_draws_without_psutil():
+    # psutil (~6 ms to import) tells who a GPU process is; RAM comes from /proc/meminfo.
+    result = first_frame("--idle")
+    assert "psutil" not in top(set(result["modules"]))
+    assert "/81559 MiB" in result["screen"], result["screen"]  # the GPUs' memory figures are drawn

@@ -135,6 +135,45 @@ def test_gpu_selection_by_index_and_uuid_prefix():
     assert info.value.exit_code == EXIT_NO_GPU and "GPU-0b7e13d2" in info.value.message
 
 
+class PcieTogether(FakeNvml):
+    """Each GPU's PCIe TX read waits until every GPU's is under way: read one after the other,
+    the first would wait for ever (here: until the barrier's timeout breaks it)."""
+
+    def __init__(self, gpus: list[FakeGpu]) -> None:
+        super().__init__(gpus)
+        self.together = threading.Barrier(len(gpus), timeout=10)
+
+    def nvmlDeviceGetPcieThroughput(self, handle, counter):
+        if counter == self.NVML_PCIE_UTIL_TX_BYTES:
+            self.together.wait()
+        return super().nvmlDeviceGetPcieThroughput(handle, counter)
+
+
+def test_the_pcie_throughput_of_several_gpus_is_read_at_once():
+    # ~20 ms asleep in the driver per call, two calls per GPU: one after the other, eight GPUs
+    # held the first sample (and the first frame) a third of a second.
+    fake = PcieTogether(two_gpu_box().gpus)
+    sample = source(fake).read()
+    assert [(g.pcie_tx, g.pcie_rx) for g in sample.gpus] == [
+        (g.pcie_kb[0] * 1024, g.pcie_kb[1] * 1024) for g in fake.gpus]
+    assert all(g.error is None for g in sample.gpus)
+
+
+class PcieLost(FakeNvml):
+    def nvmlDeviceGetPcieThroughput(self, handle, counter):
+        if handle.index == 1:
+            self._enter("nvmlDeviceGetPcieThroughput")
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return super().nvmlDeviceGetPcieThroughput(handle, counter)
+
+
+def test_an_error_in_one_gpus_pcie_read_is_that_gpus_error():
+    fake = PcieLost(two_gpu_box().gpus)
+    sample = source(fake).read()
+    assert sample.gpus[1].error and "lost" in sample.gpus[1].error
+    assert sample.gpus[0].error is None and sample.gpus[0].pcie_tx == fake.gpus[0].pcie_kb[0] * 1024
+
+
 def test_a_lost_gpu_is_reported_on_that_gpu_and_the_others_still_read():
     fake = two_gpu_box()
     src = source(fake)

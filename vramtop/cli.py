@@ -124,9 +124,12 @@ def build_parser(commands_used: Collection[str] | None = None) -> argparse.Argum
                              "from its HTTP API (one query per refresh); read-only")
     if SUBCOMMANDS:
         commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+        # One parent of each kind, shared by the subcommands (argparse copies a parent's options
+        # into each child): every parser built costs the live monitor's start some gettext look-ups.
+        shared_options = {interval: _source_options(defaults=False, interval=interval) for interval in (True, False)}
         for name, module, summary in SUBCOMMANDS:
             sub = commands.add_parser(name, help=summary, description=summary,
-                                      parents=[_source_options(defaults=False, interval=name not in RECORDED)])
+                                      parents=[shared_options[name not in RECORDED]])
             sub.set_defaults(module=module)
             if commands_used is None or name in commands_used:
                 importlib.import_module(module).add_arguments(sub)

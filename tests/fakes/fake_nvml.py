@@ -80,6 +80,7 @@ class FakeNvml:
         self.process_api = process_api
         self.fail = dict(fail or {})
         self.calls: Counter[str] = Counter()
+        self._counting = threading.Lock()  # calls come from several threads (PCIe, a GPU each)
         self.hang = threading.Event()  # set -> memory reads block until release is set
         self.release = threading.Event()
         self.hang_in: set[str] = set()  # these calls block until release is set
@@ -90,7 +91,8 @@ class FakeNvml:
         self.initialised = False
 
     def _enter(self, name: str) -> None:
-        self.calls[name] += 1
+        with self._counting:
+            self.calls[name] += 1
         if name in self.hang_in:
             self.release.wait()
         if self.vanished:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, FakeProc, MiB, two_gpu_box
 
@@ -19,6 +22,27 @@ def big_box(agent_pids: list[int], per_gpu: int = 8) -> FakeNvml:
         gpus.append(FakeGpu(uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000", util=(90, 50), compute=procs,
                             used=sum(p.used or 0 for p in procs) + 200 * MiB))
     return FakeNvml(gpus)
+
+
+# A real driver's latencies (bench/RESULTS.md, "NVML call costs", an H100): seconds per call.
+DRIVER_LATENCY = {"nvmlInit": 0.012, "nvmlDeviceGetPcieThroughput": 0.021, "nvmlDeviceGetMigMode": 0.00017}
+OTHER_CALL_LATENCY = 0.00002
+
+
+def with_driver_latency(fake: FakeNvml) -> None:
+    """FAKE_NVML_LATENCY=1: each call of ``fake`` first sleeps as long as the driver's takes (the
+    GIL released, as ctypes releases it): the first sample's cost on a box of many GPUs."""
+    for name in dir(fake):
+        if name.startswith("nvml") and callable(getattr(fake, name)):
+            setattr(fake, name, _slowed(getattr(fake, name), DRIVER_LATENCY.get(name, OTHER_CALL_LATENCY)))
+
+
+def _slowed(call: Callable[..., Any], delay: float) -> Callable[..., Any]:
+    def slowed(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(delay)
+        return call(*args, **kwargs)
+
+    return slowed
 
 
 def main() -> int:
@@ -45,6 +69,8 @@ def main() -> int:
         return real(self, handle, version)
 
     type(fake).nvmlDeviceGetMemoryInfo = growing  # type: ignore[method-assign]
+    if os.environ.get("FAKE_NVML_LATENCY"):
+        with_driver_latency(fake)
     sys.modules["pynvml"] = fake  # type: ignore[assignment]
     from vramtop.cli import main as vramtop_main
 

@@ -8,6 +8,7 @@ No NVML exception ever reaches a caller of :meth:`NvmlSource.read`.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -127,7 +128,10 @@ class NvmlSource:
 
     Memory, utilisation, temperature and power are read every time. The process list and PCIe
     throughput are read at most every ``process_interval`` / ``pcie_interval`` seconds:
-    ``nvmlDeviceGetPcieThroughput`` blocks for ~20 ms per call on an H100, twice per GPU.
+    ``nvmlDeviceGetPcieThroughput`` blocks for ~20 ms per call on an H100, twice per GPU. With
+    several GPUs their throughputs are read at the same time, a thread each (NVML is thread-safe):
+    one after the other, eight GPUs held the first sample, and so the first frame, a third of a
+    second.
     """
 
     def __init__(
@@ -152,6 +156,8 @@ class NvmlSource:
         self._process_fns: dict[str, Callable[[Any], Any] | None] = {}
         self._process_cache: dict[str, tuple[float, tuple[ProcessSample, ...]]] = {}
         self._pcie_cache: dict[str, tuple[float, int | None, int | None]] = {}
+        # Read ahead by the threads of one read, taken by that read's GPUs: (tx, rx) or what the calls raised.
+        self._pcie_ahead: dict[str, tuple[int | None, int | None] | BaseException] = {}
         self._mig_cache: dict[str, tuple[float, bool | None]] = {}
         self._memory_v2 = True
         self._opened = False
@@ -245,7 +251,9 @@ class NvmlSource:
         self.open()
         now = self._clock()
         self._gone = False
+        self._read_pcie_ahead(now)
         gpus = tuple(self._read_gpu(device, now) for device in self._devices)
+        self._pcie_ahead.clear()  # a GPU whose read failed before its PCIe did not take it
         if self._gone:
             self.close()  # the next read initialises NVML again (or says why it cannot)
         return Sample(
@@ -323,18 +331,47 @@ class NvmlSource:
         self._memory_v2 = self._memory_v2 and not without_v2
         return int(m.total), int(m.used), int(m.free), None
 
-    def _pcie(self, dev: _Device, now: float) -> tuple[int | None, int | None]:
+    def _pcie_due(self, dev: _Device, now: float) -> bool:
         cached = self._pcie_cache.get(dev.uuid)
-        if cached is not None and now - cached[0] < self._pcie_interval:
+        return cached is None or now - cached[0] >= self._pcie_interval
+
+    def _pcie(self, dev: _Device, now: float) -> tuple[int | None, int | None]:
+        if not self._pcie_due(dev, now):
+            cached = self._pcie_cache[dev.uuid]
             return cached[1], cached[2]
+        ahead = self._pcie_ahead.pop(dev.uuid, None)
+        if isinstance(ahead, BaseException):
+            raise ahead
+        result = ahead if ahead is not None else self._read_pcie(dev)
+        self._pcie_cache[dev.uuid] = (now, *result)
+        return result
+
+    def _read_pcie(self, dev: _Device) -> tuple[int | None, int | None]:
         nvml = self._nvml
         assert nvml is not None
         # NVML reports KB/s over a 20 ms window.
         tx = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
         rx = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
-        result = (None if tx is None else tx * 1024, None if rx is None else rx * 1024)
-        self._pcie_cache[dev.uuid] = (now, *result)
-        return result
+        return None if tx is None else tx * 1024, None if rx is None else rx * 1024
+
+    def _read_pcie_ahead(self, now: float) -> None:
+        """The PCIe throughput of every GPU due for it, read at once, a thread each: ~40 ms asleep
+        in the driver per GPU. Each GPU's read takes its result (or raises its error) in turn."""
+        due = [dev for dev in self._devices if self._pcie_due(dev, now)]
+        if len(due) < 2:
+            return  # one GPU reads its own, without a thread
+
+        def read(dev: _Device) -> None:
+            try:
+                self._pcie_ahead[dev.uuid] = self._read_pcie(dev)
+            except BaseException as err:  # raised again by that GPU's read, where it is handled
+                self._pcie_ahead[dev.uuid] = err
+
+        threads = [threading.Thread(target=read, args=(dev,), name="vramtop-pcie", daemon=True) for dev in due]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def _mig_devices(self, handle: Any) -> tuple[MigDeviceSample, ...]:
         nvml = self._nvml

@@ -19,6 +19,7 @@ from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
 from vramtop.sources.poller import DeadlineReader, Poller, Source
+from vramtop.ui import collector
 from vramtop.ui.widgets.detail import ProcessDetail
 from vramtop.ui.widgets.gpus import GpuList
 from vramtop.ui.widgets.keys import KeyBar
@@ -153,6 +154,7 @@ class VramtopApp(App[None]):
     def on_sample_arrived(self, message: SampleArrived) -> None:
         self.take(message.sample)
         self.failure = None
+        self._resume_collector_once_drawn()
         if self.paused:
             return
         self.sample = message.sample
@@ -167,7 +169,14 @@ class VramtopApp(App[None]):
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.failure = message.error
+        self._resume_collector_once_drawn()
         self.render_view()
+
+    def _resume_collector_once_drawn(self) -> None:
+        # The live command paused garbage collection for its start (vramtop.ui.collector): back
+        # on once the first sample, or the failure to read one, is on screen.
+        if collector.paused():
+            self.call_after_refresh(collector.resume)
 
     def on_resize(self, event: Resize) -> None:
         self._set_narrow(event.size.width)
