@@ -212,13 +212,16 @@ def test_once_json_is_always_strict_json(sample):
 @given(st.text(max_size=30))
 @example("node2:²").via("a digit int() does not take")
 @example("²").via("a digit int() does not take")
+@example("[x").via("an IPv6 host left open: urlsplit raised ValueError")
+@example("prom:99999").via("a port past 65535")
 def test_addresses_and_environment_numbers_refuse_clearly(text):
     from vramtop.agent._launch import launch_env
     from vramtop.agent._trace import entries_from_env
     from vramtop.export.server import parse_listen
+    from vramtop.sources.prometheus_api import parse_server
     from vramtop.sources.remote import parse_address
 
-    for parse in (parse_listen, parse_address):
+    for parse in (parse_listen, parse_address, parse_server):
         with contextlib.suppress(VramtopError):  # "²" passed isdigit() and raised ValueError in int()
             parse(text)
     launch = launch_env({"RANK": text, "LOCAL_RANK": text, "WORLD_SIZE": text, "MASTER_PORT": text}, parent_pid=1)
