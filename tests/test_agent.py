@@ -930,3 +930,14 @@ def test_a_stale_socket_whose_pid_was_reused_is_removed(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_relative_xdg_runtime_dir_is_not_used(tmp_path, monkeypatch):
+    from vramtop.protocol import runtime_dir
+
+    (tmp_path / "run").mkdir(mode=0o700)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "run")  # the agent's and a monitor's cwd would differ
+    assert runtime_dir().is_absolute()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert runtime_dir() == tmp_path / "run" / "vramtop"
