@@ -217,10 +217,13 @@ def test_once_json_is_always_strict_json(sample):
 def test_addresses_and_environment_numbers_refuse_clearly(text):
     from vramtop.agent._launch import launch_env
     from vramtop.agent._trace import entries_from_env
+    from vramtop.commands.options import process_id
     from vramtop.export.server import parse_listen
     from vramtop.sources.prometheus_api import parse_server
     from vramtop.sources.remote import parse_address
 
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        assert 0 < process_id(text) < 2**31
     for parse in (parse_listen, parse_address, parse_server):
         with contextlib.suppress(VramtopError):  # "²" passed isdigit() and raised ValueError in int()
             parse(text)
