@@ -352,8 +352,8 @@ class AgentServer:
 
     def _look_at_clients(self) -> None:
         """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
-        monitor out), and one that stopped reading is marked stalled (see _is_stalled). Looked
-        at every LOOK_EVERY seconds, not on every turn."""
+        monitor out), one that stopped reading is marked stalled (see _is_stalled), and a stalled
+        one that hung up is dropped. Looked at every LOOK_EVERY seconds, not on every turn."""
         now = time.monotonic()
         if now < self._next_look:
             return
