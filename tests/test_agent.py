@@ -930,3 +930,23 @@ def test_a_stale_socket_whose_pid_was_reused_is_removed(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_relative_xdg_runtime_dir_is_not_used(tmp_path, monkeypatch):
+    from vramtop.protocol import runtime_dir
+
+    (tmp_path / "run").mkdir(mode=0o700)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "run")  # the agent's and a monitor's cwd would differ
+    assert runtime_dir().is_absolute()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert runtime_dir() == tmp_path / "run" / "vramtop"
+
+
+def test_a_socket_named_for_no_possible_process_is_skipped_not_raised(tmp_path):
+    directory = tmp_path / "vramtop"
+    directory.mkdir(mode=0o700)
+    for name in ("99999999999999999999", "0", "-5"):  # the first raised OverflowError in os.kill
+        (directory / f"{name}.sock").touch()
+    source = AgentSource(directory)
+    assert source.poll() == ()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import socket
 import struct
 import threading
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vramtop.agent import _throttle
-from vramtop.agent._server import AgentServer
+from vramtop.agent import _server, _throttle
+from vramtop.agent._server import AgentServer, _Client
 from vramtop.protocol import (
     AGENT_PROTOCOL_MAX,
     AGENT_PROTOCOL_MIN,
@@ -25,6 +26,8 @@ from vramtop.protocol import (
     hello,
 )
 from vramtop.sources.agent import AgentConnection
+
+from .waiting import wait_for
 
 
 def serve(directory: Path) -> AgentServer:
@@ -279,22 +282,31 @@ def test_requests_of_all_clients_together_are_paced_yet_each_clients_first_is_re
         server.stop()
 
 
+def stall(server: AgentServer, silent: socket.socket, fill: bool = True) -> _Client:
+    """Say hello on ``silent`` and publish until the server finds it reads nothing: its client.
+    ``fill``: publish until its socket is full (a frame is left waiting to be written), else only
+    past the stall threshold (then nothing is left to write: it leaves the selector altogether)."""
+    silent.sendall(encode_frame(hello("monitor")))
+    wait_for(lambda: server.client_count == 1 and server.wants_samples(), timeout=30)
+    (client,) = server._clients.values()
+    sample = {"type": "sample", "pad": "x" * 1000}
+
+    def stalled() -> bool:  # 16 KiB unread and none of it read between two looks
+        if fill or _server._unread_bytes(client.sock) < 2 * _server.STALL_UNREAD:
+            server.publish(sample)
+        return not server.wants_samples()
+
+    wait_for(stalled, timeout=30, step=0.01)
+    assert client.stalled
+    return client
+
+
 def test_a_client_that_reads_nothing_is_stalled_sent_nothing_then_served_again_once_it_reads(tmp_path):
     server, _ = counting_server(tmp_path / "vramtop")
     silent = connect(server)
     try:
-        silent.sendall(encode_frame(hello("monitor")))
-        deadline = time.monotonic() + 10
-        while server.client_count < 1 or not server.wants_samples():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        client = stall(server, silent)
         sample = {"type": "sample", "pad": "x" * 1000}
-        while server.wants_samples():  # 16 KiB unread and none of it read between two looks
-            assert time.monotonic() < deadline
-            server.publish(sample)
-            time.sleep(0.01)
-        (client,) = server._clients.values()
-        assert client.stalled
         queued, dropped = len(client.queue), server.dropped
         for _ in range(10):
             server.publish(sample)
@@ -316,4 +328,80 @@ def test_a_client_that_reads_nothing_is_stalled_sent_nothing_then_served_again_o
             messages += decoder.feed(silent.recv(1 << 20))
     finally:
         silent.close()
+        server.stop()
+
+
+def open_fds() -> set[tuple[str, str]]:
+    """Each open fd and what it is (``socket:[inode]``...), but the listing's own: closed once
+    listed (its number is the lowest free one, which another thread's closing can change)."""
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+    return fds
+
+
+def receives_samples(server: AgentServer, monitor: socket.socket, decoder: FrameDecoder) -> bool:
+    """Publish one sample and read what ``monitor`` is sent until it is a sample (or a pause)."""
+    server.publish({"type": "sample", "fresh": True})
+    with contextlib.suppress(TimeoutError):
+        while chunk := monitor.recv(65536):
+            if any(m.get("fresh") for m in decoder.feed(chunk)):
+                return True
+    return False
+
+
+def assert_dropped_and_replaced(server: AgentServer, client: _Client, threads: set[threading.Thread],
+                                fds: set[tuple[str, str]]) -> None:
+    """``client`` is gone, its socket closed, and a new monitor is served in its place."""
+    wait_for(lambda: server.client_count == 0, timeout=30)
+    assert client.sock.fileno() == -1
+    assert open_fds() <= fds  # the server's end of it closed, nothing else left open
+    assert set(threading.enumerate()) <= threads  # (an earlier test's server may still be ending)
+    monitor = connect(server)
+    try:
+        monitor.sendall(encode_frame(hello("monitor")))
+        monitor.settimeout(0.2)
+        decoder = FrameDecoder()
+        wait_for(lambda: receives_samples(server, monitor, decoder), timeout=30)
+    finally:
+        monitor.close()
+
+
+@pytest.mark.parametrize("fill", [True, False], ids=["socket-full", "nothing-left-to-write"])
+def test_a_stalled_client_that_hangs_up_is_dropped_its_socket_closed_and_a_new_monitor_served(tmp_path, fill):
+    server, _ = counting_server(tmp_path / "vramtop")
+    try:
+        threads, fds = set(threading.enumerate()), open_fds()
+        silent = connect(server)
+        client = stall(server, silent, fill)
+        # Not read any more; watched, if at all, only for room to write the frame it was left
+        # (a frame queued as it was found stalled is written first: wait for that).
+        wait_for(lambda: client.events == (selectors.EVENT_WRITE if fill else 0))
+        silent.close()
+        assert_dropped_and_replaced(server, client, threads, fds)
+    finally:
+        server.stop()
+
+
+def test_a_stalled_client_that_hangs_up_is_dropped_even_where_its_unread_bytes_stay_counted(monkeypatch, tmp_path):
+    # Linux forgets the unread bytes of a peer that closed, so the next look un-stalls the client
+    # and reads its end of file. A system that kept counting them would leave it stalled, never
+    # read, its place and socket held for good: the hang-up itself must be noticed.
+    kept: list[tuple[socket.socket, int]] = []
+    real = _server._unread_bytes
+
+    def unread_bytes(sock: socket.socket) -> int:
+        return next((count for held, count in kept if held is sock), None) or real(sock)
+
+    monkeypatch.setattr(_server, "_unread_bytes", unread_bytes)
+    server, _ = counting_server(tmp_path / "vramtop")
+    try:
+        threads, fds = set(threading.enumerate()), open_fds()
+        silent = connect(server)
+        client = stall(server, silent, fill=False)  # out of the selector: nothing wakes for it
+        kept.append((client.sock, max(client.unread, _server.STALL_UNREAD)))
+        silent.close()
+        assert_dropped_and_replaced(server, client, threads, fds)
+    finally:
         server.stop()

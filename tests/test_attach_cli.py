@@ -130,3 +130,13 @@ def test_bench_attach_step_time_runs_on_the_cpu(runtime, tmp_path):
     assert report["steps"]["before"] > 0 and report["steps"]["after"] > 0
     assert report["median_step_ms"]["before"] > 0 and report["attach_until_serving_s"] > 0
     assert "not a GPU figure" in report["note"]
+
+
+@pytest.mark.parametrize("command", [["attach"], ["record", "-o", "x.jsonl", "--pid"]])
+@pytest.mark.parametrize("pid", ["99999999999999999999", "0", "-5", "abc"])
+def test_a_pid_that_is_no_process_id_is_a_usage_error_in_one_line(tmp_path, command, pid):
+    # attach once died in OverflowError (psutil.pid_exists) on a number past a pid_t.
+    result = subprocess.run([sys.executable, "-m", "vramtop", *command, pid], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "Traceback" not in result.stderr and "not a process ID" in result.stderr

@@ -1,8 +1,9 @@
 """Property-based fuzzing of everything that reads input vramtop does not control: agent frames
-(both directions), the handshake, recordings (through report and replay's analysis), and the
-command line's value parsers. Each may refuse its input with its documented clear error, and
-nothing else: no other exception, no hang. And one writer: `--once --json`, whatever the sample
-holds, prints strict JSON.
+(both directions), the handshake, recordings (through report and replay's analysis), other
+hosts' exporter pages (through --once's output), the command line's value parsers and
+addresses, and the numbers the agent reads from its environment. Each may refuse its input with
+its documented clear error, and nothing else: no other exception, no hang. And one writer:
+`--once --json`, whatever the sample holds, prints strict JSON.
 
 CI runs a short version; ``VRAMTOP_FUZZ_EXAMPLES=10000 python -m pytest tests/test_fuzz.py``
 runs the published one (bench/RESULTS.md, RELIABILITY).
@@ -19,7 +20,7 @@ import struct
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from vramtop.commands.options import bounded  # noqa: E402
@@ -204,4 +205,61 @@ def test_once_json_is_always_strict_json(sample):
     doc = json.loads(text, parse_constant=_refuse_constant)  # strict: no NaN, no Infinity
     assert doc["schema"] == "vramtop.sample" and len(doc["gpus"]) == len(sample.gpus)
     assert len(doc["agents"]) == len(sample.agents) and len(doc["warnings"]) == len(warnings)
+    render_text(sample, warnings)
+
+
+@FUZZ
+@given(st.text(max_size=30))
+@example("node2:²").via("a digit int() does not take")
+@example("²").via("a digit int() does not take")
+@example("[x").via("an IPv6 host left open: urlsplit raised ValueError")
+@example("prom:99999").via("a port past 65535")
+def test_addresses_and_environment_numbers_refuse_clearly(text):
+    from vramtop.agent._launch import launch_env
+    from vramtop.agent._trace import entries_from_env
+    from vramtop.commands.options import process_id
+    from vramtop.export.server import parse_listen
+    from vramtop.sources.prometheus_api import parse_server
+    from vramtop.sources.remote import parse_address
+
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        assert 0 < process_id(text) < 2**31
+    for parse in (parse_listen, parse_address, parse_server):
+        with contextlib.suppress(VramtopError):  # "²" passed isdigit() and raised ValueError in int()
+            parse(text)
+    launch = launch_env({"RANK": text, "LOCAL_RANK": text, "WORLD_SIZE": text, "MASTER_PORT": text}, parent_pid=1)
+    assert launch is None or launch.rank is None or launch.rank >= 0
+    entries = entries_from_env({"VRAMTOP_AGENT_TRACE": text})
+    assert entries is None or entries > 0
+
+
+PAGE_NAMES = ("vramtop_up", "vramtop_last_sample_timestamp_seconds", "vramtop_gpu_up",
+              "vramtop_gpu_memory_total_bytes", "vramtop_gpu_memory_used_bytes", "vramtop_process_gpu_memory_bytes",
+              "vramtop_torch_memory_reserved_bytes", "vramtop_torch_fragmentation_ratio", "vramtop_bill_bytes",
+              "vramtop_step_peak_bytes", "vramtop_headroom_bytes", "vramtop_step", "vramtop_job_info",
+              "vramtop_warning")
+PAGE_LABELS = ("gpu", "uuid", "pid", "rank", "hostname", "category", "world_size", "run_id", "master", "kind")
+label_values = st.sampled_from(["0", "1", "7", "GPU-a", "", "²", "-1", "x"]) | st.text(max_size=6)
+page_values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(1 << 70), 1 << 70).map(float)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(PAGE_NAMES), st.dictionaries(st.sampled_from(PAGE_LABELS), label_values,
+                                                                        max_size=5), page_values), max_size=25))
+@example([("vramtop_gpu_memory_total_bytes", {"uuid": "GPU-a", "gpu": "0"}, float("inf"))]).via("+Inf")
+@example([("vramtop_process_gpu_memory_bytes", {"uuid": "GPU-a", "pid": "²"}, 1.0),
+          ("vramtop_gpu_up", {"uuid": "GPU-a", "gpu": "0"}, 1.0)]).via("a label int() does not take")
+def test_any_exporter_page_becomes_gpus_and_agents_that_render(series):
+    # What another host's exporter (or a Prometheus server) serves is read, never trusted: its
+    # figures and labels may be anything a page can hold, and this host's output must not fail.
+    from tests.test_ui import box
+    from vramtop.analysis.risk import assess
+    from vramtop.sinks.once import render_json, render_text
+    from vramtop.sources.prometheus_text import Metric
+    from vramtop.sources.remote_page import host_page, merge_pages
+
+    page = host_page([Metric(name, labels, value) for name, labels, value in series], "node2:9400")
+    sample = merge_pages(box(), [page])
+    warnings = assess(sample)
+    json.loads(render_json(sample, warnings), parse_constant=_refuse_constant)
     render_text(sample, warnings)

@@ -295,3 +295,31 @@ def test_malformed_agent_events_are_dropped_and_counted_never_raised():
            {"type": "event", "kind": "nonsense", "pid": 7}]
     events, dropped = typed_events([*bad, good])
     assert dropped == len(bad) and [(e.pid, e.oom.requested) for e in events] == [(7, 1)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e9", "abc", ""])
+def test_run_refuses_an_agent_interval_the_agent_could_not_keep(value):
+    result = vramtop("run", f"--agent-interval={value}", "--", sys.executable, "-c", "pass")
+    assert result.returncode == EXIT_USAGE
+    assert "--agent-interval" in result.stderr and ("between" in result.stderr or "not a number" in result.stderr)
+
+
+def test_runs_interval_range_is_the_agents():
+    from vramtop.agent._runtime import MAX_INTERVAL, MIN_INTERVAL
+    from vramtop.commands.run import AGENT_INTERVAL
+
+    assert AGENT_INTERVAL(str(MIN_INTERVAL)) == MIN_INTERVAL and AGENT_INTERVAL(str(MAX_INTERVAL)) == MAX_INTERVAL
+
+
+@pytest.mark.parametrize(("value", "interval"), [
+    ("abc", 0.25), ("", 0.25), (" 0.5 ", 0.5), ("nan", 0.25), ("inf", 0.25), ("-inf", 0.25),
+    ("-1", 0.01), ("0", 0.01), ("1e9", 3600.0), ("1_0", 10.0),
+])
+def test_an_odd_agent_interval_in_the_environment_still_starts_the_agent(runtime, value, interval):
+    # "abc" or "" once left the program without its agent (start returned False); "inf" made
+    # the sampler's first wait overflow, and it stopped once CUDA was up.
+    code = ("import vramtop.agent as agent; started = agent.start(); "
+            "print(started, agent.current().interval if started else None); agent.stop()")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VRAMTOP_AGENT_INTERVAL": value}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.stdout.split() == ["True", str(interval)], done.stderr

@@ -389,6 +389,51 @@ def test_a_meminfo_without_a_figure_is_left_to_psutil(tmp_path, monkeypatch, dro
     assert host.memory_total == psutil.virtual_memory().total and host.swap_total == psutil.swap_memory().total
 
 
+def with_line(field: bytes, value: bytes | None) -> bytes:
+    """MEMINFO with ``field``'s line given ``value`` (None: without the line)."""
+    lines = MEMINFO.splitlines(keepends=True)
+    return b"".join((b"" if value is None else field + b":" + value + b"\n") if line.startswith(field + b":")
+                    else line for line in lines)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    (b"MemTotal", b""),  # once raised IndexError
+    (b"MemTotal", b"   "),
+    (b"MemAvailable", b"  lots kB"),  # once raised ValueError
+    (b"SwapTotal", b"  2097148"),  # no unit: not a figure in kB
+    (b"SwapFree", b"  1048572 MB"),
+    (b"SwapFree", b"  -1 kB"),
+    (b"MemTotal", b"  2.5e7 kB"),
+    (b"MemTotal", b"  24683792 kB extra"),
+    (b"SwapFree", b"  4194296 kB"),  # more free than there is
+    (b"MemTotal", None),
+    (b"SwapTotal", None),
+])
+def test_a_meminfo_with_an_odd_or_missing_figure_reads_as_none(tmp_path, field, value):
+    from vramtop.sources.hostinfo import read_meminfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(with_line(field, value))
+    assert read_meminfo(str(path)) is None
+
+
+@pytest.mark.parametrize("text", [b"", b"\n\n", b":::\n", b"\xff\xfe kB\n", MEMINFO.replace(b":", b"")])
+def test_a_meminfo_that_is_not_a_meminfo_reads_as_none(tmp_path, text):
+    from vramtop.sources.hostinfo import read_meminfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(text)
+    assert read_meminfo(str(path)) is None
+
+
+def test_a_meminfo_with_tabs_and_lines_in_another_order_still_reads(tmp_path):
+    from vramtop.sources.hostinfo import read_meminfo
+
+    path = tmp_path / "meminfo"
+    path.write_bytes(b"".join(reversed(MEMINFO.replace(b"  ", b"\t").splitlines(keepends=True))))
+    assert read_meminfo(str(path)) == (24683792 * 1024, 23653164 * 1024, 2097148 * 1024, 1048572 * 1024)
+
+
 def test_this_hosts_meminfo_reads_as_psutil_reads_it():
     from vramtop.sources.hostinfo import read_meminfo
 

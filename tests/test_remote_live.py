@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class Hosts:
     doc: dict[str, Any]  # `vramtop --once --json --remote` here, with rank 0 here
     here: Path  # this host's agents' directory
     local_trainer: subprocess.Popen[str]  # rank 0, here
+    span: tuple[float, float]  # Unix times: before the exporter started, after doc was read
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     """Two "hosts" on this machine, each with its own fake GPUs, agents' directory and rank."""
     pytest.importorskip("torch")
     base = tmp_path_factory.mktemp("hosts")
+    started = time.time()
     there, here = _runtime(base / "there"), _runtime(base / "here")
     remote_trainer = _trainer(there, 1, FAKE_NVML_HOST="0fe1")
     exporter = Exporter(there, "--listen", "127.0.0.1:0", "-i", "0.2", "--per-process",
@@ -64,7 +67,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
         # The first scrapes may come before the agent's first census: wait for the bill.
         assert _until(lambda: "vramtop_bill_bytes" in exporter.get(), 20), "no bill exported"
         doc = once_json(here, "--remote", address(exporter), FAKE_NVML_PIDS=str(local_trainer.pid))
-        yield Hosts(exporter, remote_trainer, doc, here, local_trainer)
+        yield Hosts(exporter, remote_trainer, doc, here, local_trainer, (started, time.time()))
     finally:
         exporter.stop()
         for proc in (remote_trainer, local_trainer):
@@ -96,7 +99,10 @@ def test_once_json_reads_the_real_exporters_gpus_processes_bill_and_rank(hosts):
     assert "fake_trainer" in row["command"]
     (agent,) = doc["remote_agents"]
     assert (agent["pid"], agent["rank"], agent["remote"]["host"]) == (remote_trainer.pid, 1, host)
-    assert agent["remote"]["as_of"] <= doc["time"]
+    # When the exporter read its figures, by its clock: not ordered with this sample's time (the
+    # exporter reads every 0.2 s on its own; it may read again after this host's NVML read, before
+    # it answers the scrape), only within the exporter's life before the answer.
+    assert hosts.span[0] <= agent["remote"]["as_of"] <= hosts.span[1]
     (device,) = agent["remote"]["devices"]
     assert device["gpu_uuid"] == gpus[2]["uuid"] and device["gpu_index"] == 0
     assert sum(v for _, v in device["bill"]) == TRAINER_MIB * MiB  # the exporter's bill, whole

@@ -74,9 +74,11 @@ class InsecureDirectory(OSError):
 
 
 def runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/vramtop`` when that is usable, else ``/tmp/vramtop-<uid>``."""
+    """``$XDG_RUNTIME_DIR/vramtop`` when that is usable, else ``/tmp/vramtop-<uid>``. A relative
+    path is not usable (the XDG spec says to ignore it): a training job and a monitor started in
+    other directories would each look in their own."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.stat(xdg).st_uid == os.getuid():
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.stat(xdg).st_uid == os.getuid():
         return Path(xdg) / "vramtop"
     return Path(tempfile.gettempdir()) / f"vramtop-{os.getuid()}"
 

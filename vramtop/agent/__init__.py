@@ -17,7 +17,7 @@ import os
 import threading
 from pathlib import Path
 
-from ._runtime import DEFAULT_INTERVAL, Agent
+from ._runtime import DEFAULT_INTERVAL, Agent, sampling_interval
 
 __all__ = ["Agent", "current", "start", "stop"]
 
@@ -37,9 +37,8 @@ def start(interval: float | None = None, directory: str | os.PathLike[str] | Non
         with _lock:
             if _agent is not None and _agent.pid == os.getpid() and not _agent._stop.is_set():
                 return True
-            if interval is None:
-                interval = float(os.environ.get("VRAMTOP_AGENT_INTERVAL", DEFAULT_INTERVAL))
-            _agent = Agent(interval=max(0.01, interval), directory=Path(directory) if directory else None,
+            asked = os.environ.get("VRAMTOP_AGENT_INTERVAL", DEFAULT_INTERVAL) if interval is None else interval
+            _agent = Agent(interval=sampling_interval(asked), directory=Path(directory) if directory else None,
                            attached=attached)
             _agent.start()
             return True

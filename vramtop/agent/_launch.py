@@ -31,7 +31,7 @@ def launch_env(environ: Mapping[str, str] | None = None, parent_pid: int | None 
 
 def _int(value: str | None) -> int | None:
     value = (value or "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdecimal() else None
 
 
 def _text(value: str | None) -> str | None:

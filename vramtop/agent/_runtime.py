@@ -32,6 +32,7 @@ answers (_server.py, _answers.py).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -61,6 +62,7 @@ from ._stack import inspect_thread
 from ._trace import NOT_YET, entries_from_env, start_history, stop_history, with_history
 
 DEFAULT_INTERVAL = 0.25  # seconds between samples
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 3600.0  # the range an asked-for interval is brought into
 CUDA_WAIT = 0.1  # seconds between checks for the program's CUDA initialisation (~1 us each)
 # An OOM's post-mortem is sent to connected monitors from the failing thread, at most this long,
 # before the program sees the exception (an uncaught OOM ends the process within milliseconds).
@@ -439,3 +441,17 @@ def _pid_namespace() -> int | None:
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
+
+
+def sampling_interval(asked: str | float) -> float:
+    """Seconds between samples from what was asked (``start``'s argument, or the text of
+    VRAMTOP_AGENT_INTERVAL): brought within MIN_INTERVAL..MAX_INTERVAL, and the default where it is
+    not a finite number. A typo must not cost the program its agent (it once did not start), nor
+    "inf" its samples (the sampler's wait overflowed and it stopped)."""
+    try:
+        seconds = float(asked)
+    except ValueError:
+        return DEFAULT_INTERVAL
+    if not math.isfinite(seconds):
+        return DEFAULT_INTERVAL
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))

@@ -352,8 +352,8 @@ class AgentServer:
 
     def _look_at_clients(self) -> None:
         """A client has HELLO_DEADLINE seconds to say hello (idle connections once locked every
-        monitor out), and one that stopped reading is marked stalled (see _is_stalled). Looked
-        at every LOOK_EVERY seconds, not on every turn."""
+        monitor out), one that stopped reading is marked stalled (see _is_stalled), and a stalled
+        one that hung up is dropped. Looked at every LOOK_EVERY seconds, not on every turn."""
         now = time.monotonic()
         if now < self._next_look:
             return
@@ -364,6 +364,11 @@ class AgentServer:
             if not client.greeted:
                 if now - client.since > HELLO_DEADLINE:
                     self._drop(client)
+                continue
+            # A stalled client is not read, so its end of file is never seen there: where the
+            # system keeps counting what its closed peer left unread, it would stay for good.
+            if client.stalled and _hung_up(client.sock):
+                self._drop(client)
                 continue
             stalled = self._is_stalled(client)
             if stalled != client.stalled:
@@ -546,6 +551,16 @@ class AgentServer:
                     sock.close()
         with contextlib.suppress(OSError):
             self._selector.close()
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer of ``sock`` closed its end (or the connection broke)."""
+    poller = select.poll()  # not select(): a training job may hold fds past 1024
+    poller.register(sock, select.POLLIN)  # hang-ups and errors are reported whatever is asked
+    try:
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+    except OSError:
+        return True
 
 
 def _unread_bytes(sock: socket.socket) -> int:

@@ -36,7 +36,7 @@ NOT_YET = "it was not on yet: it starts at the training thread's first model cal
 def entries_from_env(environ: Any = os.environ) -> int | None:
     """The history's size asked for by ``vramtop run --trace``; None: tracing is off."""
     value = str(environ.get(AGENT_TRACE_ENV, "")).strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    return int(value) if value.isdecimal() and int(value) > 0 else None
 
 
 def start_history(torch: Any, max_entries: int) -> str | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from vramtop.commands.options import need_terminal, thresholds_from
+from vramtop.commands.options import need_terminal, process_id, thresholds_from
 from vramtop.errors import EXIT_OK, EXIT_USAGE, VramtopError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="the process to watch (a PID on this host)")
+    parser.add_argument("pid", type=process_id, help="the process to watch (a PID on this host)")
     parser.add_argument("-y", "--yes", action="store_true",
                         help="start the agent inside PID without asking (when it runs none)")
     parser.add_argument("--no-inject", action="store_true",

@@ -30,6 +30,20 @@ def bounded(low: float, high: float, unit: str = "") -> Callable[[str], float]:
     return parse
 
 
+PID_MAX = 2**31 - 1  # what a pid_t holds; os.kill and psutil raise OverflowError past it
+
+
+def process_id(text: str) -> int:
+    """An argparse type: a process ID, a whole number from 1 to PID_MAX."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= PID_MAX:
+        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
+    return value
+
+
 def thresholds_from(args: argparse.Namespace) -> Any:
     """The risk thresholds the command line asks for (imported lazily: --help stays fast)."""
     from vramtop.analysis.thresholds import Thresholds

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from vramtop.commands.options import thresholds_from
+from vramtop.commands.options import process_id, thresholds_from
 from vramtop.errors import EXIT_USAGE, VramtopError
 from vramtop.recording import XZ_SUFFIX
 from vramtop.sinks.recording_names import output_paths
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=_duration, metavar="S",
                         help="stop after S seconds (or 30m, 12h, 2d)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
-    parser.add_argument("--pid", type=int, metavar="PID",
+    parser.add_argument("--pid", type=process_id, metavar="PID",
                         help="record only this running process (the GPUs' totals, its own rows and its "
                              "agent) until it exits")
     parser.add_argument("--job", action="store_true",

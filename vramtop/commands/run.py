@@ -8,11 +8,16 @@ import shutil
 import sys
 from typing import NoReturn
 
+from vramtop.commands.options import bounded
 from vramtop.errors import EXIT_USAGE, VramtopError
+
+# The agent's own range (agent/_runtime.py MIN_INTERVAL, MAX_INTERVAL), not imported: the command
+# line would load the agent's runtime for --help.
+AGENT_INTERVAL = bounded(0.01, 3600, "seconds")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent-interval", type=float, default=None, metavar="S",
+    parser.add_argument("--agent-interval", type=AGENT_INTERVAL, default=None, metavar="S",
                         help="seconds between the agent's samples (default 0.25)")
     parser.add_argument("--trace", action="store_true",
                         help="record PyTorch's allocation history (off by default; it costs step time: see "

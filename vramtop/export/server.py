@@ -39,7 +39,7 @@ class Address:
 def parse_listen(text: str) -> Address:
     """``HOST:PORT`` (``[::1]:9400`` for IPv6; ``:9400`` for every address); port 0 picks a free one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not port.isdecimal() or int(port) > 65535:
         raise VramtopError(f"--listen wants HOST:PORT, e.g. {DEFAULT_LISTEN}; got {text!r}", EXIT_USAGE)
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return Address(host or "0.0.0.0", int(port))

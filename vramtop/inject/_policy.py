@@ -62,8 +62,8 @@ def _descends_from_me(pid: int) -> bool:
 
 def has_cap_sys_ptrace() -> bool:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
+        for line in Path("/proc/self/status").read_bytes().splitlines():  # its Name may not be UTF-8
+            if line.startswith(b"CapEff:"):
                 return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
     except (OSError, ValueError):
         pass

@@ -133,7 +133,7 @@ def clean_stale_scripts(directory: Path) -> None:
     """Scripts whose target is gone (it never ran them)."""
     for path in directory.glob("*" + SCRIPT_SUFFIX):
         pid = path.name.split(".", 1)[0]
-        if pid.isdigit() and process_ended(int(pid), settle=0):
+        if pid.isdecimal() and process_ended(int(pid), settle=0):
             with contextlib.suppress(OSError):
                 path.unlink()
 

@@ -40,7 +40,7 @@ class TargetPython:
 
 def read_maps(pid: int) -> list[Mapping]:
     try:
-        text = Path(f"/proc/{pid}/maps").read_text()
+        text = os.fsdecode(Path(f"/proc/{pid}/maps").read_bytes())  # file names are any bytes
     except FileNotFoundError:
         raise TargetExited(pid) from None
     except PermissionError:
@@ -129,7 +129,8 @@ class ProcessState:
 
 def process_state(pid: int) -> ProcessState:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        # A name is cut at 15 bytes, maybe in the middle of a character: shown as ps shows it.
+        status = Path(f"/proc/{pid}/status").read_bytes().decode(errors="replace")
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         raise TargetExited(pid) from None

@@ -42,9 +42,11 @@ class AgentUnavailable(Exception):
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill() would ask about a process group, not a process
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: past what a pid_t holds
         return False
     except PermissionError:
         return True

@@ -138,9 +138,10 @@ def pid_namespace_of(pid: int) -> tuple[int | None, int | None]:
         namespace = None
     inner = None
     try:
-        with open(f"/proc/{pid}/status") as status:
+        # Bytes: the Name line is the process's own and may be cut in the middle of a character.
+        with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
-                if line.startswith("NSpid:"):
+                if line.startswith(b"NSpid:"):
                     inner = int(line.split()[-1])  # the innermost namespace's PID comes last
                     break
     except (OSError, ValueError):
@@ -170,7 +171,7 @@ def holds_nvidia_device(pid: int) -> bool | None:
 
 
 MEMINFO = "/proc/meminfo"
-_MEMINFO_FIELDS = (b"MemTotal:", b"MemAvailable:", b"SwapTotal:", b"SwapFree:")
+_MEMINFO_FIELDS = (b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree")
 
 
 def read_meminfo(path: str | None = None) -> tuple[int, int, int, int] | None:
@@ -184,15 +185,27 @@ def read_meminfo(path: str | None = None) -> tuple[int, int, int, int] | None:
         return None
     found: dict[bytes, int] = {}
     for line in text.splitlines():
-        name, _, rest = line.partition(b" ")
+        name, _, rest = line.partition(b":")
         if name in _MEMINFO_FIELDS:
-            found[name] = int(rest.split()[0]) * 1024  # in kB
+            figure = _kibibytes(rest)
+            if figure is None:
+                return None
+            found[name] = figure
     if len(found) < len(_MEMINFO_FIELDS):
         return None
     total, available, swap_total, swap_free = (found[name] for name in _MEMINFO_FIELDS)
-    if not 0 < available <= total:
+    if not 0 < available <= total or swap_free > swap_total:
         return None
     return total, available, swap_total, swap_free
+
+
+def _kibibytes(value: bytes) -> int | None:
+    """Bytes from a meminfo value, ``"  24683792 kB"``; None for anything else (empty, no unit,
+    not a whole number)."""
+    parts = value.split()
+    if len(parts) != 2 or parts[1] != b"kB" or not parts[0].isdigit():
+        return None
+    return int(parts[0]) * 1024
 
 
 def _psutil_memory() -> tuple[int, int, int, int]:

@@ -27,11 +27,22 @@ def parse_server(text: str) -> str:
     url = text.strip()
     if "://" not in url:
         url = f"http://{url}"
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+    parts = _split(url)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise VramtopError(f"--prometheus {text!r}: expected the server's URL, e.g. http://prometheus:9090",
                            EXIT_USAGE)
     return url.rstrip("/").removesuffix("/api/v1/query")
+
+
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    """The parts of ``url``; None where it has none (an IPv6 host left open, "[x"; a port that
+    is not a number from 0 to 65535: reading it raises)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018
+    except ValueError:
+        return None
+    return parts
 
 
 def query_url(base: str) -> str:

@@ -37,7 +37,7 @@ def parse_address(text: str) -> str:
     """HOST:PORT as given to --remote (an http:// URL is accepted too); the metrics URL."""
     address = text.strip().removeprefix("http://").rstrip("/").removesuffix("/metrics")
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise VramtopError(f"--remote {text!r}: expected HOST:PORT (a vramtop exporter, e.g. node2:9400)", EXIT_USAGE)
     return f"http://{address}/metrics"
 
@@ -135,4 +135,4 @@ def _reason(err: BaseException, what: str) -> str:
 
 
 def _int(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() else None
+    return int(text) if text is not None and text.isdecimal() else None

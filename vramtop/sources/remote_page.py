@@ -10,6 +10,7 @@ host PID), ``vramtop_step`` {pid, rank}, ``vramtop_warning`` {kind, level, gpu, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -56,7 +57,8 @@ class _Series:
 def host_page(metrics: Iterable[Metric], fallback_host: str) -> HostPage:
     series = _Series()
     for m in metrics:
-        series.by_name.setdefault(m.name, []).append(m)
+        if math.isfinite(m.value):  # +Inf, NaN: no figure (a byte count cannot be one)
+            series.by_name.setdefault(m.name, []).append(m)
     named = (m for name in ("vramtop_gpu_up", "vramtop_gpu_memory_total_bytes") for m in series.named(name))
     host = next((m.labels["hostname"] for m in named if m.labels.get("hostname")), fallback_host)
     as_of = next((m.value for m in series.named("vramtop_last_sample_timestamp_seconds")), None)
@@ -175,7 +177,7 @@ def _with_agent_rows(gpus: tuple[GpuSample, ...], agents: tuple[AgentSample, ...
 
 
 def _int(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() else None
+    return int(text) if text is not None and text.isdecimal() else None
 
 
 def _index(text: str | None) -> int:
