@@ -76,3 +76,23 @@ def test_whether_it_may_trace_does_not_depend_on_its_name():
         return subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
 
     assert may_trace(CUT_NAME) == may_trace(b"training")  # was False with the cut name, for root too
+
+
+def test_an_agents_beacon_that_is_not_utf8_or_nested_past_the_stack_is_no_beacon(tmp_path):
+    from vramtop.sources.agent import read_beacon
+
+    (tmp_path / "101.json").write_bytes(b'{"pid": "\xff\xfe"}')
+    (tmp_path / "102.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    (tmp_path / "103.json").write_text('{"pid": 103}')
+    assert read_beacon(tmp_path, 101) is None
+    assert read_beacon(tmp_path, 102) is None
+    assert read_beacon(tmp_path, 103) == {"pid": 103}  # the reader itself works
+
+
+def test_an_attach_marker_that_is_not_utf8_is_shown_with_its_bytes_replaced(tmp_path):
+    from vramtop.inject._bootstrap import marker_path, wait_for_agent
+    from vramtop.inject.errors import AttachError
+
+    marker_path(os.getpid(), tmp_path).write_bytes(b"failed: \xcf\xf0\xee\xe1\xeb\xe5\xec\xe0 (cp1251)")
+    with pytest.raises(AttachError, match=r"the agent did not start in PID \d+: \ufffd+ \(cp1251\)"):
+        wait_for_agent(os.getpid(), tmp_path, 5)

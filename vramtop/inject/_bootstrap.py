@@ -118,8 +118,10 @@ def wait_for_agent(pid: int, directory: Path, timeout: float) -> None:
 
 
 def _read(path: Path) -> str:
+    """The marker's text; bytes that are not UTF-8 (an error message in another encoding) are
+    shown replaced, never raised."""
     try:
-        return path.read_text().strip()
+        return path.read_bytes().decode(errors="replace").strip()
     except OSError:
         return ""
 

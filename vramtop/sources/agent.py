@@ -328,6 +328,6 @@ def remove_stale(directory: Path, pid: int) -> None:
 def read_beacon(directory: Path, pid: int) -> dict[str, Any] | None:
     try:
         data = json.loads((directory / f"{pid}.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not UTF-8 or JSON, nested past the stack
         return None
     return data if isinstance(data, dict) else None
