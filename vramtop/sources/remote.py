@@ -132,7 +132,3 @@ def _reason(err: BaseException, what: str) -> str:
     if isinstance(err, TimeoutError):
         return f"{what} did not answer in time"
     return f"cannot read {what} ({err})"
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdecimal() else None
