@@ -23,3 +23,15 @@ def fake_pynvml(monkeypatch: pytest.MonkeyPatch):
         return fake
 
     return install
+
+
+@pytest.fixture
+def fake_torch():
+    """Real CPU torch with FakeCudaTorch in front as its CUDA allocator: 100 MiB allocated of 128
+    MiB reserved. For agent tests; they skip where torch is not installed."""
+    torch = pytest.importorskip("torch")
+    from tests.fakes.fake_cuda import FakeCudaTorch
+
+    fake = FakeCudaTorch(torch)
+    fake.allocator.set(100 << 20, 128 << 20)
+    return fake

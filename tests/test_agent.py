@@ -44,13 +44,6 @@ def agent_dir(tmp_path):
 
 
 @pytest.fixture
-def fake_torch():
-    fake = FakeCudaTorch(torch)
-    fake.allocator.set(100 * MiB, 128 * MiB)
-    return fake
-
-
-@pytest.fixture
 def agent(agent_dir, fake_torch):
     a = Agent(interval=0.02, directory=agent_dir, torch=fake_torch, device_type="cpu")
     a.start()

@@ -15,7 +15,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.fakes.fake_cuda import FakeCudaTorch  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 from vramtop.agent import _boundaries, _phases  # noqa: E402
 from vramtop.agent._runtime import Agent  # noqa: E402
@@ -23,13 +22,6 @@ from vramtop.codec import to_dict  # noqa: E402
 
 MiB = 1 << 20
 AGENT_DIR = str(Path(_phases.__file__).parent)
-
-
-@pytest.fixture
-def fake_torch():
-    fake = FakeCudaTorch(torch)
-    fake.allocator.set(100 * MiB, 128 * MiB)
-    return fake
 
 
 @pytest.fixture
