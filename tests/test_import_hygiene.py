@@ -86,6 +86,14 @@ from vramtop.sources.nvml import NvmlSource
 from vramtop.ui.app import VramtopApp
 
 nvml = two_gpu_box()
+at_first_frame = []
+analysed_first = VramtopApp._analysed_first
+
+def looking(self):
+    at_first_frame.append(sorted(sys.modules))  # the first frame is on screen; the rules come next
+    analysed_first(self)
+
+VramtopApp._analysed_first = looking
 if "--idle" in sys.argv:
     for gpu in nvml.gpus:
         gpu.compute = []
@@ -104,14 +112,20 @@ async def first_frame():
     return drawn, screen
 
 drawn, screen = asyncio.run(first_frame())
-print(json.dumps({"drawn": drawn, "screen": screen, "modules": sorted(sys.modules)}))
+print(json.dumps({"drawn": drawn, "screen": screen, "modules": sorted(sys.modules),
+                  "at_first_frame": at_first_frame[0]}))
 """
+
+
+# Run right after the first frame (its warnings, a job's ranks): not imported for it.
+AFTER_FIRST_FRAME = {"vramtop.analysis.risk", "vramtop.analysis.rules", "vramtop.analysis.jobs",
+                     "vramtop.analysis.subjects", "vramtop.analysis.latch", "vramtop.analysis.warning"}
 
 
 def test_the_live_monitors_start_imports_nothing_its_first_frame_does_not_need():
     # What `vramtop` imports before Textual's, then the UI's (the live command's path).
     modules = imported("vramtop.cli, vramtop.commands.top, textual.app, vramtop.ui.app")
-    assert not modules & DEFERRED, modules & DEFERRED
+    assert not modules & (DEFERRED | AFTER_FIRST_FRAME), modules & (DEFERRED | AFTER_FIRST_FRAME)
     assert not modules & {"vramtop.analysis.report", "vramtop.recording", "vramtop.ui.replay",
                           "vramtop.commands.record", "vramtop.commands.report"}
     assert "psutil" not in top(modules)  # imported when the first GPU process is met
@@ -130,6 +144,8 @@ def test_the_first_frame_of_a_host_without_agents_draws_without_the_deferred_mod
     result = first_frame()
     assert result["drawn"].strip().startswith("PID")  # the selected process's details are on screen
     assert not set(result["modules"]) & DEFERRED, set(result["modules"]) & DEFERRED
+    assert not set(result["at_first_frame"]) & AFTER_FIRST_FRAME, set(result["at_first_frame"]) & AFTER_FIRST_FRAME
+    assert set(result["modules"]) >= AFTER_FIRST_FRAME  # and the rules did run after it
     # The table's labels and plain cells are Text, not markup: rich's emoji names stay unloaded.
     assert "rich._emoji_codes" not in result["modules"]
 

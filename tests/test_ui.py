@@ -24,6 +24,7 @@ from textual.pilot import Pilot
 
 import vramtop.processes
 from tests.fakes.fake_nvml import FakeNvml, two_gpu_box
+from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import (
     MISMATCH,
     NOT_VISIBLE,
@@ -732,6 +733,51 @@ async def test_the_bill_of_an_agent_process_and_a_headroom_warning_with_advice()
         # Back to a comfortable peak: the warning clears (after its hold), it does not flicker.
         await feed(pilot, *(agent_box(T0 + 10 + i, reserved_peak=40 * GiB) for i in range(8)))
         assert "projected step peak" not in screen_text(app)
+
+
+async def test_the_first_sample_is_drawn_before_the_risk_rules_run_and_its_warning_follows(monkeypatch):
+    # The rules, the job grouping and the details are imported and run right after the first
+    # frame, not for it.
+    at_first_frame = []
+    analysed_first = VramtopApp._analysed_first
+
+    def looking(self: VramtopApp) -> None:
+        at_first_frame.append(screen_text(self))
+        analysed_first(self)
+
+    monkeypatch.setattr(VramtopApp, "_analysed_first", looking)
+    app = monitor()
+    assert Thresholds().raise_after == 3  # the samples a warning's condition must hold
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        await feed(pilot, agent_box(T0, reserved_peak=77 * GiB))
+        [first] = at_first_frame
+        assert "/81559 MiB" in first and f"●{TRAIN.pid}" in first and "parameters (trainable)" not in first
+        assert "advice (in the order to try)" in detail_text(app)  # the bill and advice right after it
+        await feed(pilot, agent_box(T0 + 1, reserved_peak=77 * GiB))
+        assert "projected step peak" not in screen_text(app)
+        # The third sample raises it: the first counted as one of the three.
+        await feed(pilot, agent_box(T0 + 2, reserved_peak=77 * GiB))
+        warning = line_with(app, "projected step peak")
+        assert "CRITICAL" in warning or "WARNING" in warning
+
+
+async def test_a_sample_that_comes_before_the_first_is_analysed_waits_its_turn(monkeypatch):
+    from vramtop.analysis.risk import RiskTracker
+
+    seen: list[float] = []
+    update = RiskTracker.update
+
+    def recording(self: RiskTracker, sample: Sample) -> object:
+        seen.append(sample.time)
+        return update(self, sample)
+
+    monkeypatch.setattr(RiskTracker, "update", recording)
+    app = monitor()
+    async with app.run_test(size=WIDE_SIZE) as pilot:
+        app._draw_first(box(T0))
+        app.take(box(T0 + 1))  # before the refresh after which the first is analysed
+        await pilot.pause()
+        assert seen == [T0, T0 + 1]
 
 
 async def test_the_details_are_drawn_again_only_when_what_they_show_changed(monkeypatch):

@@ -14,8 +14,6 @@ from textual.events import Resize
 from textual.message import Message
 
 from vramtop.analysis.history import History
-from vramtop.analysis.jobs import jobs
-from vramtop.analysis.risk import RiskTracker, RiskWarning
 from vramtop.analysis.thresholds import Thresholds
 from vramtop.model import Sample
 from vramtop.sources.poller import DeadlineReader, Poller, Source
@@ -31,6 +29,8 @@ from vramtop.units import clock, fmt_bytes
 
 if TYPE_CHECKING:
     from vramtop.analysis.advice import Advice
+    from vramtop.analysis.jobs import Job
+    from vramtop.analysis.risk import RiskTracker, RiskWarning
 
 # Below this many columns the layout switches to the compact form (a tmux pane, 80x24).
 NARROW_WIDTH = 110
@@ -87,7 +87,12 @@ class VramtopApp(App[None]):
                  thresholds: Thresholds | None = None, reader: DeadlineReader | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.risk = RiskTracker(thresholds)
+        self._thresholds = thresholds
+        self._risk: RiskTracker | None = None
+        # The first sample's GPUs and processes are drawn before the risk rules, the job grouping
+        # and the details see it (they import and compute ~15-30 ms of a start): those follow
+        # right after the first frame.
+        self._unanalysed: Sample | None = None
         self.warnings: tuple[RiskWarning, ...] = ()
         self.focus_pid = focus_pid  # `vramtop attach PID`
         self.notice = notice  # a standing message, e.g. how to enable the agent
@@ -152,7 +157,10 @@ class VramtopApp(App[None]):
     # -- data in -----------------------------------------------------------------------------
 
     def on_sample_arrived(self, message: SampleArrived) -> None:
-        self.take(message.sample)
+        if self.latest is None:
+            self._draw_first(message.sample)
+        else:
+            self.take(message.sample)
         self.failure = None
         self._resume_collector_once_drawn()
         if self.paused:
@@ -160,12 +168,41 @@ class VramtopApp(App[None]):
         self.sample = message.sample
         self.render_view()
 
+    @property
+    def risk(self) -> RiskTracker:
+        if self._risk is None:
+            from vramtop.analysis.risk import RiskTracker
+
+            self._risk = RiskTracker(self._thresholds)
+        return self._risk
+
+    @risk.setter
+    def risk(self, tracker: RiskTracker) -> None:  # a replay's jump puts the tracker of that time
+        self._risk = tracker
+
     def take(self, sample: Sample) -> None:
         """The next sample in time order into the history and the risk rules (shown or not):
         the one way the monitor and a replay's playhead learn from a sample."""
+        self._analyse_first()  # in time order, should a second sample come before the first frame
         self.history.add(sample)
         self.warnings = self.risk.update(sample)  # stale data counts for nothing there
         self.latest = sample
+
+    def _draw_first(self, sample: Sample) -> None:
+        """The live monitor's first sample: into the history now, into the rules after it is drawn."""
+        self.history.add(sample)
+        self.latest = self._unanalysed = sample
+        self.call_after_refresh(self._analysed_first)
+
+    def _analyse_first(self) -> None:
+        if self._unanalysed is not None:
+            self.warnings = self.risk.update(self._unanalysed)
+            self._unanalysed = None
+
+    def _analysed_first(self) -> None:
+        if self._unanalysed is not None:
+            self._analyse_first()
+            self.render_view()
 
     def on_source_failed(self, message: SourceFailed) -> None:
         self.failure = message.error
@@ -207,7 +244,7 @@ class VramtopApp(App[None]):
         if sample is None:
             self.query_one(GpuList).waiting()
             return
-        found = jobs(sample)
+        found = self._jobs(sample)
         ranks = self.query_one(RankView)
         ranks.show(found, self.ranks_expanded, self.narrow)
         gpu_list = self.query_one(GpuList)
@@ -222,6 +259,8 @@ class VramtopApp(App[None]):
         self._show_detail(sample)
 
     def _show_detail(self, sample: Sample) -> None:
+        if self._unanalysed is not None:
+            return  # the first frame: the details (an agent's bill, its advice) come with the rules
         key = self.query_one(ProcessTable).selected_key()
         before = self._detail_of
         if before is not None and before[0] is sample and before[1:] == (key, self.narrow, self.size.width):
@@ -235,8 +274,17 @@ class VramtopApp(App[None]):
         detail.show(sample, key, self.narrow, advice, live=self.live)
         self.set_class(detail.has_class("agent"), "agent-view")  # the layout makes room for the bill
 
+    def _jobs(self, sample: Sample) -> tuple[Job, ...]:
+        if self._unanalysed is not None:
+            return ()  # the first frame: a job's header and ranks come with the warnings
+        from vramtop.analysis.jobs import jobs
+
+        return jobs(sample)
+
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """The ranked advice for a process (PID as NVML reports it) on a GPU."""
+        if self._unanalysed is not None:
+            return ()
         return self.risk.advice(pid, uuid)
 
     def status_extra(self) -> Text:
@@ -333,7 +381,7 @@ class VramtopApp(App[None]):
 
     def action_toggle_ranks(self) -> None:
         """The ranks of a distributed job, a line each (the GPU list gives way), or folded back."""
-        if self.sample is None or not any(len(j.ranks) >= 2 for j in jobs(self.sample)):
+        if self.sample is None or not any(len(j.ranks) >= 2 for j in self._jobs(self.sample)):
             self.notify("no distributed job here: no agent reports two ranks of one job", severity="warning")
             return
         self.ranks_expanded = not self.ranks_expanded

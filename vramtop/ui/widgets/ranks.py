@@ -5,13 +5,16 @@ spread of the peaks (a skewed rank is the usual cause of "only rank 3 OOMs")."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from vramtop.analysis.jobs import Job, RankState
 from vramtop.ui.widgets.gpus import FREE, USED, memory_style
 from vramtop.ui.widgets.panel import Panel
 from vramtop.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from vramtop.analysis.jobs import Job, RankState
 
 CLOSEST = "◀ nearest OOM"
 PID_WIDTH = 130  # below this many columns the rank lines leave the PID out (the table has it)

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from vramtop.analysis.risk import RiskWarning
 from vramtop.ui.widgets.panel import Panel
 from vramtop.units import fmt_bytes
 
 if TYPE_CHECKING:
     from vramtop.analysis.advice import Advice
+    from vramtop.analysis.risk import RiskWarning
 
 LEVEL_STYLES = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
 MAX_SHOWN = 4  # lines of warnings above the processes; 2 in a short terminal (see WarningList)
