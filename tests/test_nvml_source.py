@@ -159,6 +159,41 @@ def test_the_pcie_throughput_of_several_gpus_is_read_at_once():
     assert all(g.error is None for g in sample.gpus)
 
 
+class PcieBothWays(FakeNvml):
+    """Each direction's read waits for the other one's: read one after the other, the first
+    would wait for ever (here: until the barrier's timeout breaks it)."""
+
+    def __init__(self, gpus: list[FakeGpu]) -> None:
+        super().__init__(gpus)
+        self.together = threading.Barrier(2, timeout=10)
+
+    def nvmlDeviceGetPcieThroughput(self, handle, counter):
+        self.together.wait()
+        return super().nvmlDeviceGetPcieThroughput(handle, counter)
+
+
+def test_a_gpus_pcie_throughput_is_read_both_ways_at_once():
+    # 21 ms asleep in the driver per call on an H200: 42 ms one after the other, 21 together.
+    fake = PcieBothWays(two_gpu_box().gpus[:1])
+    gpu = source(fake).read().gpus[0]
+    assert gpu.error is None
+    assert (gpu.pcie_tx, gpu.pcie_rx) == (fake.gpus[0].pcie_kb[0] * 1024, fake.gpus[0].pcie_kb[1] * 1024)
+
+
+class PcieRxLost(FakeNvml):
+    def nvmlDeviceGetPcieThroughput(self, handle, counter):
+        if counter == self.NVML_PCIE_UTIL_RX_BYTES:
+            self._enter("nvmlDeviceGetPcieThroughput")
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return super().nvmlDeviceGetPcieThroughput(handle, counter)
+
+
+def test_an_error_reading_the_received_side_is_the_gpus_error_on_the_reading_thread():
+    fake = PcieRxLost(two_gpu_box().gpus[:1])
+    gpu = source(fake).read().gpus[0]
+    assert gpu.error and "lost" in gpu.error
+
+
 class PcieLost(FakeNvml):
     def nvmlDeviceGetPcieThroughput(self, handle, counter):
         if handle.index == 1:
