@@ -63,13 +63,40 @@ def child(which: str, fake: bool, spawned: float, out: Path) -> None:
     mark = Marks(spawned, out)
     mark("interpreter started")
 
+    def watch_the_terminal() -> None:
+        """Textual's writer thread puts the frames out: mark when the first one reaches the terminal."""
+        from textual.drivers import _writer_thread
+
+        class File:
+            def __init__(self, file: Any) -> None:
+                self.file, self.pending = file, False
+
+            def write(self, text: str) -> None:
+                self.pending = self.pending or FIGURES in text
+                self.file.write(text)
+
+            def flush(self) -> None:
+                self.file.flush()
+                if self.pending:
+                    mark("first frame on the terminal")
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.file, name)
+
+        init = _writer_thread.WriterThread.__init__
+
+        def watched(self: Any, file: Any) -> None:
+            init(self, File(file))
+
+        _writer_thread.WriterThread.__init__ = watched  # type: ignore[method-assign]
+
     def mounted(app: Any) -> None:
         mark("app mounted")
         write = app._driver.write
 
         def writing(data: str) -> None:
             if FIGURES in data:
-                mark("first frame written")
+                mark("first frame handed to the writer thread")
             write(data)
 
         app._driver.write = writing
@@ -80,6 +107,7 @@ def child(which: str, fake: bool, spawned: float, out: Path) -> None:
         import textual_floor
 
         mark("Textual and the floor imported")
+        watch_the_terminal()
 
         class Floor(textual_floor.Floor):
             def on_mount(self) -> None:
@@ -109,6 +137,7 @@ def child(which: str, fake: bool, spawned: float, out: Path) -> None:
         import vramtop.ui.app as app  # what the live command imports next, in the same order
 
         mark("Textual and vramtop.ui.app imported")
+        watch_the_terminal()
         mounting = app.VramtopApp.on_mount
 
         def on_mount(self: Any) -> None:
