@@ -5,6 +5,7 @@ real exporter, the monitor and the rank view: tests/test_remote_live.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fake_exporter import exporter_page, serve
-from tests.test_ui import box
+from tests.test_ui import NARROW_SIZE, WIDE_SIZE, box, feed, monitor, screen_text
 from vramtop.errors import VramtopError
 from vramtop.sources.prometheus_text import parse, parse_line
 from vramtop.sources.remote import RemoteHosts, gpus_from, parse_address
@@ -98,3 +99,34 @@ def test_once_exits_0_when_only_another_hosts_gpu_failed():
     assert done.returncode == 0, done.stderr
     assert "GPU 1 on node2 (GPU-remote-0001): vramtop on node2 could not read this GPU" in done.stderr
     assert [g["host"] for g in json.loads(done.stdout)["gpus"]] == [None, None, "node2", "node2"]
+
+
+def page_of_giants(figure: str) -> str:
+    """An exporter's page whose every figure is ``figure`` (the float's largest, say): well formed
+    and finite, so read as it is, and then drawn, summed and divided like any other."""
+    keep = ("#", "vramtop_up", "vramtop_gpu_up", "vramtop_last_sample_timestamp_seconds")
+    return "\n".join(line if line.startswith(keep) or not line.strip() else re.sub(r" \S+$", f" {figure}", line)
+                     for line in exporter_page("node2", 2).splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("figure", ["1.7976931348623157e308", "1e300", "9.3e18"])
+async def test_another_hosts_giant_figures_are_drawn_without_an_error(figure):
+    sample = merge_pages(box(), [host_page(parse(page_of_giants(figure)).metrics, "fallback")])
+    assert sample.gpus[-1].host == "node2" and sample.gpus[-1].memory_used == int(float(figure))
+    for size in (WIDE_SIZE, NARROW_SIZE):
+        app = monitor()
+        async with app.run_test(size=size) as pilot:
+            await feed(pilot, sample, sample)
+            for key in ("end", "r", "r"):  # its process selected, the rank view opened and closed
+                await pilot.press(key)
+                await pilot.pause()
+            assert "node2" in screen_text(app)
+
+
+def test_once_reads_another_hosts_giant_figures():
+    with serve(page_of_giants("1.7976931348623157e308")) as address:
+        for args in (["--once"], ["--once", "--json"]):
+            done = subprocess.run([sys.executable, "-m", "tests.fakes.run_with_fake_nvml", *args, "--remote", address],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+            assert "node2" in done.stdout
