@@ -58,7 +58,7 @@ def wrap(owner: Any, name: str, before: str | None, after: str | None, mark: Mar
     setattr(owner, name, marked)
 
 
-def child(which: str, fake: bool, spawned: float, out: Path) -> None:
+def child(which: str, fake: bool, spawned: float, out: Path, nvml_after: bool = False) -> None:
     """Inside the pty: the live command (or the floor), marked, leaving 0.5 s after mounting."""
     mark = Marks(spawned, out)
     mark("interpreter started")
@@ -133,7 +133,13 @@ def child(which: str, fake: bool, spawned: float, out: Path) -> None:
 
     def open_in_background(self: Any, *args: Any, **kwargs: Any) -> Any:
         mark("arguments parsed")
-        opened = opening(self, *args, **kwargs)
+        if nvml_after:  # nothing on another thread while Textual is imported: NVML after it
+            source = self.source
+
+            def opened() -> None:
+                source.open()
+        else:
+            opened = opening(self, *args, **kwargs)
         import vramtop.ui.app as app  # what the live command imports next, in the same order
 
         mark("Textual and vramtop.ui.app imported")
@@ -157,11 +163,11 @@ def child(which: str, fake: bool, spawned: float, out: Path) -> None:
     mark.save()
 
 
-def one_run(which: str, fake: bool, scratch: Path) -> list[tuple[float, str, str]]:
+def one_run(which: str, fake: bool, scratch: Path, nvml_after: bool = False) -> list[tuple[float, str, str]]:
     out = scratch / f"{which}.json"
     out.unlink(missing_ok=True)
     inner = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--out", str(out),
-             *(["--fake"] if fake else [])]
+             *(["--fake"] if fake else []), *(["--nvml-after"] if nvml_after else [])]
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": path}
     env.pop("COLUMNS", None)
@@ -177,12 +183,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fake", action="store_true", help="FakeNvml instead of the driver")
+    parser.add_argument("--nvml-after", action="store_true",
+                        help="open NVML after the UI is imported, not on a thread meanwhile (what that overlap costs)")
     parser.add_argument("--child", choices=["vramtop", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.fake, float(os.environ["STARTUP_SPAWNED"]), args.out)
+        child(args.child, args.fake, float(os.environ["STARTUP_SPAWNED"]), args.out, args.nvml_after)
         return 0
     runs: dict[str, list[list[tuple[float, str, str]]]] = {"vramtop": [], "floor": []}
     with tempfile.TemporaryDirectory() as scratch:
@@ -190,7 +198,7 @@ def main() -> int:
         os.environ["XDG_RUNTIME_DIR"] = scratch  # no agent of this machine's jobs joins the runs
         for r in range(args.runs):
             for which in (("vramtop", "floor") if r % 2 == 0 else ("floor", "vramtop")):
-                runs[which].append(one_run(which, args.fake, Path(scratch)))
+                runs[which].append(one_run(which, args.fake, Path(scratch), args.nvml_after))
     for which, done in runs.items():
         names = [name for _, name, _ in done[0]]
         print(f"\n{which} ({'FakeNvml' if args.fake else 'NVML'}; ms since spawn, median of {len(done)})")
