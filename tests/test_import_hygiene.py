@@ -87,13 +87,13 @@ from vramtop.ui.app import VramtopApp
 
 nvml = two_gpu_box()
 at_first_frame = []
-analysed_first = VramtopApp._analysed_first
+after_first_frame = VramtopApp._after_first_frame
 
 def looking(self):
     at_first_frame.append(sorted(sys.modules))  # the first frame is on screen; the rules come next
-    analysed_first(self)
+    after_first_frame(self)
 
-VramtopApp._analysed_first = looking
+VramtopApp._after_first_frame = looking
 if "--idle" in sys.argv:
     for gpu in nvml.gpus:
         gpu.compute = []

@@ -739,13 +739,13 @@ async def test_the_first_sample_is_drawn_before_the_risk_rules_run_and_its_warni
     # The rules, the job grouping and the details are imported and run right after the first
     # frame, not for it.
     at_first_frame = []
-    analysed_first = VramtopApp._analysed_first
+    after_first_frame = VramtopApp._after_first_frame
 
     def looking(self: VramtopApp) -> None:
         at_first_frame.append(screen_text(self))
-        analysed_first(self)
+        after_first_frame(self)
 
-    monkeypatch.setattr(VramtopApp, "_analysed_first", looking)
+    monkeypatch.setattr(VramtopApp, "_after_first_frame", looking)
     app = monitor()
     assert Thresholds().raise_after == 3  # the samples a warning's condition must hold
     async with app.run_test(size=WIDE_SIZE) as pilot:

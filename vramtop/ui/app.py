@@ -90,7 +90,7 @@ class VramtopApp(App[None]):
         self._thresholds = thresholds
         self._risk: RiskTracker | None = None
         # The first sample's GPUs and processes are drawn before the risk rules, the job grouping
-        # and the details see it (they import and compute ~15-30 ms of a start): those follow
+        # and the details see it (their imports alone are ~5-10 ms of a start): those follow
         # right after the first frame.
         self._unanalysed: Sample | None = None
         self.warnings: tuple[RiskWarning, ...] = ()
@@ -192,14 +192,15 @@ class VramtopApp(App[None]):
         """The live monitor's first sample: into the history now, into the rules after it is drawn."""
         self.history.add(sample)
         self.latest = self._unanalysed = sample
-        self.call_after_refresh(self._analysed_first)
+        self.call_after_refresh(self._after_first_frame)
 
     def _analyse_first(self) -> None:
         if self._unanalysed is not None:
             self.warnings = self.risk.update(self._unanalysed)
             self._unanalysed = None
 
-    def _analysed_first(self) -> None:
+    def _after_first_frame(self) -> None:
+        """The first sample into the rules, and drawn again with its warnings, ranks and details."""
         if self._unanalysed is not None:
             self._analyse_first()
             self.render_view()
