@@ -140,6 +140,20 @@ def test_a_long_line_is_drawn_word_wrapped_over_rows() -> None:
     assert texts == ["short", ("word " * 12).rstrip(), ("word " * 12).rstrip(), ("word " * 6).rstrip()]
 
 
+def test_a_list_items_wrapped_rows_hang_under_its_text_and_keep_their_looks() -> None:
+    # The advice under the bill: at 80 columns each lever's sentence runs over several rows.
+    item = Text(" • ")
+    item.append("batch size ", style="bold cyan")
+    item.append("−10.9 GiB ", style="green")
+    item.append("word " * 20)
+    rows = asyncio.run(drawn(item))
+    texts = ["".join(text for text, _ in row).rstrip() for row in rows]
+    assert texts[:3] == [" • batch size −10.9 GiB " + ("word " * 7).rstrip(), "   " + ("word " * 11).rstrip(),
+                         "   " + ("word " * 2).rstrip()]
+    looks = {text: style for text, style in rows[0]}
+    assert looks["batch size "] != looks["−10.9 GiB "]  # the lever and its figure keep their styles
+
+
 async def drawn_and_textual(*contents: Text) -> tuple[list[list[object]], list[list[object]]]:
     """Each row of each content as the panel draws it, and as Textual draws that row alone."""
     from textual.visual import Visual, visualize

@@ -239,11 +239,22 @@ def split_lines(text: Text) -> list[Text]:
 _WRAPS: dict[tuple[str, str, tuple[Span, ...], int], tuple[Text, ...]] = {}  # most lines repeat frame to frame
 
 
+BULLET = " • "  # a list item: its wrapped rows hang under its text, not under the bullet
+
+
 def _wrap_line(line: Text, width: int) -> list[Text]:
     key = (line.plain, str(line.style), tuple(line.spans), width)
     wrapped = _WRAPS.get(key)
     if wrapped is None:
         if len(_WRAPS) >= 512:
             _WRAPS.clear()
-        wrapped = _WRAPS[key] = tuple(line.wrap(_CONSOLE, width))
+        wrapped = _WRAPS[key] = tuple(_hanging(line, width))
     return [row.copy() for row in wrapped]
+
+
+def _hanging(line: Text, width: int) -> list[Text]:
+    indent = len(BULLET)
+    if not line.plain.startswith(BULLET) or width <= 2 * indent:
+        return list(line.wrap(_CONSOLE, width))
+    rows = list(line[indent:].wrap(_CONSOLE, width - indent))
+    return [line[:indent] + row if i == 0 else Text(" " * indent) + row for i, row in enumerate(rows)]
