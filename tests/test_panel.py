@@ -254,6 +254,27 @@ def test_a_row_that_grows_shrinks_or_changes_look_is_repainted() -> None:
         assert changed and changed <= repainted, (before, after)
 
 
+def test_a_changed_figure_at_the_end_of_a_long_row_repaints_the_figure_not_the_row() -> None:
+    def bar_row(sparkline: str, free: str) -> Text:
+        row = Text()
+        row.append("█" * 10, style="green")
+        row.append("░" * 5, style="dim")
+        row.append(f" 40124/81559 MiB  free {free} ")
+        row.append(sparkline, style="cyan")
+        return row
+
+    repainted, changed = asyncio.run(repainted_and_changed(bar_row("▁▂▃", "41435"), bar_row("▂▃▄", "41435")))
+    assert changed and changed <= repainted
+    first = min(x for x, _ in repainted)
+    assert first >= 1 + 15 + len(" 40124/81559 MiB  free 41435 ")  # the bar and the figures are left alone
+    # A figure in the middle: from it to the last cell that changed, no further.
+    repainted, changed = asyncio.run(repainted_and_changed(bar_row("▁▂▃", "41435"), bar_row("▁▂▃", "41436")))
+    assert changed and changed <= repainted and len(repainted) == 1
+    # Characters two cells wide: the whole row, as before.
+    repainted, changed = asyncio.run(repainted_and_changed(Text("进程 a 10 MiB"), Text("进程 a 11 MiB")))
+    assert changed and changed <= repainted and len(repainted) == 48
+
+
 def test_split_lines_gives_the_lines_rich_gives() -> None:
     from rich.text import Span
 

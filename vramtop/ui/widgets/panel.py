@@ -111,7 +111,8 @@ class Panel(Widget):
         if changed:
             # In the widget's place: after its padding (the details have one cell on either side).
             left, top = self.gutter.left, self.gutter.top
-            self.refresh(*(Region(left, top + y, width, 1) for y in changed))
+            spans = (_changed_cells(before[y], self._rows[y], width) for y in changed)
+            self.refresh(*(Region(left + x, top + y, end - x, 1) for y, (x, end) in zip(changed, spans, strict=True)))
 
     def render_line(self, y: int) -> Strip:
         rows = self._rows
@@ -187,6 +188,42 @@ def _runs(row: Text) -> list[tuple[int, int, tuple[str | Style, ...]]]:
 
 _NO_STYLE = Style()
 _CONSOLE = Console(width=1000, color_system=None, force_terminal=False)  # only measures; never prints
+
+
+def _changed_cells(old: Text, new: Text, width: int) -> tuple[int, int]:
+    """The cells [x, end) of a row that can look different from ``old`` to ``new``: where the
+    characters differ, widened to every style run that is not in both. A changing figure at the
+    end of a long row (a sparkline after a bar) repaints that figure, not the row: with a job on
+    screen, a third less written to the terminal (and to the tmux that shows it). The whole row
+    where that is not safe: another look or justification for the whole row, characters wider
+    than one cell."""
+    a, b = old.plain, new.plain
+    whole = (0, width)
+    if (old.style != new.style or old.justify != new.justify or new.justify not in (None, "default", "left")
+            or cell_len(a) != len(a) or cell_len(b) != len(b)):
+        return whole
+    start = _common_prefix(a, b)
+    end = len(b) - _common_prefix(a[start:][::-1], b[start:][::-1]) if len(a) == len(b) else width
+    if old.spans != new.spans:
+        differing = set(old.spans) ^ set(new.spans)
+        if not differing:  # the same runs in another order: the later of two overlapping wins
+            return whole
+        start = min(start, *(span.start for span in differing))
+        end = max(end, *(span.end for span in differing))
+    start, end = min(start, width), min(max(end, start), width)
+    return (start, end) if end > start else whole
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the common start of ``a`` and ``b``, by halving (slices compare in C)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _same(a: Text | None, b: Text | None) -> bool:
