@@ -284,8 +284,6 @@ class VramtopApp(App[None]):
 
     def advice(self, sample: Sample, pid: int, uuid: str) -> tuple[Advice, ...]:
         """The ranked advice for a process (PID as NVML reports it) on a GPU."""
-        if self._unanalysed is not None:
-            return ()
         return self.risk.advice(pid, uuid)
 
     def status_extra(self) -> Text:
