@@ -37,17 +37,17 @@ def main() -> int:
         "nvmlDeviceGetPcieThroughput(TX)": (
             lambda: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES), 10),
     }
-    # Both directions as vramtop reads them (at once, the received side on a thread of its own),
-    # against one after the other: each call sleeps through the driver's 20 ms window.
+    # Both directions as vramtop reads them (at once, a thread per call), against one after the
+    # other: each call sleeps through the driver's 20 ms window.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from vramtop.sources.nvml import NvmlSource
 
-    source = NvmlSource(nvml=nvml)
+    source = NvmlSource(["0"], nvml=nvml)  # GPU 0, as the calls above
     source.open()
     calls["PCIe TX then RX, one after the other"] = (
         lambda: (nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES),
                  nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_RX_BYTES)), 10)
-    calls["PCIe TX and RX at once (vramtop's read)"] = (lambda: source._read_pcie(source._devices[0]), 10)
+    calls["PCIe TX and RX at once (vramtop's read)"] = (lambda: source._read_pcie_ahead(0.0), 10)
     rows = {name: measure(fn, reps) for name, (fn, reps) in calls.items()}
     print(f"nvmlInit: {init_ms:.1f} ms")
     print("| call | wall µs | CPU µs |\n|---|---|---|")

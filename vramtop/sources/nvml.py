@@ -155,8 +155,9 @@ class NvmlSource:
         self._process_fns: dict[str, Callable[[Any], Any] | None] = {}
         self._process_cache: dict[str, tuple[float, tuple[ProcessSample, ...]]] = {}
         self._pcie_cache: dict[str, tuple[float, int | None, int | None]] = {}
-        # Read ahead by the threads of one read, taken by that read's GPUs: (tx, rx) or what the calls raised.
-        self._pcie_ahead: dict[str, tuple[int | None, int | None] | BaseException] = {}
+        # Read ahead by the threads of one read, taken by that read's GPUs: per (GPU, direction),
+        # KB/s or what the call raised.
+        self._pcie_ahead: dict[tuple[str, int], int | BaseException | None] = {}
         self._mig_cache: dict[str, tuple[float, bool | None]] = {}
         self._memory_v2 = True
         self._opened = False
@@ -338,53 +339,39 @@ class NvmlSource:
         if not self._pcie_due(dev, now):
             cached = self._pcie_cache[dev.uuid]
             return cached[1], cached[2]
-        ahead = self._pcie_ahead.pop(dev.uuid, None)
-        if isinstance(ahead, BaseException):
-            raise ahead
-        result = ahead if ahead is not None else self._read_pcie(dev)
+        nvml = self._nvml
+        assert nvml is not None
+        tx = self._read_ahead(dev, nvml.NVML_PCIE_UTIL_TX_BYTES)
+        rx = self._read_ahead(dev, nvml.NVML_PCIE_UTIL_RX_BYTES)
+        result = (None if tx is None else tx * 1024, None if rx is None else rx * 1024)
         self._pcie_cache[dev.uuid] = (now, *result)
         return result
 
-    def _read_pcie(self, dev: _Device) -> tuple[int | None, int | None]:
-        """NVML reports KB/s over a 20 ms window that each call sleeps through: the two directions
-        are read at the same time (received on a thread of its own), 21 ms on an H200 against 42
-        one after the other, and the first sample waits that much less."""
-        nvml = self._nvml
-        assert nvml is not None
-        received: list[int | BaseException | None] = []
-
-        def read_rx() -> None:
-            try:
-                received.append(self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle,
-                                               nvml.NVML_PCIE_UTIL_RX_BYTES))
-            except BaseException as err:  # raised again below, on the reading thread
-                received.append(err)
-
-        thread = threading.Thread(target=read_rx, name="vramtop-pcie", daemon=True)
-        thread.start()
-        try:
-            tx = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
-        finally:
-            thread.join()
-        rx = received[0]
-        if isinstance(rx, BaseException):
-            raise rx
-        return None if tx is None else tx * 1024, None if rx is None else rx * 1024
+    def _read_ahead(self, dev: _Device, counter: int) -> int | None:
+        """One direction's KB/s, read ahead by this read (every GPU due for it is), or its error."""
+        kb = self._pcie_ahead.pop((dev.uuid, counter))
+        if isinstance(kb, BaseException):
+            raise kb
+        return kb
 
     def _read_pcie_ahead(self, now: float) -> None:
-        """The PCIe throughput of every GPU due for it, read at once, a thread each: ~20 ms asleep
-        in the driver per GPU. Each GPU's read takes its result (or raises its error) in turn."""
-        due = [dev for dev in self._devices if self._pcie_due(dev, now)]
-        if len(due) < 2:
-            return  # one GPU reads its own, without a thread
+        """Both directions of the PCIe throughput of every GPU due for it, read at once, a thread
+        per call: each call sleeps through the driver's 20 ms window (one GPU: 42 ms one call
+        after the other on an H200, 21 together). Each GPU's read takes its figures (or raises
+        their error) in turn."""
+        nvml = self._nvml
+        assert nvml is not None
+        calls = [(dev, counter) for dev in self._devices if self._pcie_due(dev, now)
+                 for counter in (nvml.NVML_PCIE_UTIL_TX_BYTES, nvml.NVML_PCIE_UTIL_RX_BYTES)]
 
-        def read(dev: _Device) -> None:
+        def read(dev: _Device, counter: int) -> None:
             try:
-                self._pcie_ahead[dev.uuid] = self._read_pcie(dev)
+                kb = self._optional(nvml.nvmlDeviceGetPcieThroughput, dev.handle, counter)
             except BaseException as err:  # raised again by that GPU's read, where it is handled
-                self._pcie_ahead[dev.uuid] = err
+                kb = err
+            self._pcie_ahead[(dev.uuid, counter)] = kb
 
-        threads = [threading.Thread(target=read, args=(dev,), name="vramtop-pcie", daemon=True) for dev in due]
+        threads = [threading.Thread(target=read, args=call, name="vramtop-pcie", daemon=True) for call in calls]
         for thread in threads:
             thread.start()
         for thread in threads:
